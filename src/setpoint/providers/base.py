@@ -1,0 +1,157 @@
+"""The provider contract, the target context and the kind registry.
+
+The engine (:mod:`setpoint.engine`) calls providers only through
+:class:`Provider`; the renderer (:mod:`setpoint.render`) only uses
+:meth:`Registry.spec_model` to validate specs. Providers import no engine.
+
+Contract (checked by ``tests/test_provider_contract.py`` for every kind):
+
+- ``read(resource)`` is the only I/O for checking; it returns ``None`` when the
+  resource is absent from the target.
+- ``plan(resource, observed)`` is pure and deterministic; it returns a NOOP
+  change when in sync.
+- ``apply(resource, change)`` executes exactly that change, atomically.
+- after ``apply``, ``plan(resource, read(resource))`` is a NOOP (idempotence).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel
+
+from setpoint.model.errors import ConfinementError, SetpointError
+from setpoint.model.plan import Change
+from setpoint.model.resource import Resource
+
+
+@dataclass
+class Target:
+    """The target a pass acts on: a root directory under which absolute paths are placed.
+
+    ``declared`` holds every path any resource declares in this pass (all
+    stacks), so that ``Directory.purge`` knows what to keep. ``touched_dirs``
+    collects the directories whose entries changed, for one batched fsync.
+    """
+
+    root: Path
+    declared: set[str] = field(default_factory=set)
+    touched_dirs: set[str] = field(default_factory=set)
+    _safe_parents: dict[str, bool] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.root = Path(os.path.realpath(self.root))
+
+    def host_path(self, path: str) -> str:
+        """The real path of a declared absolute path under the root (no resolution)."""
+        if str(self.root) == "/":
+            return path
+        return str(self.root) + path
+
+    def check_parents(self, path: str) -> None:
+        """Refuse a path whose existing parent chain leads outside the root via a symlink."""
+        parent = os.path.dirname(path)
+        cached = self._safe_parents.get(parent)
+        if cached is True:
+            return
+        host_parent = self.host_path(parent) if parent != "/" else str(self.root)
+        real = os.path.realpath(host_parent)
+        root = str(self.root)
+        ok = real == root or real.startswith(root.rstrip("/") + "/")
+        if not ok:
+            raise ConfinementError(
+                f"{path}: a symlink in its parent chain leads to {real}, outside the target "
+                f"root {root}; refusing to write through it (remove the symlink or declare "
+                "the real path)"
+            )
+        self._safe_parents[parent] = True
+
+    def forget_parents(self) -> None:
+        """Drop the parent-chain cache (call at the start of each pass)."""
+        self._safe_parents.clear()
+
+    def fsync_touched(self) -> None:
+        """fsync every directory whose entries changed, once each (batched per pass)."""
+        for d in sorted(self.touched_dirs):
+            try:
+                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.touched_dirs.clear()
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What a provider read from the target for one resource (kind-specific ``data``)."""
+
+    resource: str
+    data: Any
+
+
+class Provider(Protocol):
+    """One family of kinds on one kind of target."""
+
+    kinds: ClassVar[tuple[str, ...]]
+
+    def claims(self, resource: Resource) -> tuple[str, ...]:
+        """Target paths this resource owns (for conflicts and implicit ordering)."""
+
+    def read(self, resource: Resource) -> Observed | None: ...
+
+    def plan(self, resource: Resource, observed: Observed | None) -> Change: ...
+
+    def apply(self, resource: Resource, change: Change) -> None: ...
+
+    def delete(self, kind: str, path: str) -> str:
+        """Remove what a pruned resource left at ``path``; return what was done."""
+
+    def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> Iterable[str]:
+        """Ids this resource must wait for (e.g. the Directory that holds it)."""
+
+
+class RegistryError(SetpointError):
+    pass
+
+
+class ProviderFactory(Protocol):
+    def __call__(self, target: Target) -> Provider: ...
+
+
+class Registry:
+    """Maps each kind to its spec model and its provider factory; a kind registers once."""
+
+    def __init__(self) -> None:
+        self._specs: dict[str, type[BaseModel]] = {}
+        self._factories: dict[str, ProviderFactory] = {}
+
+    def register(self, kind: str, spec: type[BaseModel], factory: ProviderFactory) -> None:
+        if kind in self._specs:
+            raise RegistryError(f"kind {kind} is registered twice")
+        self._specs[kind] = spec
+        self._factories[kind] = factory
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(sorted(self._specs))
+
+    def spec_model(self, kind: str) -> type[BaseModel] | None:
+        return self._specs.get(kind)
+
+    def providers(self, target: Target) -> dict[str, Provider]:
+        """One provider instance per factory, bound to ``target``, keyed by kind."""
+        made: dict[int, Provider] = {}
+        out: dict[str, Provider] = {}
+        for kind, factory in self._factories.items():
+            key = id(factory)
+            if key not in made:
+                made[key] = factory(target)
+            out[kind] = made[key]
+        return out

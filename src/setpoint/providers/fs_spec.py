@@ -1,0 +1,68 @@
+"""Spec models of the file-system kinds: File, Directory, Symlink.
+
+Validated by :mod:`setpoint.render`; used by :mod:`setpoint.providers.fs`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from setpoint.model.fields import STRICT, AbsPath, Mode, Owner, ResourceId
+
+
+class _Common(BaseModel):
+    model_config = STRICT
+    path: AbsPath
+    dependsOn: list[ResourceId] = Field(default_factory=list)  # noqa: N815 (manifest field name)
+
+
+class FileSpec(_Common):
+    """A regular file. Exactly one of ``content`` (inline text) or ``source``
+    (a file in the repository, relative to the manifest) is set."""
+
+    content: str | None = None
+    source: str | None = None
+    mode: Mode = "0644"
+    owner: Owner | None = None
+    group: Owner | None = None
+
+    @field_validator("content", "source", mode="before")
+    @classmethod
+    def _strings_only(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise ValueError("must be a string")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FileSpec:
+        if (self.content is None) == (self.source is None):
+            raise ValueError("exactly one of content or source must be set")
+        if self.source is not None and (not self.source or "\0" in self.source):
+            raise ValueError("source must be a non-empty path relative to the manifest")
+        return self
+
+
+class DirectorySpec(_Common):
+    """A directory; with ``purge`` entries in it that no resource declares are removed."""
+
+    mode: Mode = "0755"
+    owner: Owner | None = None
+    group: Owner | None = None
+    purge: bool = False
+
+
+class SymlinkSpec(_Common):
+    """A symbolic link. An absolute ``target`` is placed under the target root, like ``path``."""
+
+    target: str
+
+    @field_validator("target", mode="before")
+    @classmethod
+    def _target(cls, value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            raise ValueError("target must be a non-empty string")
+        if "\0" in value:
+            raise ValueError("target contains a NUL byte")
+        return value
