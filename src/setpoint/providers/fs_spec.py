@@ -15,7 +15,7 @@ from setpoint.model.fields import STRICT, AbsPath, Mode, Owner, ResourceId
 class _Common(BaseModel):
     model_config = STRICT
     path: AbsPath
-    dependsOn: list[ResourceId] = Field(default_factory=list)  # noqa: N815 (manifest field name)
+    dependsOn: list[ResourceId] = Field(default_factory=list)
 
 
 class FileSpec(_Common):

@@ -1,0 +1,131 @@
+"""The file-system provider: kinds File, Directory and Symlink on a local target root.
+
+Registered for those kinds by :func:`setpoint.providers.registry.default_registry`; the
+engine calls it only through the :class:`~setpoint.providers.base.Provider` protocol.
+Reading lives in :mod:`~setpoint.providers.fs_read`, deciding in
+:mod:`~setpoint.providers.fs_plan`, writing in :mod:`~setpoint.providers.fs_apply`.
+
+Example::
+
+    provider = FilesystemProvider(Target(root=Path("/srv/root")))
+    change = provider.plan(resource, provider.read(resource))
+    if not change.is_noop:
+        provider.apply(resource, change)
+    provider.target.fsync_touched()  # the engine does this once per pass
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Set
+from typing import ClassVar
+
+from setpoint.model.errors import ProviderError
+from setpoint.model.plan import Action, Change
+from setpoint.model.resource import Resource
+from setpoint.providers import fs_apply
+from setpoint.providers.base import Observed, Target
+from setpoint.providers.fs_common import FsState, IdCache, desired_bytes, fs_spec, os_error
+from setpoint.providers.fs_plan import plan_directory, plan_file, plan_symlink
+from setpoint.providers.fs_read import declared_ancestors, lstat_or_none, observe
+from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+
+__all__ = ["FilesystemProvider", "FsState"]
+
+_VERBS = {Action.CREATE: "create", Action.REPLACE: "replace", Action.UPDATE: "update"}
+
+
+class FilesystemProvider:
+    """Files, directories and symlinks under ``target.root`` (see the module docstring)."""
+
+    kinds: ClassVar[tuple[str, ...]] = ("File", "Directory", "Symlink")
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.ids = IdCache()
+        self._ancestors_key: tuple[int, int] = (0, -1)
+        self._ancestors: frozenset[str] = frozenset()
+
+    def claims(self, resource: Resource) -> tuple[str, ...]:
+        return (fs_spec(resource).path,)
+
+    def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> Iterable[str]:
+        """The nearest declared ancestor of the path (a Symlink's target is not one)."""
+        path = fs_spec(resource).path
+        own = resource.id
+        parent = path.rpartition("/")[0]
+        while parent:
+            rid = by_path.get(parent)
+            if rid is not None and rid != own:
+                return (rid,)
+            parent = parent.rpartition("/")[0]
+        return ()
+
+    def read(self, resource: Resource) -> Observed | None:
+        spec = fs_spec(resource)
+        path = spec.path
+        target = self.target
+        target.check_parents(path)  # ConfinementError propagates: the engine reports it
+        host = target.host_path(path)
+        st = lstat_or_none(host, path)
+        if st is None:
+            return None
+        want_size = None
+        purge: tuple[Set[str], Set[str]] | None = None
+        if isinstance(spec, FileSpec):
+            want_size = len(desired_bytes(resource, spec))
+        elif isinstance(spec, DirectorySpec) and spec.purge:
+            if path not in target.declared:
+                # An unfilled declared set would make every entry a stray: refuse to purge.
+                raise ProviderError(
+                    f"cannot check {path} for purge: the pass's declared paths "
+                    "(Target.declared) do not include it, so setpoint cannot tell which "
+                    "entries it manages",
+                    transient=False,
+                )
+            purge = (target.declared, self._declared_ancestors())
+        return Observed(resource.id, observe(st, host, path, want_size, purge))
+
+    def plan(self, resource: Resource, observed: Observed | None) -> Change:
+        spec = fs_spec(resource)
+        state = None
+        if observed is not None:
+            if not isinstance(observed.data, FsState):
+                raise ProviderError(f"{resource.id}: observed data is not a file-system state")
+            state = observed.data
+        if isinstance(spec, FileSpec):
+            return plan_file(resource, spec, state, self.ids)
+        if isinstance(spec, DirectorySpec):
+            return plan_directory(resource, spec, state, self.ids)
+        return plan_symlink(resource, spec, state, str(self.target.root))
+
+    def apply(self, resource: Resource, change: Change) -> None:
+        """Carry out ``change`` (as planned) for ``resource``; NOOP does nothing at all."""
+        if change.action is Action.NOOP:
+            return
+        spec = fs_spec(resource)
+        if change.action is Action.DELETE:
+            self.delete(resource.kind, spec.path)
+            return
+        self.target.check_parents(spec.path)
+        try:
+            if isinstance(spec, FileSpec):
+                fs_apply.apply_file(self.target, self.ids, resource, spec, change)
+            elif isinstance(spec, DirectorySpec):
+                fs_apply.apply_directory(self.target, self.ids, spec, change)
+            elif isinstance(spec, SymlinkSpec):
+                fs_apply.apply_symlink(self.target, spec, change)
+        except OSError as err:
+            raise os_error(_VERBS.get(change.action, "change"), spec.path, err) from err
+
+    def delete(self, kind: str, path: str) -> str:
+        """Prune: unlink a File/Symlink; rmdir a Directory only when empty."""
+        return fs_apply.delete(self.target, kind, path)
+
+    def _declared_ancestors(self) -> frozenset[str]:
+        # Recomputed when the engine swaps or grows ``target.declared`` (once per pass).
+        declared = self.target.declared
+        key = (id(declared), len(declared))
+        if key != self._ancestors_key:
+            self._ancestors = declared_ancestors(declared)
+            self._ancestors_key = key
+        return self._ancestors

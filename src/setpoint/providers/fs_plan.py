@@ -1,0 +1,218 @@
+"""Deciding what a File, Directory or Symlink needs: the pure half of the drift check.
+
+Called by :meth:`setpoint.providers.fs.FilesystemProvider.plan` with the
+:class:`~setpoint.providers.fs_common.FsState` that :mod:`setpoint.providers.fs_read`
+built. No I/O here except the cached user-database lookups of
+:class:`~setpoint.providers.fs_common.IdCache`; the same inputs give the same Change.
+Diffs and digests are computed only when content differs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+
+from setpoint.model.plan import Action, Change, FieldChange
+from setpoint.model.resource import Resource
+from setpoint.providers.fs_common import (
+    DIFF_INPUT_LIMIT,
+    DIFF_OUTPUT_LIMIT,
+    DIR,
+    FILE,
+    LINK,
+    TYPE_WORDS,
+    FsState,
+    IdCache,
+    desired_bytes,
+)
+from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+
+TRUNCATED = "… (diff truncated)\n"
+NO_EOL = "\n\\ No newline at end of file\n"
+
+
+def plan_file(resource: Resource, spec: FileSpec, obs: FsState | None, ids: IdCache) -> Change:
+    rid, path = resource.id, spec.path
+    want = desired_bytes(resource, spec)
+    if obs is None:
+        fields = [_content_field(None, want), FieldChange("mode", None, spec.mode)]
+        fields += _owner_fields(spec, None, ids)
+        # New text is shown as an all-added diff; new binary data needs no diff line.
+        diff = _diff(b"", want, path) if len(want) <= DIFF_INPUT_LIMIT and _is_text(want) else None
+        return Change(rid, Action.CREATE, path, tuple(fields), diff, "absent")
+    if obs.type != FILE:
+        return _replace(rid, path, obs, FILE)
+    fields = []
+    diff = None
+    # Size first: equal sizes mean the bytes were read and are compared here.
+    if obs.size != len(want) or obs.content != want:
+        old_sha = obs.sha256
+        if obs.content is not None:
+            diff = _diff(obs.content, want, path)
+            old_sha = hashlib.sha256(obs.content).hexdigest()
+        else:
+            diff = (
+                f"content differs (old sha256 {old_sha}, new sha256 "
+                f"{hashlib.sha256(want).hexdigest()}); too large for a line diff\n"
+            )
+        fields.append(_content_field(obs.content, want, old_sha, obs.size))
+    fields += _attr_fields(spec, obs, ids)
+    return _update_or_noop(rid, path, fields, diff)
+
+
+def plan_directory(
+    resource: Resource, spec: DirectorySpec, obs: FsState | None, ids: IdCache
+) -> Change:
+    rid, path = resource.id, spec.path
+    if obs is None:
+        fields = [FieldChange("mode", None, spec.mode), *_owner_fields(spec, None, ids)]
+        return Change(rid, Action.CREATE, path, tuple(fields), reason="absent")
+    if obs.type != DIR:
+        return _replace(rid, path, obs, DIR)
+    fields = _attr_fields(spec, obs, ids)
+    if obs.strays:
+        n = len(obs.strays)
+        purge = f"purge {n} undeclared entr{'y' if n == 1 else 'ies'}"
+        return Change(rid, Action.UPDATE, path, tuple(fields), reason=purge, extra=obs.strays)
+    return _update_or_noop(rid, path, fields, None)
+
+
+def plan_symlink(resource: Resource, spec: SymlinkSpec, obs: FsState | None, root: str) -> Change:
+    rid, path = resource.id, spec.path
+    if obs is None:
+        fields = (FieldChange("target", None, spec.target),)
+        return Change(rid, Action.CREATE, path, fields, reason="absent")
+    if obs.type != LINK:
+        return _replace(rid, path, obs, LINK)
+    if obs.link == link_text(spec.target, root):
+        return Change(rid, Action.NOOP, path, reason="in sync")
+    old = obs.link or ""
+    if root != "/" and old.startswith(root + "/"):
+        old = old[len(root) :]  # show it as declared, not as placed under the root
+    return Change(rid, Action.UPDATE, path, (FieldChange("target", old, spec.target),))
+
+
+def link_text(target: str, root: str) -> str:
+    """What readlink must return: an absolute target is placed under the root like paths."""
+    if root != "/" and target.startswith("/"):
+        return root + target
+    return target
+
+
+def _replace(rid: str, path: str, obs: FsState, want: str) -> Change:
+    old, new = TYPE_WORDS[obs.type], TYPE_WORDS[want]
+    return Change(
+        rid,
+        Action.REPLACE,
+        path,
+        (FieldChange("type", old, new),),
+        reason=f"a {old} is where a {new} is declared",
+    )
+
+
+def _update_or_noop(rid: str, path: str, fields: list[FieldChange], diff: str | None) -> Change:
+    if not fields:
+        return Change(rid, Action.NOOP, path, reason="in sync")
+    return Change(rid, Action.UPDATE, path, tuple(fields), diff=diff)
+
+
+def _attr_fields(spec: FileSpec | DirectorySpec, obs: FsState, ids: IdCache) -> list[FieldChange]:
+    fields = []
+    if obs.mode != int(spec.mode, 8):
+        fields.append(FieldChange("mode", f"{obs.mode:04o}", spec.mode))
+    fields += _owner_fields(spec, obs, ids)
+    return fields
+
+
+def _owner_fields(
+    spec: FileSpec | DirectorySpec, obs: FsState | None, ids: IdCache
+) -> list[FieldChange]:
+    """Owner/group changes, only for declared ones; compared as ids, shown as names."""
+    fields = []
+    if spec.owner is not None:
+        uid = ids.uid(spec.owner)
+        if obs is None or uid != obs.uid:
+            old = None if obs is None else ids.user_name(obs.uid)
+            if uid is None:
+                new = f"{spec.owner} (no such user)"
+            elif isinstance(spec.owner, int):
+                new = ids.user_name(uid)
+            else:
+                new = spec.owner
+            fields.append(FieldChange("owner", old, new))
+    if spec.group is not None:
+        gid = ids.gid(spec.group)
+        if obs is None or gid != obs.gid:
+            old = None if obs is None else ids.group_name(obs.gid)
+            if gid is None:
+                new = f"{spec.group} (no such group)"
+            elif isinstance(spec.group, int):
+                new = ids.group_name(gid)
+            else:
+                new = spec.group
+            fields.append(FieldChange("group", old, new))
+    return fields
+
+
+def _is_text(data: bytes) -> bool:
+    if b"\0" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _describe(data: bytes | None, sha: str | None, size: int) -> str:
+    binary = "" if data is None or _is_text(data) else "binary, "
+    return f"{binary}{size} bytes, sha256 {(sha or '')[:12]}"
+
+
+def _content_field(
+    old: bytes | None, new: bytes, old_sha: str | None = None, old_size: int = 0
+) -> FieldChange:
+    new_desc = _describe(new, hashlib.sha256(new).hexdigest(), len(new))
+    if old is None and old_sha is None:
+        return FieldChange("content", None, new_desc)
+    return FieldChange("content", _describe(old, old_sha, old_size), new_desc)
+
+
+def _diff(old: bytes, new: bytes, path: str) -> str:
+    """A unified diff for text, capped at DIFF_OUTPUT_LIMIT; a digest line for binary."""
+    if len(old) > DIFF_INPUT_LIMIT or len(new) > DIFF_INPUT_LIMIT:
+        return (
+            f"content differs (old sha256 {hashlib.sha256(old).hexdigest()}, new sha256 "
+            f"{hashlib.sha256(new).hexdigest()}); too large for a line diff\n"
+        )
+    if not (_is_text(old) and _is_text(new)):
+        return (
+            f"binary content differs (old sha256 {hashlib.sha256(old).hexdigest()}, "
+            f"new sha256 {hashlib.sha256(new).hexdigest()})\n"
+        )
+    lines = difflib.unified_diff(
+        _lines(old.decode("utf-8")),
+        _lines(new.decode("utf-8")),
+        fromfile=f"{path} (current)",
+        tofile=f"{path} (declared)",
+    )
+    out: list[str] = []
+    size = 0
+    for line in lines:
+        if not line.endswith("\n"):
+            line += NO_EOL  # same marker as diff(1)
+        size += len(line.encode("utf-8"))
+        if size > DIFF_OUTPUT_LIMIT:
+            out.append(TRUNCATED)
+            break
+        out.append(line)
+    return "".join(out)
+
+
+def _lines(text: str) -> list[str]:
+    """Lines split at LF only (str.splitlines would also split at CR, FF, ...)."""
+    parts = text.split("\n")
+    out = [p + "\n" for p in parts[:-1]]
+    if parts[-1]:
+        out.append(parts[-1])
+    return out

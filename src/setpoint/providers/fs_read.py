@@ -1,0 +1,146 @@
+"""Reading what is at a declared path: the I/O half of the drift check (its hot path).
+
+Called by :meth:`setpoint.providers.fs.FilesystemProvider.read`; the :class:`FsState`
+it builds is compared with the declaration by :mod:`setpoint.providers.fs_plan`.
+The leaf is never followed (``lstat``, ``O_NOFOLLOW``); file bytes are read only when
+the sizes match (to compare) or when a diff will be shown.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Set
+
+from setpoint.model.errors import ProviderError
+from setpoint.providers.fs_common import (
+    DIFF_INPUT_LIMIT,
+    DIR,
+    FILE,
+    LINK,
+    OTHER,
+    FsState,
+    os_error,
+)
+
+# O_NONBLOCK: a FIFO swapped in after the lstat must not hang the pass.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CHUNK = 1 << 20
+
+
+def lstat_or_none(host: str, path: str) -> os.stat_result | None:
+    """lstat ``host``; None when nothing is there (or a parent is not a directory)."""
+    try:
+        return os.lstat(host)
+    except (FileNotFoundError, NotADirectoryError):
+        # ENOTDIR: a parent is a file, so the path is absent; apply will say why it
+        # cannot create it.
+        return None
+    except OSError as err:
+        raise os_error("inspect", path, err) from err
+
+
+def observe(
+    st: os.stat_result,
+    host: str,
+    path: str,
+    want_size: int | None,
+    purge: tuple[Set[str], Set[str]] | None,
+) -> FsState:
+    """Build the FsState of what ``st`` describes.
+
+    ``want_size`` is the declared File's size (None for other kinds: no bytes are read);
+    ``purge`` is (declared paths, their ancestors) for a purging Directory.
+    """
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        content = digest = None
+        if want_size is not None:
+            size = st.st_size
+            if size == want_size or size <= DIFF_INPUT_LIMIT:
+                content = read_bytes(host, path, size)
+            else:
+                digest = sha256_file(host, path)
+        return FsState(FILE, stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_size, content, digest)
+    if stat.S_ISDIR(mode):
+        strays = dir_strays(host, path, *purge) if purge is not None else ()
+        return FsState(DIR, stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_size, strays=strays)
+    if stat.S_ISLNK(mode):
+        try:
+            link = os.readlink(host)
+        except OSError as err:
+            raise os_error("read the symlink", path, err) from err
+        return FsState(LINK, stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_size, link=link)
+    return FsState(OTHER, stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_size)
+
+
+def read_bytes(host: str, path: str, size: int) -> bytes:
+    """All bytes of a regular file, without following a symlink at the leaf."""
+    try:
+        fd = os.open(host, _READ_FLAGS)
+    except OSError as err:
+        raise _read_error(path, err) from err
+    try:
+        # Ask for one byte more than lstat said, then read to EOF: a file that grew
+        # between lstat and read is still read whole.
+        first = os.read(fd, size + 1)
+        if not first:
+            return first
+        chunks = [first]
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+        return first if len(chunks) == 1 else b"".join(chunks)
+    except OSError as err:
+        raise _read_error(path, err) from err
+    finally:
+        os.close(fd)
+
+
+def sha256_file(host: str, path: str) -> str:
+    """SHA-256 of a large file, streamed (its bytes are not kept)."""
+    h = hashlib.sha256()
+    try:
+        fd = os.open(host, _READ_FLAGS)
+    except OSError as err:
+        raise _read_error(path, err) from err
+    try:
+        while chunk := os.read(fd, _CHUNK):
+            h.update(chunk)
+    except OSError as err:
+        raise _read_error(path, err) from err
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def _read_error(path: str, err: OSError) -> ProviderError:
+    if err.errno == errno.ELOOP:  # the lstat saw a file; a symlink replaced it since
+        return ProviderError(f"cannot read {path}: it changed into a symlink while being read")
+    return os_error("read", path, err)
+
+
+def dir_strays(host: str, path: str, declared: Set[str], ancestors: Set[str]) -> tuple[str, ...]:
+    """Entries of a purging directory that no resource declares (nor holds a declared path)."""
+    try:
+        names = os.listdir(host)
+    except OSError as err:
+        raise os_error("list", path, err) from err
+    prefix = path + "/"
+    return tuple(
+        sorted(
+            p for p in (prefix + name for name in names) if p not in declared and p not in ancestors
+        )
+    )
+
+
+def declared_ancestors(declared: Set[str]) -> frozenset[str]:
+    """Every proper ancestor of a declared path: purge keeps them (they hold declared paths)."""
+    out: set[str] = set()
+    for path in declared:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in out:
+            out.add(parent)
+            parent = parent.rpartition("/")[0]
+    return frozenset(out)
