@@ -1,0 +1,546 @@
+"""Git sources: poll a remote ref, fetch it into a local mirror, export commit trees.
+
+The engine's scheduler calls :meth:`GitSource.remote_revision` on each poll
+(one ``git ls-remote``, no download) and :meth:`GitSource.fetch` when the ref
+moved or on start-up; the renderer reads the files of a revision from
+:meth:`GitSource.tree`; the journal records :meth:`GitSource.commit_info`.
+
+Every git command runs from an argument list (never a shell), with a timeout,
+``LC_ALL=C``, no terminal prompts and without the user's or the system's git
+configuration, so the agent behaves the same whoever runs it. Failures become
+:class:`~setpoint.model.errors.SourceError` with a message naming the source,
+the URL (credentials masked), the ref and the tail of git's own error output.
+
+On disk, under ``cache_dir``::
+
+    lock             flock(2)ed while the mirror or the trees are changed
+    repo.git/        bare mirror holding only the refs we fetched
+    trees/<sha>/     read-only export of one commit's tree (exact committed bytes)
+    trees/.tmp-*     an export or a removal in progress (or killed: cleaned next time)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from setpoint.model.errors import SourceError
+
+SHA_RE = re.compile(r"^[0-9a-f]{40}$")
+_ABBREV_SHA_RE = re.compile(r"^[0-9a-f]{4,39}$")
+_TMP_PREFIX = ".tmp-"
+
+# The repository's own .gitattributes must not change what we export: the tree
+# we render is exactly what was committed. This file has the highest precedence.
+_ATTRIBUTES = (
+    "# Written by setpoint: export the exact committed bytes.\n"
+    "* -export-ignore -export-subst -text -eol -ident -filter -working-tree-encoding\n"
+)
+
+# Options for every git command. Hooks off (a mirror needs none); gc in the
+# foreground so no detached git outlives our timeout; no credential helper
+# (credentials come from the URL, ssh keys or the environment).
+_GIT_OPTS = (
+    "-c", "core.hooksPath=/dev/null",
+    "-c", "gc.autoDetach=false",
+    "-c", "maintenance.autoDetach=false",
+    "-c", "credential.helper=",
+    "-c", "init.defaultBranch=main",
+)  # fmt: skip
+
+# Variables that would make git use another repository, object store or config
+# than the ones we name (e.g. when the agent is started from a git hook).
+_FOREIGN_GIT_ENV = frozenset(
+    {
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_NAMESPACE",
+        "GIT_CEILING_DIRECTORIES",
+        "GIT_DISCOVERY_ACROSS_FILESYSTEM",
+        "GIT_GRAFT_FILE",
+        "GIT_SHALLOW_FILE",
+        "GIT_REPLACE_REF_BASE",
+        "GIT_NO_REPLACE_OBJECTS",
+        "GIT_PREFIX",
+        "GIT_CONFIG",
+        "GIT_CONFIG_PARAMETERS",
+        "GIT_CONFIG_COUNT",
+        "GIT_EXEC_PATH",
+        "GIT_TEMPLATE_DIR",
+    }
+)
+
+
+def git_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment git runs in: ours, minus anything that redirects git, plus fixed settings."""
+    env = {
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if k not in _FOREIGN_GIT_ENV and not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))
+    }
+    env.update(
+        GIT_TERMINAL_PROMPT="0",
+        LC_ALL="C",
+        # No system or user config (git >= 2.32 honours the last two).
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_CONFIG_SYSTEM=os.devnull,
+        GIT_CONFIG_GLOBAL=os.devnull,
+    )
+    env.pop("LANGUAGE", None)
+    if "GIT_SSH_COMMAND" not in env and "GIT_SSH" not in env:
+        # ssh asks for passwords and host-key confirmation on the tty, not
+        # through git: BatchMode makes it fail instead of hanging until the timeout.
+        env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
+    return env
+
+
+def normalize_url(url: str) -> str:
+    """``url`` as git should get it: local paths made absolute, everything else unchanged.
+
+    URLs (``scheme://``) and scp-like ``user@host:path`` (a colon before any
+    slash, git's own rule) are remote; anything else is a local path.
+    """
+    if not url or url != url.strip() or any(ord(c) < 32 for c in url):
+        raise SourceError(f"{url!r} is not a Git URL or path")
+    if url.startswith("-"):
+        # git would read it as an option (e.g. --upload-pack=...).
+        raise SourceError(f"Git URL {url!r} must not start with '-'")
+    if "://" in url or re.match(r"^[^/]*:", url):
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
+def redact_url(url: str) -> str:
+    """``url`` with a password (or, for http(s), the whole user part, often a token) masked."""
+    match = re.match(r"^([a-z][a-z0-9+.-]*://)([^/@]*)@", url, re.IGNORECASE)
+    if not match:
+        return url
+    scheme, userinfo = match.groups()
+    if ":" in userinfo:
+        masked = userinfo.split(":", 1)[0] + ":***"
+    elif scheme.lower().startswith("http"):
+        masked = "***"
+    else:
+        return url
+    return scheme + masked + url[match.end(2) :]
+
+
+def check_ref(ref: str) -> None:
+    """Refuse what cannot be a branch, tag, full ref or commit (git check-ref-format's rules)."""
+    bad = (
+        not ref
+        or ref.startswith(("-", "/", "."))
+        or ref.endswith(("/", ".", ".lock"))
+        or any(s in ref for s in ("..", "//", "@{", "/."))
+        or any(ord(c) <= 32 or ord(c) == 127 or c in "~^:?*[\\" for c in ref)
+        or ref == "@"
+    )
+    if bad:
+        raise SourceError(f"{ref!r} is not a valid branch, tag or commit name")
+
+
+class GitSource:
+    """One Git remote + ref, with its local mirror and exported trees under ``cache_dir``.
+
+    ``url`` may be a local path (made absolute), ``file://``, ``ssh://``,
+    ``https://`` or scp-like ``user@host:path``. ``ref`` is a branch, a tag
+    (lightweight or annotated), a full ref (``refs/heads/x``, ``refs/tags/x``),
+    ``HEAD`` (the remote's default branch) or a full 40-hex commit sha. A
+    short name that is both a branch and a tag is refused as ambiguous.
+
+    Threads and processes: calls on one object are serialised by a lock, and
+    changes to ``cache_dir`` by an ``flock`` on ``cache_dir/lock``, so two agents
+    (or the agent and a CLI command) may share a cache dir. ``fetch`` holds them
+    for the length of a network fetch (bounded by ``timeout``).
+
+    Example::
+
+        src = GitSource("main", "git@example.com:ops/hosts.git", "main", state / "sources/main")
+        sha = src.fetch()
+        files = src.tree(sha)  # Path to a read-only copy of the commit's files
+    """
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        ref: str,
+        cache_dir: Path,
+        *,
+        keep_trees: int = 3,
+        timeout: float = 120.0,
+    ) -> None:
+        if keep_trees < 1:
+            raise ValueError("keep_trees must be at least 1 (the tree just asked for)")
+        self.name = name
+        self.url = normalize_url(url)
+        check_ref(ref)
+        self.ref = ref
+        self.cache_dir = Path(cache_dir)
+        self.repo_dir = self.cache_dir / "repo.git"
+        self.trees_dir = self.cache_dir / "trees"
+        self.keep_trees = keep_trees
+        self.timeout = timeout
+        self._env = git_env()
+        self._lock = threading.Lock()
+        self._repo_ready = False
+        self._last_use_ns = 0
+
+    def __repr__(self) -> str:
+        return f"GitSource({self.name!r}, {redact_url(self.url)!r}, {self.ref!r})"
+
+    @property
+    def is_commit(self) -> bool:
+        """True when ``ref`` is a commit sha: nothing to poll, it never moves."""
+        return bool(SHA_RE.match(self.ref))
+
+    # -- public API ------------------------------------------------------------
+
+    def remote_revision(self) -> str | None:
+        """The commit the ref points to on the remote now, without downloading anything.
+
+        For the scheduler's poll: compare with the last fetched sha and call
+        :meth:`fetch` when it differs. ``None`` when the ref is a commit sha.
+        """
+        if self.is_commit:
+            return None
+        with self._lock, self._flocked():
+            self._ensure_repo()
+        # ls-remote reads nothing of the mirror: no need to hold the locks meanwhile.
+        _name, sha, peeled = self._ls_remote()
+        return peeled or sha
+
+    def fetch(self) -> str:
+        """Bring the mirror up to date for the ref and return the commit sha it resolves to.
+
+        Fetches only the one ref (force, so a rewritten branch is followed). A
+        commit sha is fetched directly if the server allows it, else with all
+        branches and tags; once fetched, it is never fetched again.
+        """
+        with self._lock, self._flocked():
+            self._ensure_repo()
+            self._remove_stale_locks()
+            if self.is_commit:
+                return self._fetch_commit(self.ref)
+            name, _sha, _peeled = self._ls_remote()
+            local = "refs/setpoint/HEAD" if name == "HEAD" else name
+            self._fetch([f"+{name}:{local}"])
+            commit = self._rev_parse(f"{local}^{{commit}}")
+            if commit is None:
+                raise SourceError(
+                    f"source {self.name}: {self.ref!r} in {self._url} does not point to a commit"
+                )
+            return commit
+
+    def tree(self, sha: str) -> Path:
+        """A read-only directory holding the files of commit ``sha`` exactly as committed.
+
+        Exported on first use into ``trees/<sha>`` and reused afterwards. Symlinks
+        stay symlinks (their targets are not checked: that is the renderer's
+        confinement job). Only the ``keep_trees`` most recently used trees are
+        kept; the one returned is never removed by this call, but a tree returned
+        earlier may be, once ``keep_trees`` newer ones were asked for.
+        """
+        self._check_sha(sha)
+        with self._lock, self._flocked():
+            self._ensure_repo()
+            try:
+                self.trees_dir.mkdir(exist_ok=True)
+                self._remove_leftovers()
+            except OSError as exc:
+                raise SourceError(
+                    f"source {self.name}: cannot clean {self.trees_dir}: {exc}"
+                ) from exc
+            dest = self.trees_dir / sha
+            try:
+                if not dest.is_dir():
+                    if self._rev_parse(f"{sha}^{{commit}}") != sha:
+                        raise SourceError(
+                            f"source {self.name}: commit {sha} is not in the local mirror of "
+                            f"{self._url} (fetch it first)"
+                        )
+                    self._export(sha, dest)
+                self._mark_used(dest)
+                self._remove_old_trees(keep=dest)
+            except (OSError, tarfile.TarError) as exc:
+                raise SourceError(
+                    f"source {self.name}: cannot export commit {sha} into {self.trees_dir}: {exc}"
+                ) from exc
+            return dest
+
+    def commit_info(self, sha: str) -> dict[str, str]:
+        """``sha``, ``author`` ("Name <email>"), ``date`` (ISO 8601) and ``subject`` of a commit."""
+        self._check_sha(sha)
+        with self._lock:
+            self._ensure_repo()
+            out = self._git(
+                ["show", "-s", "--format=%an <%ae>%x00%aI%x00%s", sha],
+                what=f"read commit {sha}",
+            )
+        author, date, subject = out.decode("utf-8", "replace").rstrip("\n").split("\0", 2)
+        return {"sha": sha, "author": author, "date": date, "subject": subject}
+
+    # -- refs and fetching -----------------------------------------------------
+
+    @property
+    def _url(self) -> str:
+        return redact_url(self.url)
+
+    def _candidates(self) -> list[str]:
+        if self.ref == "HEAD" or self.ref.startswith("refs/"):
+            return [self.ref]
+        return [f"refs/heads/{self.ref}", f"refs/tags/{self.ref}"]
+
+    def _ls_remote(self) -> tuple[str, str, str | None]:
+        """(full ref name, the sha it points to, the peeled commit for annotated tags)."""
+        candidates = self._candidates()
+        # Name the peeled entries explicitly: with patterns, git only lists what matches.
+        patterns = candidates + [f"{c}^{{}}" for c in candidates if c != "HEAD"]
+        out = self._git(
+            ["ls-remote", self.url, *patterns],
+            what=f"cannot reach {self._url}",
+            network=True,
+        )
+        refs: dict[str, str] = {}
+        for line in out.decode("utf-8", "replace").splitlines():
+            sha, _, name = line.partition("\t")
+            refs[name] = sha
+        found = [c for c in candidates if c in refs]
+        if not found:
+            hint = ""
+            if _ABBREV_SHA_RE.match(self.ref):
+                hint = "; to follow a commit, give its full 40-character sha"
+            raise SourceError(
+                f"source {self.name}: ref {self.ref!r} not found in {self._url} "
+                f"(looked for {', '.join(candidates)}){hint}"
+            )
+        if len(found) > 1:
+            raise SourceError(
+                f"source {self.name}: ref {self.ref!r} is ambiguous in {self._url}: both "
+                f"{' and '.join(found)} exist; write the full ref name instead"
+            )
+        name = found[0]
+        return name, refs[name], refs.get(f"{name}^{{}}")
+
+    def _fetch(self, refspecs: Sequence[str]) -> None:
+        # Explicit refspecs fetch a named tag themselves, so tags are never
+        # auto-followed: we store only what we asked for.
+        args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules"]
+        self._git(
+            [*args, self.url, *refspecs],
+            what=f"cannot fetch {self.ref!r} from {self._url}",
+            network=True,
+        )
+
+    def _fetch_commit(self, sha: str) -> str:
+        # The pin ref is set only after a complete fetch, and keeps the commit
+        # from being garbage-collected: a pinned commit needs no network at all.
+        pin = f"refs/setpoint/commits/{sha}"
+        if self._rev_parse(pin) == sha:
+            return sha
+        try:
+            self._fetch([f"+{sha}:{pin}"])
+        except SourceError:
+            # Servers that refuse a sha in "want" (uploadpack.allowAnySHA1InWant
+            # off, protocol v0): take every branch and tag and look for it there.
+            self._fetch(["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"])
+            if self._rev_parse(f"{sha}^{{commit}}") != sha:
+                raise SourceError(
+                    f"source {self.name}: commit {sha} not found in {self._url}"
+                ) from None
+            self._git(["update-ref", pin, sha], what="pin the commit")
+        if self._rev_parse(f"{sha}^{{commit}}") != sha:
+            raise SourceError(f"source {self.name}: {sha} in {self._url} is not a commit")
+        return sha
+
+    def _rev_parse(self, spec: str) -> str | None:
+        try:
+            out = self._git(["rev-parse", "--verify", "--quiet", spec], what="resolve")
+        except SourceError:
+            return None
+        return out.decode().strip() or None
+
+    def _check_sha(self, sha: str) -> None:
+        # Also keeps anything option-like out of git's argument list.
+        if not SHA_RE.match(sha):
+            raise SourceError(f"source {self.name}: {sha!r} is not a full 40-hex commit sha")
+
+    # -- trees -----------------------------------------------------------------
+
+    def _export(self, sha: str, dest: Path) -> None:
+        """Export ``sha`` into ``dest`` via a temp dir and one rename: never half a tree."""
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.trees_dir))
+        try:
+            archive = tmp / "tree.tar"
+            staging = tmp / "tree"
+            self._git(
+                ["archive", "--format=tar", f"--output={archive}", sha],
+                what=f"export commit {sha}",
+            )
+            with tarfile.open(archive) as tar:
+                # The "tar" filter refuses members that would land outside the
+                # directory (absolute, "..", or through a symlink extracted
+                # earlier), so a hostile tree cannot write elsewhere. It keeps
+                # symlinks as they are and drops setuid/setgid bits.
+                tar.extractall(staging, filter="tar")
+            _make_read_only(staging)
+            staging.rename(dest)
+        finally:
+            _remove_tree(tmp)
+
+    def _mark_used(self, tree: Path) -> None:
+        # The directory's mtime records its last use (the tree itself is read-only
+        # and never changes); strictly increasing so the order is never a tie.
+        now = max(time.time_ns(), self._last_use_ns + 1)
+        self._last_use_ns = now
+        os.utime(tree, ns=(now, now))
+
+    def _remove_old_trees(self, keep: Path) -> None:
+        others = [
+            p
+            for p in self.trees_dir.iterdir()
+            if p != keep and SHA_RE.match(p.name) and p.is_dir() and not p.is_symlink()
+        ]
+        others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        for old in others[self.keep_trees - 1 :]:
+            # Rename first so the tree disappears at once; if the removal is
+            # interrupted, the leftover is cleaned by the next call.
+            doomed = self.trees_dir / f"{_TMP_PREFIX}old-{old.name}-{os.getpid()}"
+            old.rename(doomed)
+            _remove_tree(doomed)
+
+    def _remove_leftovers(self) -> None:
+        # Safe: we hold the flock, so no export or removal is running elsewhere.
+        for p in self.trees_dir.iterdir():
+            if p.name.startswith(_TMP_PREFIX):
+                _remove_tree(p)
+
+    # -- plumbing --------------------------------------------------------------
+
+    @contextmanager
+    def _flocked(self) -> Iterator[None]:
+        self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.cache_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _remove_stale_locks(self) -> None:
+        """Delete ``*.lock`` files a killed git left in the mirror.
+
+        We hold the flock, and only we run git in the mirror (gc never detaches),
+        so any lock file now is stale; left alone, it would fail every later
+        fetch with "cannot lock ref". Loose-object directories hold no locks and
+        are skipped: they can be many.
+        """
+        for dirpath, dirnames, filenames in os.walk(self.repo_dir):
+            if os.path.basename(dirpath) == "objects":
+                dirnames[:] = [d for d in dirnames if d in ("info", "pack")]
+            for name in filenames:
+                if name.endswith(".lock"):
+                    os.unlink(os.path.join(dirpath, name))
+
+    def _ensure_repo(self) -> None:
+        """Create the bare mirror if needed (re-running ``git init`` also repairs a partial one)."""
+        if self._repo_ready:
+            return
+        # 0700: the mirror and the trees hold whatever the repository holds.
+        self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not (self.repo_dir / "config").is_file() or not (self.repo_dir / "HEAD").is_file():
+            self._git(
+                ["init", "--bare", "--quiet", str(self.repo_dir)], what="create mirror", bare=False
+            )
+        attributes = self.repo_dir / "info" / "attributes"
+        if not attributes.is_file() or attributes.read_text() != _ATTRIBUTES:
+            attributes.parent.mkdir(exist_ok=True)
+            tmp = attributes.with_name(f"attributes.{os.getpid()}.tmp")
+            tmp.write_text(_ATTRIBUTES)
+            tmp.replace(attributes)
+        self._repo_ready = True
+
+    def _git(
+        self, args: Sequence[str], *, what: str, network: bool = False, bare: bool = True
+    ) -> bytes:
+        """Run git on the mirror; return stdout or raise SourceError naming ``what`` failed."""
+        cmd = ["git", *_GIT_OPTS]
+        if bare:
+            cmd.append(f"--git-dir={self.repo_dir}")
+        cmd += args
+        try:
+            # Own session: on timeout we kill git's whole group (ssh, remote helpers).
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._env,
+                cwd=self.cache_dir,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise SourceError(
+                f"source {self.name}: git is not installed (no git on PATH)"
+            ) from None
+        try:
+            out, err = proc.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise SourceError(
+                f"source {self.name}: {what}: git {args[0]} timed out after {self.timeout:g}s"
+            ) from None
+        if proc.returncode != 0:
+            tail = self._stderr_tail(err)
+            prefix = f"source {self.name}: {what}"
+            if not network:
+                prefix += f" (git {args[0]} exited with {proc.returncode})"
+            raise SourceError(f"{prefix}: {tail}" if tail else prefix)
+        return out
+
+    def _stderr_tail(self, err: bytes, lines: int = 8, chars: int = 2000) -> str:
+        text = err.decode("utf-8", "replace").replace(self.url, self._url)
+        kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+        return " | ".join(kept)[-chars:]
+
+
+def _make_read_only(root: Path) -> None:
+    """Drop write permission below ``root`` (symlinks untouched: chmod would follow them)."""
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in (*filenames, *dirnames):
+            path = os.path.join(dirpath, name)
+            mode = os.lstat(path).st_mode
+            if not stat.S_ISLNK(mode):
+                os.chmod(path, stat.S_IMODE(mode) & ~0o222)
+    os.chmod(root, stat.S_IMODE(os.lstat(root).st_mode) & ~0o222)
+
+
+def _remove_tree(path: Path) -> None:
+    """``rm -rf`` for our read-only trees: give directories back write permission first."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        for dirpath, dirnames, _files in os.walk(path):
+            os.chmod(dirpath, 0o700)
+            # os.walk does not descend into symlinked dirs; keep them out of chmod too.
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+        shutil.rmtree(path)
+    else:
+        path.unlink()
