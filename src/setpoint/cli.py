@@ -1,0 +1,292 @@
+"""The ``setpoint`` command: validate, plan, apply, agent, status, history.
+
+Thin shell over :mod:`setpoint.engine` and :mod:`setpoint.state`; output
+formatting lives in :mod:`setpoint.cli_output`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from setpoint.cli_output import print_history, print_plan, print_status, result_json
+from setpoint.config import AgentConfig, config_from_flags, load_config
+from setpoint.engine.agent import Agent
+from setpoint.engine.controller import Controller
+from setpoint.engine.graph import order_resources
+from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
+from setpoint.providers.base import Target
+from setpoint.providers.registry import default_registry
+from setpoint.render import load_stack
+from setpoint.state import StateDB
+
+app = typer.Typer(
+    help="setpoint: a GitOps agent. Git holds the desired state of this host; setpoint "
+    "pulls it, finds drift and corrects it.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", "-c", help="Config file (YAML) declaring sources and stacks."),
+]
+RepoOpt = Annotated[
+    str | None,
+    typer.Option("--repo", help="Git URL or local path (shortcut for a one-stack config)."),
+]
+RefOpt = Annotated[str, typer.Option("--ref", help="Branch, tag or commit SHA to follow.")]
+PathOpt = Annotated[
+    str, typer.Option("--path", help="Directory inside the repository holding the manifests.")
+]
+StackOpt = Annotated[str, typer.Option("--stack", help="Name of the stack (with --repo).")]
+RootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--root", help="Target root: absolute manifest paths are placed under it. Default: /"
+    ),
+]
+StateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--state", help="The agent's own data (SQLite state, git cache). Default: /var/lib/setpoint"
+    ),
+]
+DriftOpt = Annotated[str, typer.Option("--drift", help="revert (default) or report (with --repo).")]
+PruneOpt = Annotated[
+    bool, typer.Option("--prune/--no-prune", help="Delete what was removed from Git (with --repo).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _config(
+    config: Path | None,
+    repo: str | None,
+    ref: str,
+    path: str,
+    stack: str,
+    root: Path | None,
+    state: Path | None,
+    interval: float = 60.0,
+    resync: float = 300.0,
+    drift: str = "revert",
+    prune: bool = True,
+) -> AgentConfig:
+    if config is not None and repo is not None:
+        raise SetpointError("give either --config FILE or --repo URL, not both")
+    if config is not None:
+        overrides = {"root": str(root) if root else None, "state": str(state) if state else None}
+        return load_config(config, overrides)
+    if repo is None:
+        raise SetpointError("no source: give --config FILE or --repo URL (see --help)")
+    return config_from_flags(repo, ref, path, stack, root, state, interval, resync, drift, prune)
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+@app.command(epilog="Example: setpoint validate examples/hosts/web")
+def validate(directory: Annotated[Path, typer.Argument(help="Directory of manifests.")]) -> None:
+    """Load and check every manifest under DIRECTORY; print every error as file:line: message."""
+    registry = default_registry()
+    if not directory.is_dir():
+        raise _fail(SetpointError(f"{directory} is not a directory"))
+    try:
+        resources = load_stack(directory, ".", registry)
+        providers = registry.providers(Target(Path("/")))
+        by_path = {p: r.id for r in resources for p in providers[r.kind].claims(r)}
+        order_resources(resources, lambda r: providers[r.kind].implicit_dependencies(r, by_path))
+    except ManifestErrors as exc:
+        for e in exc.errors:
+            typer.echo(f"{_joined(directory, e)}", err=False)
+        typer.echo(f"{len(exc.errors)} error(s)", err=True)
+        raise typer.Exit(1) from None
+    except ManifestError as exc:
+        typer.echo(_joined(directory, exc))
+        raise typer.Exit(1) from None
+    typer.echo(f"{len(resources)} resource(s) valid")
+
+
+def _joined(directory: Path, e: ManifestError) -> str:
+    return f"{directory / e.file}:{e.line}: {e.message}"
+
+
+@app.command(
+    epilog="Example: setpoint plan --repo ./infra --path hosts/web --root /tmp/sandbox "
+    "--state /tmp/sp-state\n\nExit status: 0 in sync, 2 changes pending, 1 error."
+)
+def plan(
+    config: ConfigOpt = None,
+    repo: RepoOpt = None,
+    ref: RefOpt = "main",
+    path: PathOpt = ".",
+    stack: StackOpt = "default",
+    root: RootOpt = None,
+    state: StateOpt = None,
+    drift: DriftOpt = "revert",
+    prune: PruneOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fetch, render and show what would change (create / update / delete / no-op)."""
+    try:
+        cfg = _config(config, repo, ref, path, stack, root, state, drift=drift, prune=prune)
+        ctl = Controller(cfg)
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    try:
+        results = ctl.run_once(dry_run=True)
+    finally:
+        ctl.close()
+    if as_json:
+        typer.echo(json.dumps([result_json(r) for r in results], indent=2))
+    else:
+        for r in results:
+            print_plan(r)
+    if any(r.revision is None or r.refused or r.fetch_error for r in results):
+        raise typer.Exit(1)
+    raise typer.Exit(2 if any(r.changes for r in results) else 0)
+
+
+@app.command(
+    epilog="Example: setpoint apply --repo ./infra --path hosts/web --root /tmp/sandbox "
+    "--state /tmp/sp-state\n\nExit status: 0 converged, 1 otherwise."
+)
+def apply(
+    config: ConfigOpt = None,
+    repo: RepoOpt = None,
+    ref: RefOpt = "main",
+    path: PathOpt = ".",
+    stack: StackOpt = "default",
+    root: RootOpt = None,
+    state: StateOpt = None,
+    drift: DriftOpt = "revert",
+    prune: PruneOpt = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run one reconcile pass; exit 0 when the host has converged, 1 otherwise."""
+    try:
+        cfg = _config(config, repo, ref, path, stack, root, state, drift=drift, prune=prune)
+        ctl = Controller(cfg)
+        ctl.lock_state()
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    try:
+        results = ctl.run_once()
+    finally:
+        ctl.close()
+    if as_json:
+        typer.echo(json.dumps([result_json(r) for r in results], indent=2))
+    else:
+        for r in results:
+            print_plan(r, applied=True)
+    raise typer.Exit(0 if all(r.converged for r in results) else 1)
+
+
+@app.command(
+    epilog="Example: setpoint agent --repo https://git.example.org/ops/infra.git "
+    "--path hosts/web --interval 30"
+)
+def agent(
+    config: ConfigOpt = None,
+    repo: RepoOpt = None,
+    ref: RefOpt = "main",
+    path: PathOpt = ".",
+    stack: StackOpt = "default",
+    root: RootOpt = None,
+    state: StateOpt = None,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between polls of the source (±10% jitter).")
+    ] = 60.0,
+    resync: Annotated[float, typer.Option(help="Seconds between full drift checks.")] = 300.0,
+    drift: DriftOpt = "revert",
+    prune: PruneOpt = True,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+) -> None:
+    """Run the loop: poll, reconcile new revisions, resync against drift, retry with back-off."""
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        cfg = _config(config, repo, ref, path, stack, root, state, interval, resync, drift, prune)
+        ctl = Controller(cfg)
+        ctl.lock_state()
+    except SetpointError as exc:
+        raise _fail(exc) from None
+
+    def report(r: object) -> None:
+        from setpoint.engine.outcome import PassResult
+
+        assert isinstance(r, PassResult)
+        if r.changes or r.refused or r.count("failed"):
+            print_plan(r, applied=True)
+
+    try:
+        asyncio.run(Agent(ctl, on_pass=report).run())
+    finally:
+        ctl.close()
+
+
+def _db(state: Path) -> StateDB:
+    if not (state / "setpoint.db").exists():
+        raise _fail(
+            SetpointError(f"no setpoint state in {state} (has an agent run with --state {state}?)")
+        )
+    return StateDB(state)
+
+
+@app.command(epilog="Example: setpoint status --state /var/lib/setpoint --json")
+def status(
+    state: Annotated[Path, typer.Option("--state", help="The agent's state dir.")] = Path(
+        "/var/lib/setpoint"
+    ),
+    as_json: JsonOpt = False,
+) -> None:
+    """Show each stack's conditions, revisions and resource counts."""
+    db = _db(state)
+    try:
+        stacks = db.all_status()
+    finally:
+        db.close()
+    if as_json:
+        typer.echo(json.dumps([s.to_json() for s in stacks], indent=2))
+    else:
+        print_status(stacks)
+
+
+@app.command(epilog="Example: setpoint history --state /var/lib/setpoint --stack web -n 50")
+def history(
+    state: Annotated[Path, typer.Option("--state", help="The agent's state dir.")] = Path(
+        "/var/lib/setpoint"
+    ),
+    stack: Annotated[Optional[str], typer.Option("--stack", help="Only this stack.")] = None,  # noqa: UP045
+    limit: Annotated[int, typer.Option("-n", "--limit", help="How many entries.")] = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show the journal: revisions, applies, drift found and reverted, failures, with times."""
+    db = _db(state)
+    try:
+        entries = db.history(stack=stack, limit=limit)
+    finally:
+        db.close()
+    if as_json:
+        typer.echo(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
+    else:
+        print_history(entries)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""The agent's configuration: sources, stacks, target root and state dir.
+
+Loaded from the ``--config`` YAML file or built from the one-stack CLI flags
+(``--repo/--ref/--path/--stack``). Used by :mod:`setpoint.cli` and
+:mod:`setpoint.engine.controller`. Field names are part of the interface and are
+documented in README.md ("Configuration file").
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from setpoint.model.errors import SetpointError
+
+NAME = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
+DEFAULT_STATE = "/var/lib/setpoint"
+
+
+class ConfigError(SetpointError):
+    pass
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceConfig(_Model):
+    """A Git remote and the ref to follow."""
+
+    name: str = Field(pattern=NAME)
+    url: str = Field(min_length=1)
+    ref: str = Field(default="main", min_length=1)
+    interval: float = Field(default=60.0, gt=0)
+
+
+class StackConfig(_Model):
+    """A named set of resources from one path of one source, reconciled together."""
+
+    name: str = Field(pattern=NAME)
+    source: str
+    path: str = "."
+    prune: bool = True
+    drift: Literal["revert", "report"] = "revert"
+    resync: float = Field(default=300.0, gt=0)
+    suspend: bool = False
+
+    @model_validator(mode="after")
+    def _relative_path(self) -> StackConfig:
+        p = self.path
+        if p.startswith("/") or any(part == ".." for part in p.split("/")):
+            raise ValueError(
+                f"path {p!r} must be a directory inside the repository (relative, no ..)"
+            )
+        return self
+
+
+class RetryConfig(_Model):
+    """Back-off after a failed pass: base * 2^failures seconds, jittered, capped at max."""
+
+    base: float = Field(default=5.0, gt=0)
+    max: float = Field(default=300.0, gt=0)
+
+
+class AgentConfig(_Model):
+    root: Path = Path("/")
+    state: Path = Path(DEFAULT_STATE)
+    sources: list[SourceConfig] = Field(min_length=1)
+    stacks: list[StackConfig] = Field(min_length=1)
+    retry: RetryConfig = RetryConfig()
+
+    @model_validator(mode="after")
+    def _references(self) -> AgentConfig:
+        names = [s.name for s in self.sources]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {', '.join(sorted(dup))}")
+        stacks = [s.name for s in self.stacks]
+        dup = {n for n in stacks if stacks.count(n) > 1}
+        if dup:
+            raise ValueError(f"stack names must be unique; repeated: {', '.join(sorted(dup))}")
+        for st in self.stacks:
+            if st.source not in names:
+                raise ValueError(
+                    f"stack {st.name!r} uses source {st.source!r}, which is not declared "
+                    f"(declared: {', '.join(names)})"
+                )
+        return self
+
+    def source(self, name: str) -> SourceConfig:
+        return next(s for s in self.sources if s.name == name)
+
+    def stack(self, name: str) -> StackConfig:
+        for s in self.stacks:
+            if s.name == name:
+                return s
+        raise ConfigError(
+            f"no stack named {name!r} (known: {', '.join(s.name for s in self.stacks)})"
+        )
+
+
+def _format(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = re.sub(r"^Value error, ", "", e["msg"])
+        lines.append(f"{where}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> AgentConfig:
+    """Read a config file; relative ``root``/``state`` are taken relative to the file."""
+    try:
+        raw = yaml.load(path.read_text(), Loader=yaml.CSafeLoader)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config file must be a YAML mapping")
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for key in ("root", "state"):
+        if key in raw and isinstance(raw[key], str) and not raw[key].startswith("/"):
+            raw[key] = str((path.parent / raw[key]).resolve())
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, str(path))) from exc
+
+
+def config_from_flags(
+    repo: str,
+    ref: str,
+    path: str,
+    stack: str,
+    root: Path | None,
+    state: Path | None,
+    interval: float,
+    resync: float,
+    drift: str,
+    prune: bool,
+) -> AgentConfig:
+    """The one-stack shortcut: ``--repo URL --ref REF --path DIR --stack NAME``."""
+    data: dict[str, Any] = {
+        "root": root or Path("/"),
+        "state": state or Path(DEFAULT_STATE),
+        "sources": [{"name": "repo", "url": repo, "ref": ref, "interval": interval}],
+        "stacks": [
+            {
+                "name": stack,
+                "source": "repo",
+                "path": path,
+                "prune": prune,
+                "drift": drift,
+                "resync": resync,
+            }
+        ],
+    }
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, "command line")) from exc

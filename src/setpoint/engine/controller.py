@@ -1,0 +1,166 @@
+"""The controller: wires the config's sources, the state DB, the target and the reconciler.
+
+One object per process. The CLI's ``plan``/``apply`` use it directly for one
+pass; :mod:`setpoint.engine.agent` drives it in a loop. Not thread-safe by itself:
+the agent calls it from one worker thread (passes) and one git thread (polls),
+which touch disjoint parts (see ``_lock``).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from pathlib import Path
+from typing import IO
+
+from setpoint.config import AgentConfig
+from setpoint.engine.outcome import PassResult
+from setpoint.engine.reconciler import Reconciler
+from setpoint.model.errors import SetpointError, SourceError
+from setpoint.providers.base import Registry, Target
+from setpoint.providers.registry import default_registry
+from setpoint.source import GitSource
+from setpoint.state import JournalEntry, StateDB
+
+
+class StateLockedError(SetpointError):
+    pass
+
+
+class Controller:
+    def __init__(self, config: AgentConfig, registry: Registry | None = None) -> None:
+        self.config = config
+        root = Path(config.root)
+        if not root.is_dir():
+            raise SetpointError(
+                f"target root {root} does not exist or is not a directory; create it or pass "
+                "--root DIR"
+            )
+        self.db = StateDB(Path(config.state))
+        self.target = Target(root)
+        self.reconciler = Reconciler(self.db, registry or default_registry(), self.target)
+        self.sources = {
+            s.name: GitSource(s.name, s.url, s.ref, Path(config.state) / "sources" / s.name)
+            for s in config.sources
+        }
+        self.fetched: dict[str, str | None] = {s.name: None for s in config.sources}
+        self.fetch_errors: dict[str, str | None] = {s.name: None for s in config.sources}
+        self._lock = threading.Lock()
+        self._lock_file: IO[str] | None = None
+
+    # -- ownership of the state dir ------------------------------------------------
+
+    def lock_state(self) -> None:
+        """Take the state dir's lock (one agent per state dir); a dead holder frees it."""
+        path = Path(self.config.state) / "agent.lock"
+        f = open(path, "a+")  # noqa: SIM115 (held for the process lifetime)
+        os.chmod(path, 0o600)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise StateLockedError(
+                f"state dir {self.config.state} is in use by {holder}; only one setpoint agent "
+                "may own a state dir (stop the other one, or give this one its own --state)"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        self._lock_file = f
+
+    def close(self) -> None:
+        self.db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- sources --------------------------------------------------------------------
+
+    def fetch(self, source: str) -> str | None:
+        """Fetch ``source``; remember the revision or the error. Return the new sha if it moved."""
+        src = self.sources[source]
+        try:
+            sha = src.fetch()
+        except SourceError as exc:
+            self._source_failed(source, str(exc))
+            return None
+        return self._fetched(source, sha)
+
+    def poll(self, source: str) -> str | None:
+        """Cheap check (ls-remote) first; fetch only when the ref moved. Return a new sha."""
+        if self.fetched[source] is not None:
+            try:
+                remote = self.sources[source].remote_revision()
+            except SourceError as exc:
+                self._source_failed(source, str(exc))
+                return None
+            if remote is None or remote == self.fetched[source]:
+                with self._lock:
+                    self.fetch_errors[source] = None
+                return None
+        return self.fetch(source)
+
+    def _fetched(self, source: str, sha: str) -> str | None:
+        with self._lock:
+            old = self.fetched[source]
+            self.fetched[source] = sha
+            self.fetch_errors[source] = None
+        if sha == old:
+            return None
+        info = self.sources[source].commit_info(sha)
+        stacks = [s.name for s in self.config.stacks if s.source == source]
+        self.db.append(
+            *(
+                JournalEntry(
+                    time.time(),
+                    st,
+                    "revision.fetched",
+                    sha,
+                    None,
+                    f"fetched {sha[:12]} from {source}: {info.get('subject', '')}",
+                    info,
+                )
+                for st in stacks
+            )
+        )
+        return sha
+
+    def _source_failed(self, source: str, message: str) -> None:
+        with self._lock:
+            repeated = self.fetch_errors[source] == message
+            self.fetch_errors[source] = message
+        if not repeated:
+            self.db.append(
+                *(
+                    JournalEntry(time.time(), s.name, "source.failed", None, None, message)
+                    for s in self.config.stacks
+                    if s.source == source
+                )
+            )
+
+    # -- passes ---------------------------------------------------------------------
+
+    def reconcile(
+        self, stack: str, *, dry_run: bool = False, only: set[str] | None = None
+    ) -> PassResult:
+        cfg = self.config.stack(stack)
+        with self._lock:
+            fetched = self.fetched[cfg.source]
+            error = self.fetch_errors[cfg.source]
+        src = self.sources[cfg.source]
+        return self.reconciler.reconcile(
+            cfg, fetched, src.tree, fetch_error=error, dry_run=dry_run, only=only
+        )
+
+    def run_once(self, *, dry_run: bool = False) -> list[PassResult]:
+        """Fetch every source, then one pass over every stack (the CLI's plan/apply)."""
+        for name in self.sources:
+            self.fetch(name)
+        return [
+            self.reconcile(s.name, dry_run=dry_run) for s in self.config.stacks if not s.suspend
+        ]

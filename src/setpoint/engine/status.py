@@ -1,0 +1,168 @@
+"""Turn a pass's outcome into the stack's conditions and counts (Flux-style).
+
+Called by the reconciler at the end of each (non-dry-run) pass; the result is
+what ``setpoint status`` and the API show.
+"""
+
+from __future__ import annotations
+
+from setpoint.config import StackConfig
+from setpoint.engine.outcome import (
+    CHANGED,
+    DRIFTED,
+    FAILED,
+    IN_SYNC,
+    REVERTED,
+    WAITING,
+    PassResult,
+)
+from setpoint.model.status import Reason, StackStatus
+from setpoint.state import JournalEntry, StateDB
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if sha else "(none)"
+
+
+def update_status(
+    db: StateDB, stack: StackConfig, result: PassResult, prev: StackStatus | None, now: float
+) -> StackStatus:
+    st = prev or StackStatus(stack=stack.name)
+    st.source, st.path = stack.source, stack.path
+    st.last_pass = now
+    if result.fetched:
+        st.fetched_revision = result.fetched
+    journal: list[JournalEntry] = []
+
+    partial = result.partial
+    if result.revision and result.refused is None and not result.errors:
+        if st.last_good_revision != result.revision:
+            journal.append(
+                JournalEntry(
+                    now,
+                    stack.name,
+                    "revision.applied",
+                    result.revision,
+                    None,
+                    f"revision {_short(result.revision)} is now in force",
+                )
+            )
+        st.last_good_revision = result.revision
+    if result.revision:
+        st.applied_revision = result.revision
+
+    if not partial:
+        # A partial pass (only some resources re-checked) keeps the others' states.
+        st.resources = {}
+    for o in result.outcomes:
+        if o.state in (IN_SYNC, CHANGED, REVERTED):
+            st.resources.pop(o.resource, None)
+        else:
+            st.resources[o.resource] = o.state
+    for rid in result.prune_failures:
+        st.resources[rid] = FAILED
+    total = len(result.outcomes) if not partial else _total(prev)
+    bad = list(st.resources.values())
+    st.counts = {
+        "total": total,
+        "in_sync": max(total - len(bad), 0),
+        "drifted": bad.count(DRIFTED),
+        "failed": bad.count(FAILED),
+        "waiting": bad.count(WAITING),
+    }
+
+    failed = st.counts["failed"] + st.counts["waiting"]
+    if result.refused is not None:
+        if (
+            prev is None
+            or prev.condition("Stalled") is None
+            or st.refused_message != "\n".join(result.errors)
+        ):
+            journal.append(
+                JournalEntry(
+                    now,
+                    stack.name,
+                    "revision.refused",
+                    result.refused,
+                    None,
+                    "\n".join(result.errors),
+                )
+            )
+        st.refused_message = "\n".join(result.errors)
+        keep = (
+            f"; revision {_short(result.revision)} stays in force"
+            if result.revision
+            else "; no earlier good revision to fall back on"
+        )
+        msg = f"revision {_short(result.refused)} refused{keep}:\n" + "\n".join(result.errors)
+        st.set_condition(
+            "Ready", False, result.refused_reason or Reason.VALIDATION_FAILED, msg, now
+        )
+        st.set_condition(
+            "Stalled", True, result.refused_reason or Reason.VALIDATION_FAILED, msg, now
+        )
+    else:
+        st.refused_message = ""
+        st.conditions = [c for c in st.conditions if c.type != "Stalled"]
+        if result.errors:
+            st.set_condition("Ready", False, Reason.SOURCE_FAILED, "\n".join(result.errors), now)
+        elif result.fetch_error:
+            st.set_condition(
+                "Ready",
+                False,
+                Reason.SOURCE_FAILED,
+                f"{result.fetch_error}; revision {_short(result.revision)} stays in force",
+                now,
+            )
+        elif failed or result.prune_failures:
+            first = next((o for o in result.outcomes if o.state == FAILED), None)
+            detail = f": {first.resource}: {first.error}" if first else ""
+            st.set_condition(
+                "Ready",
+                False,
+                Reason.APPLY_FAILED,
+                f"{st.counts['failed']} failed, {st.counts['waiting']} waiting at "
+                f"revision {_short(result.revision)}{detail}",
+                now,
+            )
+        elif st.counts["drifted"]:
+            st.set_condition(
+                "Ready",
+                False,
+                Reason.DRIFT_DETECTED,
+                f"{st.counts['drifted']} resource(s) drifted (drift: report, not reverted)",
+                now,
+            )
+        else:
+            st.set_condition(
+                "Ready",
+                True,
+                Reason.RECONCILIATION_SUCCEEDED,
+                f"applied revision {_short(result.revision)}",
+                now,
+            )
+    st.set_condition("Reconciling", False, Reason.RECONCILIATION_SUCCEEDED, "pass finished", now)
+    st.failures = 0 if result.converged else st.failures + 1
+
+    changed = result.count(CHANGED, REVERTED) + sum(1 for p in result.prunes if not p.is_noop)
+    if changed or result.count(FAILED):
+        journal.append(
+            JournalEntry(
+                now,
+                stack.name,
+                "pass",
+                result.revision,
+                None,
+                f"pass at {_short(result.revision)}: {result.count(CHANGED)} applied, "
+                f"{result.count(REVERTED)} reverted, {len(result.prunes)} pruned, "
+                f"{result.count(FAILED)} failed ({result.duration * 1000:.0f} ms)",
+            )
+        )
+    db.save_status(st)
+    if journal:
+        db.append(*journal)
+    return st
+
+
+def _total(prev: StackStatus | None) -> int:
+    return prev.counts.get("total", 0) if prev else 0

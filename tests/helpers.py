@@ -1,0 +1,68 @@
+"""Test helpers: manifest text builders, running the real CLI and agent processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def manifest(kind: str, name: str, labels: dict[str, str] | None = None, **spec: Any) -> str:
+    doc: dict[str, Any] = {"apiVersion": "setpoint/v1", "kind": kind, "metadata": {"name": name}}
+    if labels:
+        doc["metadata"]["labels"] = labels
+    doc["spec"] = spec
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def docs(*parts: str) -> str:
+    return "---\n".join(parts)
+
+
+def cli(
+    *args: str | Path, check: int | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``setpoint`` command in a child process."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "setpoint", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=os.environ.copy(),
+    )
+    if check is not None and proc.returncode != check:
+        raise AssertionError(
+            f"setpoint {' '.join(map(str, args))} exited {proc.returncode}, expected {check}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
+
+
+def wait_for(
+    pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02, what: str = "condition"
+) -> Any:
+    """Poll ``pred`` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def start_agent(*args: str | Path, log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "wb")  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "setpoint", "agent", *map(str, args)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
