@@ -17,7 +17,7 @@ Contract (checked by ``tests/test_provider_contract.py`` for every kind):
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -115,6 +115,30 @@ class Provider(Protocol):
 
     def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> Iterable[str]:
         """Ids this resource must wait for (e.g. the Directory that holds it)."""
+
+
+WatchCallback = Callable[[set[str]], None]
+"""Called (from any thread) with ids of resources that may have changed; may over-report."""
+
+
+class Watcher(Protocol):
+    """A running watch; ``close`` stops it and releases its kernel resources."""
+
+    def close(self) -> None: ...
+
+
+class Watchable(Protocol):
+    """Optional provider capability: report changes as they happen (polling is the fallback).
+
+    The agent calls ``watch`` after a full pass with the stack's resources of the
+    provider's kinds, closes the previous watcher, and turns each callback into a
+    pass over only the named resources. ``unwatched`` lists the ids it could not
+    watch (e.g. the kernel's watch limit), which the agent polls and reports.
+    """
+
+    def watch(self, resources: Sequence[Resource], notify: WatchCallback) -> Watcher: ...
+
+    def unwatched(self) -> set[str]: ...
 
 
 class RegistryError(SetpointError):

@@ -62,6 +62,7 @@ from setpoint.render.yamlnodes import (
     compose_documents,
     is_empty,
     line_of,
+    locate,
     require_libyaml,
 )
 
@@ -80,22 +81,45 @@ DEFAULT_LIMITS = Limits()
 
 
 @dataclass
-class _Entry:
-    """A validated document plus its resolved source (real path), before blobs are read."""
-
-    declared: Declared
-    source_real: str | None = None
-
-
-@dataclass
 class _Parsed:
     """Phase-1 result for one manifest file."""
 
     rel: str
     real: str | None
+    data: bytes = b""
     entries: list[_Entry] = field(default_factory=list)
     failed_ids: set[str] = field(default_factory=set)  # ids of documents that did not validate
     errors: list[ManifestError] = field(default_factory=list)
+    _roots: list[Node] | None = None
+
+    def line(self, doc: int, path: tuple[str | int, ...], default: int) -> int:
+        """The line of ``path`` in document ``doc``, found by parsing the file again.
+
+        Only errors need field lines, and they are rare: re-parsing one file
+        then is cheaper than looking up lines for every resource up front, or
+        keeping every node tree (far more memory than the stack's bytes).
+        """
+        if self._roots is None:
+            self._roots = []
+            try:
+                self._roots.extend(compose_documents(self.data))
+            except NodeError:  # reported already; earlier documents are still there
+                pass
+        if doc < len(self._roots):
+            return locate(self._roots[doc], path, default)[0]
+        return default
+
+
+@dataclass
+class _Entry:
+    """A validated document plus its resolved source (real path), before blobs are read."""
+
+    declared: Declared
+    file: _Parsed
+    source_real: str | None = None
+
+    def line(self, *path: str | int) -> int:
+        return self.file.line(self.declared.doc, path, self.declared.location.line)
 
 
 def load_stack(
@@ -128,7 +152,7 @@ def load_stack(
     }
     kept = [p for p in parsed if p.real is None or p.real not in referenced]
 
-    pairs: list[tuple[Resource, Declared]] = []
+    pairs: list[tuple[Resource, _Entry]] = []
     failed_ids = {rid for p in kept for rid in p.failed_ids}
     blobs: dict[str, bytes] = {}  # one read per source file, however many Files use it
     for p in kept:
@@ -139,12 +163,12 @@ def load_stack(
                 blob = _blob(entry, blobs, limits)
             except ReadError as exc:
                 msg = f"{d.id}: spec.source: {exc.message}"
-                errors.append(ManifestError(p.rel, d.source_line, msg))
+                errors.append(ManifestError(p.rel, entry.line("spec", "source"), msg))
                 failed_ids.add(d.id)
                 continue
             digest = Resource.compute_digest(d.kind, d.spec, blob)
             res = Resource(d.kind, d.name, d.spec, d.location, d.labels, blob, digest)
-            pairs.append((res, d))
+            pairs.append((res, entry))
     pairs.sort(key=lambda pair: pair[0].location)
     errors.extend(_stack_checks(pairs, failed_ids))
     if errors:
@@ -206,7 +230,7 @@ def _parse_file(tree_real: str, path: str, registry: Registry, limits: Limits) -
         real, data = read_walked(tree_real, path, limits.max_manifest_bytes, "manifest")
     except ReadError as exc:
         return _Parsed(rel, None, errors=[ManifestError(rel, 1, exc.message)])
-    out = _Parsed(rel, real)
+    out = _Parsed(rel, real, data)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -217,9 +241,9 @@ def _parse_file(tree_real: str, path: str, registry: Registry, limits: Limits) -
         return out
     manifest_dir = os.path.dirname(path)
     try:
-        for root in compose_documents(data):
+        for doc, root in enumerate(compose_documents(data)):
             if not is_empty(root):
-                _parse_document(out, root, tree_real, manifest_dir, registry, limits)
+                _parse_document(out, doc, root, tree_real, manifest_dir, registry, limits)
     except NodeError as exc:
         out.errors.append(ManifestError(rel, exc.line, exc.message))
     except Exception as exc:  # the parser must never take the agent down
@@ -228,12 +252,18 @@ def _parse_file(tree_real: str, path: str, registry: Registry, limits: Limits) -
 
 
 def _parse_document(
-    out: _Parsed, root: Node, tree_real: str, manifest_dir: str, registry: Registry, limits: Limits
+    out: _Parsed,
+    doc: int,
+    root: Node,
+    tree_real: str,
+    manifest_dir: str,
+    registry: Registry,
+    limits: Limits,
 ) -> None:
     line = line_of(root)
     try:
         value = build(root, max_nodes=limits.max_nodes, max_depth=limits.max_depth)
-        outcome = validate_document(root, value, out.rel, registry)
+        outcome = validate_document(root, value, out.rel, doc, registry)
     except NodeError as exc:
         out.errors.append(ManifestError(out.rel, exc.line, f"{_label(root)}: {exc.message}"))
         return
@@ -247,14 +277,15 @@ def _parse_document(
         if outcome.resource_id is not None:
             out.failed_ids.add(outcome.resource_id)
         return
-    entry = _Entry(d)
+    entry = _Entry(d, out)
     if d.source is not None:
         what = f"source {d.source!r}"
         try:
             entry.source_real = confine(tree_real, os.path.join(manifest_dir, d.source), what)
         except ReadError as exc:
+            src_line = locate(root, ("spec", "source"), line)[0]
             out.errors.append(
-                ManifestError(out.rel, d.source_line, f"{d.id}: spec.source: {exc.message}")
+                ManifestError(out.rel, src_line, f"{d.id}: spec.source: {exc.message}")
             )
             out.failed_ids.add(d.id)
             return
@@ -276,12 +307,12 @@ def _blob(entry: _Entry, cache: dict[str, bytes], limits: Limits) -> bytes | Non
 
 
 def _stack_checks(
-    pairs: list[tuple[Resource, Declared]], failed_ids: set[str]
+    pairs: list[tuple[Resource, _Entry]], failed_ids: set[str]
 ) -> list[ManifestError]:
     errors: list[ManifestError] = []
     by_id: dict[str, Resource] = {}
     by_path: dict[str, Resource] = {}
-    for res, d in pairs:
+    for res, entry in pairs:
         first = by_id.get(res.id)
         if first is not None:
             msg = f"{res.id}: declared twice (also at {first.location})"
@@ -292,16 +323,16 @@ def _stack_checks(
         if isinstance(path, str):
             other = by_path.get(path)
             if other is not None:
-                line = d.path_line
+                line = entry.line("spec", "path")
                 msg = f"{res.id}: spec.path {path} conflicts with {other.id} at {other.location}"
                 errors.append(ManifestError(res.location.file, line, msg))
             else:
                 by_path[path] = res
     known = by_id.keys() | failed_ids
-    for res, d in pairs:
+    for res, entry in pairs:
         for i, dep in enumerate(res.depends_on):
             if dep not in known:
-                line = d.dep_lines[i] if i < len(d.dep_lines) else res.location.line
+                line = entry.line("spec", "dependsOn", i)
                 msg = f"{res.id}: spec.dependsOn[{i}]: {dep} is not declared in this stack"
                 errors.append(ManifestError(res.location.file, line, msg))
     return errors

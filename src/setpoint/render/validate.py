@@ -29,6 +29,7 @@ from setpoint.render.yamlnodes import child, line_of, locate
 
 API_VERSION = "setpoint/v1"
 TOP_KEYS = ("apiVersion", "kind", "metadata", "spec")
+_TOP_SET = frozenset(TOP_KEYS)
 META_KEYS = ("name", "labels")
 # Kinds whose ``spec.source`` names a file in the repository, read into ``Resource.blob``.
 SOURCE_KINDS = frozenset({"File"})
@@ -90,9 +91,7 @@ def _dotted(prefix: str, parts: Iterable[str | int]) -> str:
     return out
 
 
-def validate_document(
-    root: Node, value: Any, file: str, doc: int, registry: Registry
-) -> Outcome:
+def validate_document(root: Node, value: Any, file: str, doc: int, registry: Registry) -> Outcome:
     """Check document number ``doc`` of ``file``: its envelope and spec, every error found."""
     doc_line = line_of(root)
     if not isinstance(value, dict):
@@ -119,23 +118,17 @@ def validate_document(
     def err(line: int, message: str) -> None:
         errors.append(ManifestError(file, line, f"{label}: {message}"))
 
-    if not any(key in value for key in TOP_KEYS):
-        # Not a manifest at all (some other tool's YAML): one error, not five.
-        found = ", ".join(repr(k) for k in list(value)[:5])
-        err(
-            doc_line,
-            "not a setpoint manifest: a document needs apiVersion, kind, metadata and spec "
-            f"(found {found or 'an empty mapping'})",
-        )
-        return Outcome(None, None, errors)
-    for key in value:
-        if key not in TOP_KEYS:
-            allowed = ", ".join(TOP_KEYS)
-            hint = _suggest(key, TOP_KEYS)
-            err(at(str(key)), f"unknown top-level key {key!r} (allowed: {allowed}){hint}")
-    missing = [key for key in TOP_KEYS if key not in value]
-    if missing:
-        err(doc_line, f"missing {', '.join(missing)}")
+    if value.keys() != _TOP_SET:  # the common case (exactly the four keys) skips this
+        if not any(key in value for key in TOP_KEYS):
+            # Not a manifest at all (some other tool's YAML): one error, not five.
+            found = ", ".join(repr(k) for k in list(value)[:5])
+            err(
+                doc_line,
+                "not a setpoint manifest: a document needs apiVersion, kind, metadata and spec "
+                f"(found {found or 'an empty mapping'})",
+            )
+            return Outcome(None, None, errors)
+        _check_keys(value, doc_line, at, err)
 
     api = value.get("apiVersion", API_VERSION)
     if api != API_VERSION:
@@ -158,7 +151,7 @@ def validate_document(
 
     spec: BaseModel | None = None
     if model is not None and "spec" in value:
-        spec = _check_spec(root, value["spec"], model, at("spec"), err)
+        spec = _check_spec(root, value["spec"], model, at, err)
 
     if errors or spec is None or not isinstance(kind, str) or not isinstance(name, str):
         return Outcome(None, rid, errors)
@@ -175,6 +168,17 @@ def validate_document(
         doc=doc,
     )
     return Outcome(declared, rid, errors)
+
+
+def _check_keys(value: dict[Any, Any], doc_line: int, at: _At, err: _Err) -> None:
+    for key in value:
+        if key not in TOP_KEYS:
+            allowed = ", ".join(TOP_KEYS)
+            hint = _suggest(key, TOP_KEYS)
+            err(at(str(key)), f"unknown top-level key {key!r} (allowed: {allowed}){hint}")
+    missing = [key for key in TOP_KEYS if key not in value]
+    if missing:
+        err(doc_line, f"missing {', '.join(missing)}")
 
 
 def _check_metadata(
@@ -223,14 +227,15 @@ def _check_metadata(
 
 
 def _check_spec(
-    root: Node, raw: Any, model: type[BaseModel], spec_line: int, err: _Err
+    root: Node, raw: Any, model: type[BaseModel], at: _At, err: _Err
 ) -> BaseModel | None:
     if not isinstance(raw, dict):
-        err(spec_line, f"spec must be a mapping (got {_type_name(raw)})")
+        err(at("spec"), f"spec must be a mapping (got {_type_name(raw)})")
         return None
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
+        spec_line = at("spec")
         spec_node = child(root, "spec")
         fields = sorted(model.model_fields)
         for item in exc.errors(include_url=False, include_context=False, include_input=False):
