@@ -39,7 +39,7 @@ class Controller:
                 "--root DIR"
             )
         self.db = StateDB(Path(config.state))
-        self.target = Target(root)
+        self.target = Target(root, state_dir=Path(config.state))
         self.reconciler = Reconciler(self.db, registry or default_registry(), self.target)
         self.sources = {
             s.name: GitSource(s.name, s.url, s.ref, Path(config.state) / "sources" / s.name)

@@ -39,6 +39,7 @@ class Target:
     """
 
     root: Path
+    state_dir: Path | None = None  # the agent's own data (release store, service logs, ...)
     declared: set[str] = field(default_factory=set)
     touched_dirs: set[str] = field(default_factory=set)
     _safe_parents: dict[str, bool] = field(default_factory=dict, repr=False)

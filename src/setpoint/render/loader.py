@@ -37,7 +37,7 @@ import gc
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,10 +101,10 @@ class _Parsed:
         """
         if self._roots is None:
             self._roots = []
-            try:
-                self._roots.extend(compose_documents(self.data))
-            except NodeError:  # reported already; earlier documents are still there
-                pass
+            # A syntax error was reported already; the documents before it are kept.
+            with suppress(NodeError):
+                for root in compose_documents(self.data):
+                    self._roots.append(root)
         if doc < len(self._roots):
             return locate(self._roots[doc], path, default)[0]
         return default
