@@ -225,6 +225,13 @@ def test_yaml_used_as_source_is_not_a_manifest(tree: Path, registry: Registry) -
     assert res.blob == compose.encode()
 
 
+def test_big_yaml_used_as_source_is_not_a_manifest(tree: Path, registry: Registry) -> None:
+    put(tree, "data/big.yaml", "k: " + "v" * 5000 + "\n")
+    put(tree, "a.yaml", file_doc("big", "/big", "source: data/big.yaml"))
+    (res,) = load_stack(tree, ".", registry, limits=Limits(max_manifest_bytes=1000))
+    assert res.blob is not None and len(res.blob) == 5004
+
+
 def test_source_referenced_through_symlink_is_not_a_manifest(
     tree: Path, registry: Registry
 ) -> None:

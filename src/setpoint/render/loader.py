@@ -9,15 +9,17 @@ each at ``file:line``.
 How a stack is read:
 
 1. Every ``*.yaml`` / ``*.yml`` below ``tree/subdir`` is found in sorted
-   order (dot-directories such as ``.git`` skipped, symlinked directories not
-   followed) and parsed; each YAML document is one resource, empty documents
-   are skipped. ``Location.line`` is the line of the document's first key
-   (normally ``apiVersion:``).
+   order (directories whose name starts with ``.``, such as ``.git`` and
+   ``.github``, are skipped; symlinked directories are not followed) and
+   parsed; each YAML document is one resource, empty documents are skipped.
+   ``Location.line`` is the line of the document's first key (normally
+   ``apiVersion:``).
 2. Every ``File`` ``source`` is resolved relative to the directory of its
    manifest and must stay inside the tree (symlinks included).
 3. Files that some ``File`` uses as its ``source`` are *not* manifests, even
    when named ``*.yaml``: their resources and their errors are dropped. (Every
-   reference counts, including one from a file that is itself dropped.)
+   reference counts, including one from a file that is itself dropped; a
+   ``File`` whose source is its own manifest keeps that manifest.)
 4. Sources are read (binary-safe, size-capped) into ``Resource.blob``; inline
    ``content`` becomes ``content.encode()``.
 5. Stack checks: duplicate ids, two resources claiming one ``spec.path``, and
@@ -85,7 +87,7 @@ class _Parsed:
     """Phase-1 result for one manifest file."""
 
     rel: str
-    real: str | None
+    real: str
     data: bytes = b""
     entries: list[_Entry] = field(default_factory=list)
     failed_ids: set[str] = field(default_factory=set)  # ids of documents that did not validate
@@ -150,7 +152,7 @@ def load_stack(
     referenced = {
         e.source_real for p in parsed for e in p.entries if e.source_real not in (None, p.real)
     }
-    kept = [p for p in parsed if p.real is None or p.real not in referenced]
+    kept = [p for p in parsed if p.real not in referenced]
 
     pairs: list[tuple[Resource, _Entry]] = []
     failed_ids = {rid for p in kept for rid in p.failed_ids}
@@ -229,7 +231,9 @@ def _parse_file(tree_real: str, path: str, registry: Registry, limits: Limits) -
     try:
         real, data = read_walked(tree_real, path, limits.max_manifest_bytes, "manifest")
     except ReadError as exc:
-        return _Parsed(rel, None, errors=[ManifestError(rel, 1, exc.message)])
+        # Keep the real path: a too-big or odd file that is some File's source is
+        # dropped with its error like any other source (step 3).
+        return _Parsed(rel, os.path.realpath(path), errors=[ManifestError(rel, 1, exc.message)])
     out = _Parsed(rel, real, data)
     try:
         data.decode("utf-8")

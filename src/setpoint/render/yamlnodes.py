@@ -47,6 +47,9 @@ _SC = SafeConstructor()
 _SCALARS: dict[str, Callable[[SafeConstructor, ScalarNode], Any]] = {
     _P + name: SafeConstructor.yaml_constructors[_P + name] for name in _SCALAR_TAGS
 }
+# A plain ``=`` resolves to YAML 1.1's "value" tag, which the safe loader cannot
+# construct; read it as the string it looks like.
+_SCALARS[_P + "value"] = SafeConstructor.construct_scalar
 
 
 class NodeError(Exception):
@@ -63,9 +66,9 @@ def require_libyaml() -> None:
     if not getattr(yaml, "__with_libyaml__", False) or not hasattr(yaml, "CSafeLoader"):
         raise SetpointError(
             "PyYAML was installed without libyaml (yaml.__with_libyaml__ is false); "
-            "setpoint needs the C loader to parse manifests at a usable speed. Install "
-            "libyaml and reinstall PyYAML (e.g. pip install --force-reinstall --no-binary "
-            "pyyaml pyyaml with libyaml-dev present, or use the manylinux wheel)"
+            "setpoint needs its C loader to parse manifests at a usable speed (the "
+            "pure-Python one is about 7x slower). Install a PyYAML built with libyaml: "
+            "the manylinux wheels are; to build from source, install libyaml-dev first"
         )
 
 
