@@ -9,6 +9,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from pydantic import BaseModel
@@ -53,8 +54,9 @@ class Resource:
     blob: bytes | None = None
     digest: str = ""
 
-    @property
+    @cached_property
     def id(self) -> str:
+        # Cached: the drift check looks ids up several times per resource per pass.
         return f"{self.kind}/{self.name}"
 
     @property
