@@ -11,13 +11,15 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 command -v git >/dev/null || { echo "git is required (apt-get install git)" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$python" -m venv .venv
+# This machine's pip config names local mirrors that may be absent: drop those warnings.
+quiet_pip() { .venv/bin/python -m pip "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }
 stamp=".venv/.setpoint-installed-${1:-run}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  .venv/bin/python -m pip install -q --upgrade pip
+  quiet_pip install -q --upgrade pip
   if [ "${1:-run}" = dev ]; then
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    quiet_pip install -q -e '.[dev]'
   else
-    .venv/bin/python -m pip install -q -e .
+    quiet_pip install -q -e .
   fi
   touch "$stamp"
 fi
