@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from textwrap import dedent
 from typing import Any
 
 import pytest
@@ -14,14 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from render_support import file_doc, fs_registry, make_tree, no_provider, put
 from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError, SourceError
-from setpoint.providers.base import Registry, Target
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.base import Registry
 from setpoint.render import Limits, load_stack
-
-
-def _no_provider(target: Target) -> object:
-    raise AssertionError("the renderer must not instantiate providers")
 
 
 class BoomSpec(BaseModel):
@@ -37,36 +32,14 @@ class BoomSpec(BaseModel):
 
 @pytest.fixture
 def registry() -> Registry:
-    reg = Registry()
-    reg.register("File", FileSpec, _no_provider)  # type: ignore[arg-type]
-    reg.register("Directory", DirectorySpec, _no_provider)  # type: ignore[arg-type]
-    reg.register("Symlink", SymlinkSpec, _no_provider)  # type: ignore[arg-type]
-    reg.register("Boom", BoomSpec, _no_provider)  # type: ignore[arg-type]
+    reg = fs_registry()
+    reg.register("Boom", BoomSpec, no_provider)  # type: ignore[arg-type]
     return reg
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    t = tmp_path / "repo"
-    t.mkdir()
-    return t
-
-
-def put(tree: Path, rel: str, text: str | bytes) -> Path:
-    p = tree / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        p.write_bytes(text)
-    else:
-        p.write_text(dedent(text))
-    return p
-
-
-def file_doc(name: str, path: str, body: str = 'content: "x\\n"') -> str:
-    return (
-        f"apiVersion: setpoint/v1\nkind: File\nmetadata:\n  name: {name}\n"
-        f"spec:\n  path: {path}\n  {body}\n"
-    )
+    return make_tree(tmp_path)
 
 
 def errs(tree: Path, registry: Registry, subdir: str = ".", **kw: Any) -> list[ManifestError]:

@@ -5,52 +5,25 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from textwrap import dedent
 
 import pytest
 
+from render_support import file_doc, fs_registry, make_tree, put
 from setpoint.model.errors import ManifestErrors
 from setpoint.model.resource import Location, Resource
-from setpoint.providers.base import Registry, Target
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.base import Registry
+from setpoint.providers.fs_spec import DirectorySpec, FileSpec
 from setpoint.render import Limits, RenderCache, load_stack
-
-
-def _no_provider(target: Target) -> object:
-    raise AssertionError("the renderer must not instantiate providers")
 
 
 @pytest.fixture
 def registry() -> Registry:
-    reg = Registry()
-    reg.register("File", FileSpec, _no_provider)  # type: ignore[arg-type]
-    reg.register("Directory", DirectorySpec, _no_provider)  # type: ignore[arg-type]
-    reg.register("Symlink", SymlinkSpec, _no_provider)  # type: ignore[arg-type]
-    return reg
+    return fs_registry()
 
 
 @pytest.fixture
 def tree(tmp_path: Path) -> Path:
-    t = tmp_path / "repo"
-    t.mkdir()
-    return t
-
-
-def put(tree: Path, rel: str, text: str | bytes) -> Path:
-    p = tree / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(text, bytes):
-        p.write_bytes(text)
-    else:
-        p.write_text(dedent(text))
-    return p
-
-
-def file_doc(name: str, path: str, body: str = 'content: "x\\n"') -> str:
-    return (
-        f"apiVersion: setpoint/v1\nkind: File\nmetadata:\n  name: {name}\n"
-        f"spec:\n  path: {path}\n  {body}\n"
-    )
+    return make_tree(tmp_path)
 
 
 def errors(tree: Path, registry: Registry, subdir: str = ".", **kw: object) -> list[str]:
