@@ -10,6 +10,20 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   exit 1
 fi
 command -v git >/dev/null || { echo "git is required (apt-get install git)" >&2; exit 1; }
+if [ "${1:-run}" = dev ]; then
+  # The signature tests make real keys: gpg (gnupg) and ssh-keygen (openssh-client).
+  missing=""
+  command -v gpg >/dev/null || missing="$missing gnupg"
+  command -v ssh-keygen >/dev/null || missing="$missing openssh-client"
+  if [ -n "$missing" ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    else
+      echo "the tests need:$missing (apt-get install$missing)" >&2
+      exit 1
+    fi
+  fi
+fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 # This machine's pip config names local mirrors that may be absent: drop those warnings.
 quiet_pip() { .venv/bin/python -m pip "$@" 2>&1 | { grep -v '^WARNING: Location' || true; }; }

@@ -8,17 +8,27 @@ documented in README.md ("Configuration file").
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from setpoint.model.errors import SetpointError
 
 NAME = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
 DEFAULT_STATE = "/var/lib/setpoint"
+DEFAULT_LISTEN = "127.0.0.1:9090"
+LISTEN_RE = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
 
 
 class ConfigError(SetpointError):
@@ -29,6 +39,32 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SshVerifyConfig(_Model):
+    """SSH signatures: keys allowed to sign (``ssh-keygen -Y verify`` allowed-signers format)."""
+
+    allowed_signers: Path = Field(alias="allowedSigners")
+
+
+class GpgVerifyConfig(_Model):
+    """OpenPGP signatures: a public keyring file (binary or armored); every key in it is trusted."""
+
+    keyring: Path
+
+
+class VerifyConfig(_Model):
+    """Signature policy of a source: what must be signed, by whom (see source/verify.py)."""
+
+    mode: Literal["head", "tag", "tag-and-head"] = "head"
+    ssh: SshVerifyConfig | None = None
+    gpg: GpgVerifyConfig | None = None
+
+    @model_validator(mode="after")
+    def _some_keys(self) -> VerifyConfig:
+        if self.ssh is None and self.gpg is None:
+            raise ValueError("verify needs ssh.allowedSigners or gpg.keyring (or both)")
+        return self
+
+
 class SourceConfig(_Model):
     """A Git remote and the ref to follow."""
 
@@ -36,6 +72,9 @@ class SourceConfig(_Model):
     url: str = Field(min_length=1)
     ref: str = Field(default="main", min_length=1)
     interval: float = Field(default=60.0, gt=0)
+    verify: VerifyConfig | None = None  # require signed commits/tags
+    # Accept a force-pushed ref whose new commit does not descend from the one in force.
+    allow_rewrites: bool = Field(default=False, alias="allowRewrites")
 
 
 class StackConfig(_Model):
@@ -66,12 +105,33 @@ class RetryConfig(_Model):
     max: float = Field(default=300.0, gt=0)
 
 
+class LimitsConfig(_Model):
+    """Bounds on untrusted repository input (see render.Limits); errors name file:line."""
+
+    max_manifest_bytes: int = Field(default=1 << 20, gt=0, alias="maxManifestBytes")
+    max_source_bytes: int = Field(default=64 << 20, gt=0, alias="maxSourceBytes")
+    max_nodes: int = Field(default=100_000, gt=0, alias="maxNodes")
+    max_depth: int = Field(default=64, gt=0, alias="maxDepth")
+
+
 class AgentConfig(_Model):
     root: Path = Path("/")
     state: Path = Path(DEFAULT_STATE)
     sources: list[SourceConfig] = Field(min_length=1)
     stacks: list[StackConfig] = Field(min_length=1)
     retry: RetryConfig = RetryConfig()
+    limits: LimitsConfig = LimitsConfig()
+    # The agent's HTTP listener (GET /status, POST /sync, POST /hooks/git): HOST:PORT,
+    # port 0 = any free port (written to STATE/agent.json for `setpoint sync`).
+    listen: str = Field(default=DEFAULT_LISTEN, pattern=LISTEN_RE)
+    # The shared secret for POST /hooks/git; without it every webhook call is refused.
+    webhook_secret_file: Path | None = Field(default=None, alias="webhookSecretFile")
+
+    @field_validator("root", "state", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Fixed once, from the working directory at start: git runs in other cwds.
+        return Path(os.path.abspath(value))
 
     @model_validator(mode="after")
     def _references(self) -> AgentConfig:
@@ -125,13 +185,27 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> AgentCon
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config file must be a YAML mapping")
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    for key in ("root", "state"):
+    for key in ("root", "state", "webhookSecretFile"):
         if key in raw and isinstance(raw[key], str) and not raw[key].startswith("/"):
             raw[key] = str((path.parent / raw[key]).resolve())
+    _resolve_verify_files(raw, path.parent)
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(_format(exc, str(path))) from exc
+
+
+def _resolve_verify_files(raw: dict[Any, Any], base: Path) -> None:
+    """Relative ``verify`` key files are taken relative to the config file, like root/state."""
+    for src in raw.get("sources") or []:
+        verify = src.get("verify") if isinstance(src, dict) else None
+        if not isinstance(verify, dict):
+            continue
+        for section, key in (("ssh", "allowedSigners"), ("gpg", "keyring")):
+            sub = verify.get(section)
+            path = sub.get(key) if isinstance(sub, dict) else None
+            if isinstance(sub, dict) and isinstance(path, str) and not path.startswith("/"):
+                sub[key] = str((base / path).resolve())
 
 
 def config_from_flags(

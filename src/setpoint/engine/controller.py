@@ -21,7 +21,15 @@ from setpoint.engine.reconciler import Reconciler
 from setpoint.model.errors import SetpointError, SourceError
 from setpoint.providers.base import Registry, Target
 from setpoint.providers.registry import default_registry
+from setpoint.render import Limits, RenderCache
 from setpoint.source import GitSource
+from setpoint.source.verify import (
+    HistoryRewrittenError,
+    VerificationError,
+    VerifyPolicy,
+    is_ancestor,
+    verify_revision,
+)
 from setpoint.state import JournalEntry, StateDB
 
 
@@ -40,7 +48,12 @@ class Controller:
             )
         self.db = StateDB(Path(config.state))
         self.target = Target(root, state_dir=Path(config.state))
-        self.reconciler = Reconciler(self.db, registry or default_registry(), self.target)
+        lim = config.limits
+        limits = Limits(lim.max_manifest_bytes, lim.max_source_bytes, lim.max_nodes, lim.max_depth)
+        cache = RenderCache(limits=limits)
+        self.reconciler = Reconciler(
+            self.db, registry or default_registry(), self.target, cache=cache
+        )
         self.sources = {
             s.name: GitSource(s.name, s.url, s.ref, Path(config.state) / "sources" / s.name)
             for s in config.sources
@@ -49,6 +62,10 @@ class Controller:
         self.fetch_errors: dict[str, str | None] = {s.name: None for s in config.sources}
         self._lock = threading.Lock()
         self._lock_file: IO[str] | None = None
+        # Trust: per (source, sha), None = verified (or no policy), else the refusal.
+        self._trust: dict[tuple[str, str], VerificationError | None] = {}
+        self._signers: dict[tuple[str, str], str] = {}
+        self._ancestry: dict[tuple[str, str, str], bool] = {}
 
     # -- ownership of the state dir ------------------------------------------------
 
@@ -86,9 +103,18 @@ class Controller:
         src = self.sources[source]
         try:
             sha = src.fetch()
+            src.commit_info(sha)  # reads the commit and its tree: a damaged mirror fails here
         except SourceError as exc:
-            self._source_failed(source, str(exc))
-            return None
+            if not self._repair(source, str(exc)):
+                self._source_failed(source, str(exc))
+                return None
+            try:
+                sha = src.fetch()
+            except SourceError as exc2:
+                self._source_failed(source, str(exc2))
+                return None
+        # Verified before it becomes the fetched revision: a pass never sees it unchecked.
+        self._trust_error(source, sha)
         return self._fetched(source, sha)
 
     def poll(self, source: str) -> str | None:
@@ -113,6 +139,9 @@ class Controller:
         if sha == old:
             return None
         info = self.sources[source].commit_info(sha)
+        signer = self._signers.get((source, sha))
+        if signer:
+            info["signer"] = signer
         stacks = [s.name for s in self.config.stacks if s.source == source]
         self.db.append(
             *(
@@ -146,16 +175,119 @@ class Controller:
     # -- passes ---------------------------------------------------------------------
 
     def reconcile(
-        self, stack: str, *, dry_run: bool = False, only: set[str] | None = None
+        self,
+        stack: str,
+        *,
+        dry_run: bool = False,
+        only: set[str] | None = None,
+        event_at: float | None = None,
     ) -> PassResult:
+        """One pass over ``stack`` (only the ``only`` ids, for a watch event at ``event_at``)."""
         cfg = self.config.stack(stack)
         with self._lock:
             fetched = self.fetched[cfg.source]
             error = self.fetch_errors[cfg.source]
-        src = self.sources[cfg.source]
+
+        def tree_for(sha: str) -> Path:
+            if sha == fetched:
+                refusal = self._refusal(cfg.name, cfg.source, sha)
+                if refusal is not None:
+                    raise refusal
+            return self._tree(cfg.source, sha)
+
         return self.reconciler.reconcile(
-            cfg, fetched, src.tree, fetch_error=error, dry_run=dry_run, only=only
+            cfg,
+            fetched,
+            tree_for,
+            fetch_error=error,
+            dry_run=dry_run,
+            only=only,
+            tree_id_for=self.sources[cfg.source].tree_id,
+            event_at=event_at,
         )
+
+    # -- trust and repair -----------------------------------------------------------
+
+    def _trust_error(self, source: str, sha: str) -> SourceError | None:
+        """The signature check of ``sha`` (cached): None when verified or not required."""
+        key = (source, sha)
+        if key in self._trust:
+            return self._trust[key]
+        cfg = self.config.source(source)
+        error: VerificationError | None = None
+        if cfg.verify is not None:
+            policy = VerifyPolicy(
+                cfg.verify.mode,
+                cfg.verify.ssh.allowed_signers if cfg.verify.ssh else None,
+                cfg.verify.gpg.keyring if cfg.verify.gpg else None,
+            )
+            src = self.sources[source]
+            try:
+                self._signers[key] = verify_revision(
+                    src.repo_dir, sha, policy, source=source, tag_ref=src.local_ref
+                )
+            except VerificationError as exc:
+                error = exc
+            except SourceError as exc:
+                return exc  # the mirror could not be read: not a verdict, not cached
+        self._trust[key] = error
+        return error
+
+    def _refusal(self, stack: str, source: str, sha: str) -> SourceError | None:
+        """Why ``sha`` must not be applied to ``stack`` (untrusted, or a rewrite), or None."""
+        error = self._trust_error(source, sha)
+        if error is not None:
+            return error
+        if self.config.source(source).allow_rewrites or self.sources[source].is_commit:
+            return None
+        status = self.db.load_status(stack)
+        good = status.last_good_revision if status else None
+        if good is None or good == sha:
+            return None
+        key = (source, good, sha)
+        if key not in self._ancestry:
+            self._ancestry[key] = is_ancestor(self.sources[source].repo_dir, good, sha)
+        if self._ancestry[key]:
+            return None
+        return HistoryRewrittenError(
+            f"source {source}: history rewritten: {sha[:12]} does not descend from "
+            f"{good[:12]}, the revision in force (was {self.config.source(source).ref!r} "
+            "force-pushed?); refused: set allowRewrites: true on the source to accept it"
+        )
+
+    def _tree(self, source: str, sha: str) -> Path:
+        """The exported tree of ``sha``; a damaged mirror is re-cloned once and retried."""
+        src = self.sources[source]
+        try:
+            return src.tree(sha)
+        except SourceError as exc:
+            if not self._repair(source, str(exc)):
+                raise
+            src.fetch()
+            return src.tree(sha)
+
+    def _repair(self, source: str, error: str) -> bool:
+        """After a git failure: re-clone the mirror if ``git fsck`` finds it damaged."""
+        try:
+            repaired = self.sources[source].repair()
+        except (SourceError, OSError):
+            return False
+        if repaired:
+            self.db.append(
+                *(
+                    JournalEntry(
+                        time.time(),
+                        s.name,
+                        "source.repaired",
+                        None,
+                        None,
+                        f"the git cache of {source} was damaged ({error}); re-cloning it",
+                    )
+                    for s in self.config.stacks
+                    if s.source == source
+                )
+            )
+        return repaired
 
     def run_once(self, *, dry_run: bool = False) -> list[PassResult]:
         """Fetch every source, then one pass over every stack (the CLI's plan/apply)."""

@@ -21,6 +21,10 @@ class Reason(enum.StrEnum):
     APPLY_FAILED = "ApplyFailed"
     DRIFT_DETECTED = "DriftDetected"
     PRUNE_FAILED = "PruneFailed"
+    VERIFICATION_FAILED = "VerificationFailed"
+    HISTORY_REWRITTEN = "HistoryRewritten"
+    ROLLED_BACK = "RolledBack"  # a rollout never became ready; the last healthy one runs
+    ROLLOUT_FAILED = "RolloutFailed"  # ... and there was nothing to roll back to
 
 
 class Health(enum.StrEnum):
@@ -57,6 +61,8 @@ class StackStatus:
     failures: int = 0
     refused_message: str = ""
     resources: dict[str, str] = field(default_factory=dict)  # id -> in_sync|drifted|failed|waiting
+    health: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> {health, message}
+    stalls: dict[str, list[str]] = field(default_factory=dict)  # id -> [reason, message, rev]
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)

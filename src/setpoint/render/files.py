@@ -60,7 +60,26 @@ def walk_manifests(tree_real: str, start: str, problems: list[tuple[str, str]]) 
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fname in sorted(filenames):
             if fname.endswith(MANIFEST_SUFFIXES):
-                yield os.path.join(dirpath, fname)
+                path = os.path.join(dirpath, fname)
+                if not _is_utf8(path):
+                    # Locations are journaled and printed: a name that is not text cannot be.
+                    where = printable(relative(tree_real, path))
+                    problems.append((where, "file name is not valid UTF-8; rename the file"))
+                    continue
+                yield path
+
+
+def _is_utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:  # os.walk decodes undecodable bytes to lone surrogates
+        return False
+    return True
+
+
+def printable(name: str) -> str:
+    """``name`` with undecodable bytes shown as ``\\xNN`` (safe to print and store)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def confine(tree_real: str, path: str, what: str) -> str:

@@ -201,6 +201,7 @@ class GitSource:
         self._lock = threading.Lock()
         self._repo_ready = False
         self._last_use_ns = 0
+        self.local_ref: str | None = None  # the mirror's ref for ``ref`` after a fetch
 
     def __repr__(self) -> str:
         return f"GitSource({self.name!r}, {redact_url(self.url)!r}, {self.ref!r})"
@@ -241,6 +242,7 @@ class GitSource:
             name, _sha, _peeled = self._ls_remote()
             local = "refs/setpoint/HEAD" if name == "HEAD" else name
             self._fetch([f"+{name}:{local}"])
+            self.local_ref = local
             commit = self._rev_parse(f"{local}^{{commit}}")
             if commit is None:
                 raise SourceError(
@@ -283,6 +285,47 @@ class GitSource:
                     f"source {self.name}: cannot export commit {sha} into {self.trees_dir}: {exc}"
                 ) from exc
             return dest
+
+    def repair(self) -> bool:
+        """Check the mirror (``git fsck``); if it is damaged, delete it and return True.
+
+        Called after a fetch or an export failed: a mirror with missing or corrupt
+        objects makes every later fetch or export fail, so it is thrown away and
+        the next :meth:`fetch` clones afresh. Exported trees are kept (they are
+        complete copies). False when the mirror is sound (the failure was elsewhere).
+        """
+        with self._lock, self._flocked():
+            if not self.repo_dir.exists():
+                return False
+            try:
+                self._git(
+                    ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"],
+                    what="check the mirror",
+                )
+                return False
+            except SourceError:
+                pass
+            doomed = self.cache_dir / f"{_TMP_PREFIX}corrupt-{os.getpid()}"
+            _remove_tree(doomed)
+            self.repo_dir.rename(doomed)
+            _remove_tree(doomed)
+            self._repo_ready = False
+            return True
+
+    def tree_id(self, sha: str, path: str = ".") -> str | None:
+        """The Git object id of directory ``path`` at commit ``sha`` (None if it is absent).
+
+        Two commits with the same id for a stack's path hold the same files there, so
+        the engine reuses the rendered stack instead of parsing it again.
+        """
+        self._check_sha(sha)
+        rel = os.path.normpath(path or ".")
+        if rel.startswith(("/", "..")):
+            raise SourceError(f"source {self.name}: {path!r} is not a path inside the repository")
+        spec = f"{sha}^{{tree}}" if rel == "." else f"{sha}:{rel}"
+        with self._lock:
+            self._ensure_repo()
+            return self._rev_parse(spec)
 
     def commit_info(self, sha: str) -> dict[str, str]:
         """``sha``, ``author`` ("Name <email>"), ``date`` (ISO 8601) and ``subject`` of a commit."""
