@@ -9,14 +9,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from setpoint.cli_output import print_history, print_plan, print_status, result_json
-from setpoint.config import AgentConfig, config_from_flags, load_config
+from setpoint.config import LISTEN_RE, AgentConfig, config_from_flags, load_config
 from setpoint.engine.agent import Agent
 from setpoint.engine.controller import Controller
 from setpoint.engine.graph import order_resources
@@ -211,6 +214,22 @@ def agent(
     drift: DriftOpt = "revert",
     prune: PruneOpt = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    listen: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--listen",
+            help="HOST:PORT of the HTTP API (GET /status, POST /sync, POST /hooks/git); "
+            "port 0 picks a free one. Default: listen: in the config, else 127.0.0.1:9090.",
+        ),
+    ] = None,
+    webhook_secret_file: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--webhook-secret-file",
+            help="File holding the webhook secret (GitHub/GitLab/X-Setpoint-Signature). "
+            "Without one, POST /hooks/git refuses every call.",
+        ),
+    ] = None,
 ) -> None:
     """Run the loop: poll, reconcile new revisions, resync against drift, retry with back-off."""
     logging.basicConfig(
@@ -218,6 +237,8 @@ def agent(
     )
     try:
         cfg = _config(config, repo, ref, path, stack, root, state, interval, resync, drift, prune)
+        cfg = _agent_overrides(cfg, listen, webhook_secret_file)
+        secret = _read_secret(cfg.webhook_secret_file)
         ctl = Controller(cfg)
         ctl.lock_state()
     except SetpointError as exc:
@@ -231,9 +252,95 @@ def agent(
             print_plan(r, applied=True)
 
     try:
-        asyncio.run(Agent(ctl, on_pass=report).run())
+        asyncio.run(Agent(ctl, on_pass=report, webhook_secret=secret).run())
     finally:
         ctl.close()
+
+
+def _agent_overrides(
+    cfg: AgentConfig, listen: str | None, secret_file: Path | None
+) -> AgentConfig:
+    update: dict[str, object] = {}
+    if listen is not None:
+        if not re.match(LISTEN_RE, listen):
+            raise SetpointError(f"--listen {listen!r}: give HOST:PORT, e.g. 127.0.0.1:9090")
+        update["listen"] = listen
+    if secret_file is not None:
+        update["webhook_secret_file"] = secret_file.resolve()
+    return cfg.model_copy(update=update) if update else cfg
+
+
+def _read_secret(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        secret = path.read_bytes().strip()
+    except OSError as exc:
+        raise SetpointError(f"cannot read the webhook secret file {path}: {exc.strerror}") from exc
+    if not secret:
+        raise SetpointError(f"the webhook secret file {path} is empty")
+    return secret
+
+
+@app.command(
+    epilog="Example: setpoint sync web --state /var/lib/setpoint\n\n"
+    "Exit status: 0 converged, 1 otherwise (or no agent running)."
+)
+def sync(
+    stack: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Argument(help="The stack to sync (default: every stack)."),
+    ] = None,
+    state: Annotated[Path, typer.Option("--state", help="The running agent's state dir.")] = Path(
+        "/var/lib/setpoint"
+    ),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the pass.")] = 600.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask the running agent for an immediate fetch and full pass; print its outcome."""
+    from setpoint.engine.agent import AGENT_FILE, TOKEN_FILE
+
+    try:
+        info = json.loads((state / AGENT_FILE).read_text())
+        token = (state / TOKEN_FILE).read_text().strip()
+    except (OSError, ValueError) as exc:
+        raise _fail(
+            SetpointError(
+                f"no running agent found in {state} ({exc}); start `setpoint agent --state "
+                f"{state}` first (its HTTP API must be on)"
+            )
+        ) from None
+    body = json.dumps({"stack": stack}).encode()
+    req = urllib.request.Request(
+        f"http://{info['listen']}/sync",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            answer = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")
+        raise _fail(SetpointError(f"the agent refused the sync ({exc.code}): {detail}")) from None
+    except (OSError, ValueError) as exc:
+        raise _fail(
+            SetpointError(f"cannot reach the agent at {info.get('listen')}: {exc}")
+        ) from None
+    if as_json:
+        typer.echo(json.dumps(answer, indent=2))
+    else:
+        for r in answer["results"]:
+            state_word = "converged" if r.get("converged") else "NOT converged"
+            rev = (r.get("revision") or "(none)")[:12]
+            typer.echo(f"stack {r['stack']}: {state_word} at {rev}")
+            for key in ("errors",):
+                for line in r.get(key) or []:
+                    typer.echo(f"  error: {line}")
+            for o in r.get("resources") or []:
+                if o.get("state") != "in_sync":
+                    typer.echo(f"  {o.get('state')}: {o.get('id')}")
+    raise typer.Exit(0 if answer.get("converged") else 1)
 
 
 def _db(state: Path) -> StateDB:
@@ -282,6 +389,36 @@ def history(
         typer.echo(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
     else:
         print_history(entries)
+
+
+@app.command(epilog="Example: setpoint logs web --state /var/lib/setpoint -f")
+def logs(
+    service: Annotated[str, typer.Argument(help="The Service's name (metadata.name).")],
+    state: Annotated[Path, typer.Option("--state", help="The agent's state dir.")] = Path(
+        "/var/lib/setpoint"
+    ),
+    lines: Annotated[int, typer.Option("-n", "--lines", help="How many lines to show.")] = 100,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="Keep showing new output.")
+    ] = False,
+) -> None:
+    """Show a service's output (stdout and stderr), from its rotated logs in the state dir."""
+    from setpoint.providers.service_proc import tail_logs
+
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        out.write(data)
+        out.flush()
+
+    try:
+        found = tail_logs(state, service, lines, follow, write)
+    except KeyboardInterrupt:
+        return
+    except OSError as exc:
+        raise _fail(SetpointError(f"cannot read the logs of {service}: {exc}")) from None
+    if not found:
+        raise _fail(SetpointError(f"no logs for service {service!r} in {state}/services"))
 
 
 def main() -> None:

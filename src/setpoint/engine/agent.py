@@ -1,30 +1,58 @@
-"""The agent loop: poll sources, reconcile stacks on new revisions, resync, retry.
+"""The agent loop: poll sources, reconcile stacks on new revisions, resync, retry, react to events.
 
 Called by ``setpoint agent``. Triggers (a new revision, the resync timer, a retry,
-later watch events and webhooks) are turned into passes on a per-stack serial
-queue: a stack never has two passes at once, and requests that arrive during a
-pass collapse into one follow-up pass. Passes run in one worker thread (the
-state DB and the providers are used from one thread); git runs in another so a
-slow remote never delays drift correction.
+a watch event, a webhook, ``setpoint sync``) are turned into passes on a per-stack
+serial queue: a stack never has two passes at once, and requests that arrive
+during a pass collapse into one follow-up pass. Passes run in one worker thread
+(the state DB and the providers are used from one thread); git runs in another
+so a slow remote never delays drift correction.
+
+Events:
+
+- watches (:mod:`setpoint.engine.watch`): after each full pass the stack's managed
+  paths are watched; a change asks for a pass over only the resources concerned,
+  at once (no debounce timer: a burst collapses into the pass under way plus one
+  follow-up). The re-check after the agent's own write finds nothing to do and
+  writes nothing, so it cannot loop; a resource that is nevertheless reverted
+  more than ``FLAP_LIMIT`` times within ``FLAP_WINDOW`` seconds (two agents, or
+  another tool, fighting over it) is re-checked at most once a second until it
+  calms down. Resources the kernel would not let us watch are polled.
+- webhooks and ``POST /sync`` (:mod:`setpoint.api`): ``refresh_source`` wakes the
+  source's poll loop (a storm of calls collapses into one check and at most one
+  fetch); ``sync`` fetches, runs a full pass and returns its result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
+import importlib
+import json
 import logging
+import os
 import random
+import secrets
 import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from setpoint.config import StackConfig
 from setpoint.engine.controller import Controller
-from setpoint.engine.outcome import PassResult
+from setpoint.engine.outcome import REVERTED, PassResult
+from setpoint.engine.watch import StackWatches, fallback_poll_interval
 
 log = logging.getLogger("setpoint.agent")
+
+TOKEN_FILE = "api-token"  # noqa: S105 (a file name)
+AGENT_FILE = "agent.json"
+FLAP_LIMIT = 20
+FLAP_WINDOW = 10.0
 
 
 def jittered(seconds: float, rng: random.Random, spread: float = 0.1) -> float:
@@ -43,6 +71,11 @@ class _StackQueue:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     only: set[str] | None = None  # None = full pass requested
     failures: int = 0
+    event_at: float | None = None  # monotonic time of the first watch event waiting
+    waiters: list[asyncio.Future[PassResult]] = field(default_factory=list)
+    passes: int = 0
+    partial_passes: int = 0
+    last_pass: float | None = None
 
 
 class Agent:
@@ -52,6 +85,8 @@ class Agent:
         *,
         rng: random.Random | None = None,
         on_pass: Callable[[PassResult], None] | None = None,
+        webhook_secret: bytes | None = None,
+        api: bool = True,
     ) -> None:
         self.controller = controller
         self.config = controller.config
@@ -62,10 +97,39 @@ class Agent:
         self._git = ThreadPoolExecutor(1, thread_name_prefix="setpoint-git")
         self._queues = {s.name: _StackQueue(s) for s in self.config.stacks if not s.suspend}
         self._fetched_once = {s.name: asyncio.Event() for s in self.config.sources}
+        self._refresh = {s.name: asyncio.Event() for s in self.config.sources}
+        self.checks = {s.name: 0 for s in self.config.sources}  # polls of the remote
+        self.webhook_secret = webhook_secret
+        self.webhook_refused = 0
+        self.api_token = secrets.token_urlsafe(32)
+        self.api_enabled = api
+        self.api_address: str | None = None
+        self.api_error: str | None = None
+        self._api_server: Any = None
+        self.watch_poll = fallback_poll_interval()
+        self._watches: dict[str, StackWatches] = {}
+        self._flaps: dict[tuple[str, str], collections.deque[float]] = {}
+        self._calm_at: dict[str, float] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.started = time.time()
 
     # -- requests ---------------------------------------------------------------------
 
-    def request(self, stack: str, only: set[str] | None = None) -> None:
+    @property
+    def stack_names(self) -> set[str]:
+        return set(self._queues)
+
+    @property
+    def source_urls(self) -> dict[str, str]:
+        return {s.name: s.url for s in self.config.sources}
+
+    def request(
+        self,
+        stack: str,
+        only: set[str] | None = None,
+        *,
+        waiter: asyncio.Future[PassResult] | None = None,
+    ) -> None:
         """Ask for a pass of ``stack`` (of only some resources, if ``only`` is given)."""
         q = self._queues.get(stack)
         if q is None:
@@ -75,6 +139,8 @@ class Agent:
         elif q.only is not None:
             # Requests that arrive before the pass starts collapse into one pass.
             q.only = None if only is None else q.only | only
+        if waiter is not None:
+            q.waiters.append(waiter)
         q.wake.set()
 
     def request_source(self, source: str) -> None:
@@ -82,29 +148,176 @@ class Agent:
             if q.cfg.source == source:
                 self.request(q.cfg.name)
 
+    def refresh_source(self, source: str) -> None:
+        """Check the source now (a webhook): calls during a check collapse into one more."""
+        ev = self._refresh.get(source)
+        if ev is not None:
+            ev.set()
+
+    async def sync(self, stack: str | None = None) -> list[dict[str, Any]]:
+        """Fetch, then one full pass of ``stack`` (or every active stack); their results."""
+        from setpoint.cli_output import result_json
+
+        loop = asyncio.get_running_loop()
+        names = [stack] if stack is not None else sorted(self._queues)
+        for source in sorted({self._queues[n].cfg.source for n in names}):
+            self.checks[source] += 1
+            new = await loop.run_in_executor(self._git, self.controller.poll, source)
+            self._fetched_once[source].set()
+            if new:
+                self.request_source(source)
+        futures = []
+        for n in names:
+            fut: asyncio.Future[PassResult] = loop.create_future()
+            self.request(n, waiter=fut)
+            futures.append(fut)
+        results = await asyncio.gather(*futures)
+        return [result_json(r) for r in results]
+
+    # -- watch events -----------------------------------------------------------------
+
+    def _notify_for(self, stack: str) -> Callable[[set[str]], None]:
+        def notify(ids: set[str]) -> None:  # watcher thread
+            loop = self._loop
+            if loop is not None and not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._on_watch, stack, ids, time.monotonic())
+
+        return notify
+
+    def _on_watch(self, stack: str, ids: set[str], at: float) -> None:
+        q = self._queues.get(stack)
+        if q is None or self.stop.is_set():
+            return
+        calm = self._calm_at.get(stack)
+        now = time.monotonic()
+        if calm is not None and now < calm:
+            # A flapping resource: at most one watch-driven pass a second.
+            assert self._loop is not None
+            self._loop.call_at(self._loop.time() + (calm - now), self._on_watch, stack, ids, at)
+            return
+        if q.event_at is None or not q.wake.is_set():
+            q.event_at = at
+        self.request(stack, ids)
+
+    def _count_flaps(self, result: PassResult) -> None:
+        now = time.monotonic()
+        for o in result.outcomes:
+            if o.state != REVERTED:
+                continue
+            d = self._flaps.setdefault((result.stack, o.resource), collections.deque())
+            d.append(now)
+            while d and d[0] < now - FLAP_WINDOW:
+                d.popleft()
+            if len(d) > FLAP_LIMIT:
+                if self._calm_at.get(result.stack, 0) < now:
+                    log.warning(
+                        "stack %s: %s was reverted %d times in %gs (something keeps changing "
+                        "it); re-checking it at most once a second",
+                        result.stack,
+                        o.resource,
+                        len(d),
+                        FLAP_WINDOW,
+                    )
+                self._calm_at[result.stack] = now + 1.0
+
+    def _after_full_pass(self, stack: str) -> None:
+        """Pass thread: (re)watch what the pass enforced; record whether all is watched."""
+        w = self._watches.get(stack)
+        if w is None:
+            w = self._watches[stack] = StackWatches(
+                stack, self.controller.reconciler.providers, self._notify_for(stack)
+            )
+        try:
+            if w.update(self.controller.reconciler.enforced(stack)) or w.unwatched():
+                w.report(self.controller.db, self.watch_poll)
+        except Exception:
+            log.exception("stack %s: setting up watches failed; relying on polling", stack)
+
+    async def _poll_unwatched(self) -> None:
+        """Re-check what the kernel would not let us watch (and try to watch it again)."""
+        loop = asyncio.get_running_loop()
+        while not self.stop.is_set():
+            await self._sleep(self.watch_poll)
+            for stack, w in list(self._watches.items()):
+                if not w.unwatched():
+                    continue
+                await loop.run_in_executor(self._passes, w.retry)
+                missing = w.unwatched()
+                if missing:
+                    self.request(stack, missing)
+                else:
+                    await loop.run_in_executor(
+                        self._passes, w.report, self.controller.db, self.watch_poll
+                    )
+
     # -- main -------------------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         tasks = [asyncio.create_task(self._poll(s.name, s.interval)) for s in self.config.sources]
         tasks += [asyncio.create_task(self._worker(q)) for q in self._queues.values()]
+        tasks.append(asyncio.create_task(self._poll_unwatched()))
+        api_task = asyncio.create_task(self._run_api())
         log.info(
             "agent started: %d source(s), %d stack(s)", len(self.config.sources), len(self._queues)
         )
         await self.stop.wait()
         log.info("stopping: finishing the pass under way")
+        for q in self._queues.values():
+            q.wake.set()  # wake idle workers so they see ``stop``
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._api_server is not None:
+            self._api_server.stop()
+        with contextlib.suppress(BaseException):
+            await asyncio.wait_for(api_task, timeout=5)
         self._passes.shutdown(wait=True)
         self._git.shutdown(wait=True, cancel_futures=True)
+        for w in self._watches.values():
+            w.close()
+
+    async def _run_api(self) -> None:
+        if not self.api_enabled:
+            return
+        # Import the web stack in a thread: the first fetch and pass start meanwhile.
+        loop = asyncio.get_running_loop()
+        mod = await loop.run_in_executor(None, importlib.import_module, "setpoint.api.server")
+        if self.stop.is_set():
+            return
+        server = mod.ApiServer(self, self.config.listen)
+        try:
+            sock = server.bind()
+        except OSError as exc:
+            # Drift correction does not depend on the API: keep running, say why.
+            self.api_error = f"cannot listen on {self.config.listen}: {exc.strerror or exc}"
+            log.error("%s; the HTTP API (status, sync, webhooks) is off", self.api_error)
+            return
+        self.api_address = server.address
+        self._write_api_files()
+        self._api_server = server
+        log.info("API listening on http://%s", server.address)
+        await server.serve(sock)
+
+    def _write_api_files(self) -> None:
+        """STATE/api-token (0600: the token for POST /sync) and STATE/agent.json (where)."""
+        state = Path(self.config.state)
+        _write_private(state / TOKEN_FILE, self.api_token + "\n")
+        info = {"pid": os.getpid(), "listen": self.api_address}
+        _write_private(state / AGENT_FILE, json.dumps(info) + "\n")
 
     async def _poll(self, source: str, interval: float) -> None:
         loop = asyncio.get_running_loop()
         failures = 0
-        while True:
+        # Loops test ``stop`` rather than rely on cancellation alone: on Python 3.11
+        # asyncio.wait_for can swallow a cancel when its inner wait completes at once.
+        while not self.stop.is_set():
+            self._refresh[source].clear()
+            self.checks[source] += 1
             new = await loop.run_in_executor(self._git, self.controller.poll, source)
             first = not self._fetched_once[source].is_set()
             self._fetched_once[source].set()
@@ -119,33 +332,56 @@ class Agent:
             else:
                 failures = 0
                 delay = jittered(interval, self.rng)
-            await self._sleep(delay)
+            await self._sleep(delay, self._refresh[source])
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stop.wait(), timeout=seconds)
+    async def _sleep(self, seconds: float, wake: asyncio.Event | None = None) -> None:
+        waits = [asyncio.ensure_future(self.stop.wait())]
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     async def _worker(self, q: _StackQueue) -> None:
         loop = asyncio.get_running_loop()
         await self._fetched_once[q.cfg.source].wait()
         resync = loop.time()  # the first pass is a full one
         retry_at: float | None = None
-        while True:
+        while not self.stop.is_set():
             now = loop.time()
             due = min(resync, retry_at) if retry_at is not None else resync
             if not q.wake.is_set() and due > now:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(q.wake.wait(), timeout=due - now)
+            if self.stop.is_set():
+                break
             only = q.only if q.wake.is_set() else None
+            event_at = q.event_at if only is not None else None
             q.wake.clear()
             q.only = None
+            q.event_at = None
+            waiters, q.waiters = q.waiters, []
             result = await loop.run_in_executor(
-                self._passes, functools.partial(self.controller.reconcile, q.cfg.name, only=only)
+                self._passes,
+                functools.partial(
+                    self.controller.reconcile, q.cfg.name, only=only, event_at=event_at
+                ),
             )
+            q.passes += 1
+            q.partial_passes += only is not None
+            q.last_pass = time.time()
+            for w in waiters:
+                if not w.done():
+                    w.set_result(result)
             if self.on_pass is not None:
                 self.on_pass(result)
             if only is None:
                 resync = loop.time() + jittered(q.cfg.resync, self.rng)
+                await loop.run_in_executor(self._passes, self._after_full_pass, q.cfg.name)
+            else:
+                self._count_flaps(result)
             if _retryable(result):
                 q.failures += 1
                 retry_at = loop.time() + backoff(
@@ -154,6 +390,61 @@ class Agent:
             else:
                 q.failures = 0
                 retry_at = None
+
+    # -- status -----------------------------------------------------------------------
+
+    def status_json(self) -> dict[str, Any]:
+        """What ``GET /status`` returns: the stored stack status plus the agent's live view."""
+        stacks = [s.to_json() for s in self.controller.db.all_status()]
+        ctl = self.controller
+        return {
+            "stacks": stacks,
+            "agent": {
+                "pid": os.getpid(),
+                "started": self.started,
+                "listen": self.api_address,
+                "sources": {
+                    name: {
+                        "fetched": ctl.fetched.get(name),
+                        "error": ctl.fetch_errors.get(name),
+                        "checks": self.checks[name],
+                    }
+                    for name in self.checks
+                },
+                "renders": ctl.reconciler.renders,
+                "webhook": {
+                    "enabled": bool(self.webhook_secret),
+                    "refused": self.webhook_refused,
+                },
+                "passes": {
+                    name: {
+                        "total": q.passes,
+                        "partial": q.partial_passes,
+                        "last": q.last_pass,
+                        "queued": q.wake.is_set(),
+                    }
+                    for name, q in self._queues.items()
+                },
+                "watch": {
+                    name: w.info() | {"poll_interval": self.watch_poll}
+                    for name, w in self._watches.items()
+                },
+            },
+        }
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600, atomically (never readable by others)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 def _retryable(result: PassResult) -> bool:

@@ -16,18 +16,19 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Set
+from collections.abc import Iterable, Sequence, Set
 from typing import ClassVar
 
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers import fs_apply
-from setpoint.providers.base import Observed, Target
+from setpoint.providers.base import Observed, Target, WatchCallback, Watcher
 from setpoint.providers.fs_common import FsState, IdCache, desired_bytes, fs_spec, os_error
 from setpoint.providers.fs_plan import plan_directory, plan_file, plan_symlink
 from setpoint.providers.fs_read import declared_ancestors, lstat_or_none, observe
 from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.fs_watch import FsWatch
 
 __all__ = ["FilesystemProvider", "FsState"]
 
@@ -44,6 +45,7 @@ class FilesystemProvider:
         self.ids = IdCache()
         self._ancestors_key: tuple[int, int] = (0, -1)
         self._ancestors: frozenset[str] = frozenset()
+        self._watches: list[FsWatch] = []
 
     def claims(self, resource: Resource) -> tuple[str, ...]:
         return (fs_spec(resource).path,)
@@ -120,6 +122,16 @@ class FilesystemProvider:
     def delete(self, kind: str, path: str) -> str:
         """Prune: unlink a File/Symlink; rmdir a Directory only when empty."""
         return fs_apply.delete(self.target, kind, path)
+
+    def watch(self, resources: Sequence[Resource], notify: WatchCallback) -> Watcher:
+        """Watch the resources' paths with inotify (see :mod:`~setpoint.providers.fs_watch`)."""
+        w = FsWatch(self.target, resources, notify)
+        self._watches = [x for x in self._watches if not x.closed] + [w]
+        return w
+
+    def unwatched(self) -> set[str]:
+        """Ids the open watches could not watch (kernel watch limit): poll them."""
+        return {rid for w in self._watches if not w.closed for rid in w.unwatched()}
 
     def _declared_ancestors(self) -> frozenset[str]:
         # Recomputed when the engine swaps or grows ``target.declared`` (once per pass).

@@ -1,0 +1,137 @@
+"""The agent's watches of one stack: made after full passes, polled where they cannot be.
+
+Used by :mod:`setpoint.engine.agent`. After each full pass the agent calls
+:meth:`StackWatches.update` (in its pass thread) with the desired state the
+pass enforced; the resources are handed to each provider that can watch
+(:class:`~setpoint.providers.base.Watchable`), whose callbacks become partial
+passes. Resources no watch covers (the kernel's watch limit) are listed by
+:meth:`StackWatches.unwatched`: the agent re-checks them every
+``SETPOINT_WATCH_POLL`` seconds (default 2) and the stack's ``Watching``
+condition says so, so they are never left uncorrected in silence.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from setpoint.engine.reconciler import Desired
+from setpoint.model.resource import Resource
+from setpoint.providers.base import Provider, WatchCallback, Watcher
+from setpoint.state import JournalEntry, StateDB
+
+log = logging.getLogger("setpoint.agent")
+
+WATCHING = "Watching"
+WATCH_LIMIT_REACHED = "WatchLimitReached"
+
+
+def fallback_poll_interval() -> float:
+    """Seconds between re-checks of unwatched resources (``SETPOINT_WATCH_POLL``, default 2)."""
+    try:
+        return max(float(os.environ.get("SETPOINT_WATCH_POLL", "2")), 0.05)
+    except ValueError:
+        return 2.0
+
+
+class StackWatches:
+    """The open watchers of one stack (one per provider that can watch)."""
+
+    def __init__(self, stack: str, providers: dict[str, Provider], notify: WatchCallback) -> None:
+        self.stack = stack
+        self.providers = providers
+        self.notify = notify
+        self._key: tuple[str, int] | None = None
+        self._watchers: list[tuple[Any, Watcher]] = []
+        self.resources = 0
+        self.setup_ms = 0.0
+        self._limited = False
+
+    def update(self, desired: Desired | None) -> bool:
+        """(Re)watch ``desired``'s resources if they changed; True when watches were made."""
+        if desired is None:
+            return False
+        key = (desired.revision, len(desired.ordered.order))
+        if key == self._key and not self.unwatched():
+            return False
+        t0 = time.monotonic()
+        groups: dict[int, tuple[Any, list[Resource]]] = {}
+        for r in desired.ordered.order:
+            p = self.providers.get(r.kind)
+            if p is None or not hasattr(p, "watch"):
+                continue
+            groups.setdefault(id(p), (p, []))[1].append(r)
+        new: list[tuple[Any, Watcher]] = []
+        for p, rs in groups.values():
+            try:
+                new.append((p, p.watch(rs, self.notify)))
+            except OSError as exc:
+                log.warning("stack %s: cannot watch (%s); relying on polling", self.stack, exc)
+        old, self._watchers = self._watchers, new
+        for _p, w in old:  # the new watches are up before the old ones go: no gap
+            w.close()
+        self._key = key
+        self.resources = sum(len(rs) for _p, rs in groups.values())
+        self.setup_ms = (time.monotonic() - t0) * 1000
+        log.info(
+            "stack %s: watching %d resource(s) (%.0f ms)", self.stack, self.resources, self.setup_ms
+        )
+        return True
+
+    def unwatched(self) -> set[str]:
+        out: set[str] = set()
+        for p, w in self._watchers:
+            if hasattr(w, "unwatched"):
+                out |= w.unwatched()
+            elif hasattr(p, "unwatched"):
+                out |= p.unwatched()
+        return out
+
+    def retry(self) -> None:
+        for _p, w in self._watchers:
+            if hasattr(w, "retry"):
+                w.retry()
+
+    def watch_count(self) -> int:
+        return sum(int(getattr(w, "watch_count", 0)) for _p, w in self._watchers)
+
+    def close(self) -> None:
+        for _p, w in self._watchers:
+            w.close()
+        self._watchers = []
+        self._key = None
+
+    def report(self, db: StateDB, poll: float) -> None:
+        """Record in the stack's status (and once in the journal) whether all is watched."""
+        missing = self.unwatched()
+        st = db.load_status(self.stack)
+        if st is None:
+            return
+        now = time.time()
+        if missing:
+            msg = (
+                f"{len(missing)} of {self.resources} resource(s) could not be watched (the "
+                "kernel's inotify watch limit, fs.inotify.max_user_watches, is reached); they "
+                f"are re-checked by polling every {poll:g}s: " + ", ".join(sorted(missing)[:10])
+            )
+            st.set_condition(WATCHING, False, WATCH_LIMIT_REACHED, msg, now)
+        else:
+            msg = f"{self.resources} resource(s) watched ({self.watch_count()} inotify watches)"
+            st.set_condition(WATCHING, True, WATCHING, msg, now)
+        db.save_status(st)
+        if bool(missing) != self._limited:
+            self._limited = bool(missing)
+            event = "watch.limited" if missing else "watch.restored"
+            db.append(JournalEntry(now, self.stack, event, None, None, msg))
+            (log.warning if missing else log.info)("stack %s: %s", self.stack, msg)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "resources": self.resources,
+            "watches": self.watch_count(),
+            "unwatched": sorted(self.unwatched()),
+            "setup_ms": round(self.setup_ms, 1),
+        }
+
