@@ -26,6 +26,7 @@ class ResourceOutcome:
     state: str
     change: Change | None = None
     error: str | None = None
+    stall: str = ""  # a failure that stalls the stack (a Reason, e.g. RolledBack)
 
 
 @dataclass
@@ -44,6 +45,7 @@ class PassResult:
     prune_failures: dict[str, str] = field(default_factory=dict)
     duration: float = 0.0
     partial: bool = False  # only some resources were re-checked (a watch event)
+    health: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (health, message)
 
     def count(self, *states: str) -> int:
         return sum(1 for o in self.outcomes if o.state in states)

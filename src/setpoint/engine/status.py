@@ -51,9 +51,13 @@ def update_status(
     if result.revision:
         st.applied_revision = result.revision
 
+    earlier_stalls = dict(st.stalls)
     if not partial:
         # A partial pass (only some resources re-checked) keeps the others' states.
         st.resources = {}
+        st.health = {}
+        st.stalls = {}
+    _health_and_stalls(st, result, earlier_stalls)
     for o in result.outcomes:
         if o.state in (IN_SYNC, CHANGED, REVERTED):
             st.resources.pop(o.resource, None)
@@ -141,6 +145,14 @@ def update_status(
                 f"applied revision {_short(result.revision)}",
                 now,
             )
+    if result.refused is None and st.stalls and result.revision:
+        # A failed rollout (rolled back) stalls the stack until its declaration changes.
+        reason = next(iter(st.stalls.values()))[0]
+        msg = "; ".join(
+            f"revision {_short(rev)} failed its rollout: {m}" for _, m, rev in st.stalls.values()
+        )
+        st.set_condition("Ready", False, reason, msg, now)
+        st.set_condition("Stalled", True, reason, msg, now)
     st.set_condition("Reconciling", False, Reason.RECONCILIATION_SUCCEEDED, "pass finished", now)
     st.failures = 0 if result.converged else st.failures + 1
 
@@ -162,6 +174,23 @@ def update_status(
     if journal:
         db.append(*journal)
     return st
+
+
+def _health_and_stalls(
+    st: StackStatus, result: PassResult, earlier: dict[str, list[str]]
+) -> None:
+    for rid, (health, message) in result.health.items():
+        st.health[rid] = {"health": health, "message": message}
+    for o in result.outcomes:
+        if o.stall:
+            # The revision named is the one whose rollout failed, not a later one that
+            # kept the same failing declaration.
+            old = earlier.get(o.resource)
+            same = old is not None and old[:2] == [o.stall, o.error or ""]
+            rev = old[2] if same and old is not None else result.revision or ""
+            st.stalls[o.resource] = [o.stall, o.error or "", rev]
+        else:
+            st.stalls.pop(o.resource, None)
 
 
 def _total(prev: StackStatus | None) -> int:

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
-from setpoint.model.errors import ConfinementError, SetpointError
+from setpoint.model.errors import ConfinementError, ProviderError, SetpointError
 from setpoint.model.plan import Change
 from setpoint.model.resource import Resource
 
@@ -144,6 +144,18 @@ class Watchable(Protocol):
 
 class RegistryError(SetpointError):
     pass
+
+
+class StallError(ProviderError):
+    """A permanent failure that stalls the stack (condition Stalled, with ``reason``).
+
+    Raised e.g. by the Service provider when a rollout never became ready and was rolled
+    back: the failure stays reported until the declaration changes.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message, transient=False)
+        self.reason = reason
 
 
 class ProviderFactory(Protocol):

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from setpoint.providers.base import Registry
 from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.service_spec import ReleaseSpec, ServiceSpec
 
 
 def default_registry() -> Registry:
     from setpoint.providers.fs import FilesystemProvider
+    from setpoint.providers.release import ReleaseProvider
+    from setpoint.providers.service import ServiceProvider
 
     reg = Registry()
     reg.register("File", FileSpec, FilesystemProvider)
     reg.register("Directory", DirectorySpec, FilesystemProvider)
     reg.register("Symlink", SymlinkSpec, FilesystemProvider)
+    reg.register("Release", ReleaseSpec, ReleaseProvider)
+    reg.register("Service", ServiceSpec, ServiceProvider)
     return reg

@@ -1,0 +1,297 @@
+"""Processes of the Service kind: pid records, identity checks, spawning, stopping, logs.
+
+Used by :mod:`setpoint.providers.service` (and by the release store, to keep the
+directories a live process runs from). No engine imports.
+
+A process is identified by its pid *and* its start time (``/proc/PID/stat`` field 22,
+clock ticks since boot): a recorded pid whose start time differs now belongs to another
+process and is never signalled. Processes this agent did not spawn itself (adopted after
+an agent restart) are waited for and signalled through a pidfd, which cannot be
+recycled under us.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RECORD = "record.json"
+LOG = "output.log"
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def services_dir(state_dir: Path) -> Path:
+    return state_dir / "services"
+
+
+def service_dir(state_dir: Path, name: str) -> Path:
+    return services_dir(state_dir) / name
+
+
+def ensure_private_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON (mode 0600) via temp file + fsync + rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot; None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = raw[raw.rfind(b")") + 2 :].split()
+    if len(rest) < 20 or rest[0] in (b"Z", b"X"):
+        return None
+    return int(rest[19])
+
+
+def is_same_process(pid: int | None, started: int | None) -> bool:
+    return bool(pid) and started is not None and start_time(pid or 0) == started
+
+
+@dataclass
+class Handle:
+    """A live process we may wait for and signal: our child (``popen``) or adopted (``pidfd``)."""
+
+    pid: int
+    started: int
+    popen: subprocess.Popen[bytes] | None = None
+    pidfd: int | None = None
+
+    @classmethod
+    def adopt(cls, pid: int, started: int) -> Handle | None:
+        """Open a pidfd for ``pid`` if it is still the process that started at ``started``."""
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        # Checked after opening: the fd now pins this very process, recycled or not.
+        if start_time(pid) != started:
+            os.close(fd)
+            return None
+        return cls(pid, started, pidfd=fd)
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return start_time(self.pid) == self.started
+
+    def wait(self, timeout: float) -> tuple[bool, int | None]:
+        """Wait up to ``timeout`` s; return (exited, exit status or None when unknown)."""
+        if self.popen is not None:
+            try:
+                return True, self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return False, None
+        import select
+
+        assert self.pidfd is not None
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        if poller.poll(max(timeout, 0) * 1000):
+            return True, None
+        return (not self.alive()), None
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.popen is not None:
+                if self.popen.poll() is None:
+                    self.popen.send_signal(sig)
+            elif self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, sig)
+
+    def close(self) -> None:
+        if self.pidfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.pidfd)
+            self.pidfd = None
+
+
+def stop(handle: Handle, sig: int, grace: float) -> int | None:
+    """Send ``sig``, wait ``grace`` seconds, then SIGKILL; return the exit status if known."""
+    handle.signal(sig)
+    exited, code = handle.wait(grace)
+    if not exited:
+        handle.signal(signal.SIGKILL)
+        exited, code = handle.wait(10)
+    return code
+
+
+def spawn(
+    argv: list[str],
+    cwd: str,
+    env: dict[str, str],
+    log_path: Path,
+    user: str | int | None,
+) -> Handle:
+    """Start a process in its own session with output appended to ``log_path``."""
+    kwargs: dict[str, Any] = {}
+    if user is not None:
+        try:
+            pw = pwd.getpwnam(user) if isinstance(user, str) else pwd.getpwuid(user)
+        except KeyError:
+            raise PermissionError(f"no user {user!r} on this host") from None
+        if pw.pw_uid != os.geteuid() and os.geteuid() != 0:
+            raise PermissionError(f"running as user {user!r} needs the agent to run as root")
+        if pw.pw_uid != os.geteuid():
+            kwargs.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        popen = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            **kwargs,
+        )
+    finally:
+        os.close(fd)
+    started = None
+    for _ in range(100):
+        started = start_time(popen.pid)
+        if started is not None:
+            break
+        if popen.poll() is not None:
+            started = 0  # exited at once: the supervisor will see it
+            break
+        time.sleep(0.001)
+    return Handle(popen.pid, started or 0, popen=popen)
+
+
+def rotate(log_path: Path, max_bytes: int, keep: int) -> bool:
+    """Copy-truncate ``log_path`` into ``.1`` (older ones shift up to ``.keep``) when too big.
+
+    The process keeps its O_APPEND descriptor, so it goes on writing at the new end;
+    this works across agent restarts.
+    """
+    try:
+        size = os.stat(log_path).st_size
+    except FileNotFoundError:
+        return False
+    if size <= max_bytes:
+        return False
+    for i in range(keep - 1, 0, -1):
+        older = log_path.with_name(f"{log_path.name}.{i}")
+        if older.exists():
+            os.replace(older, log_path.with_name(f"{log_path.name}.{i + 1}"))
+    with contextlib.suppress(FileNotFoundError):
+        log_path.with_name(f"{log_path.name}.{keep + 1}").unlink()
+    first = log_path.with_name(f"{log_path.name}.1")
+    tmp = first.with_name(first.name + ".tmp")
+    with open(log_path, "rb") as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, first)
+    os.truncate(log_path, 0)
+    return True
+
+
+def log_files(state_dir: Path, name: str) -> list[Path]:
+    """A service's log files, oldest first (``output.log.N`` ... ``output.log``)."""
+    base = service_dir(state_dir, name) / LOG
+    rotated = sorted(
+        (p for p in base.parent.glob(LOG + ".*") if p.suffix[1:].isdigit()),
+        key=lambda p: -int(p.suffix[1:]),
+    )
+    return [*rotated, base] if base.exists() else rotated
+
+
+def live_release_dirs(state_dir: Path) -> set[str]:
+    """Release directories that a live recorded service process runs from."""
+    out: set[str] = set()
+    root = services_dir(state_dir)
+    if not root.is_dir():
+        return out
+    for d in root.iterdir():
+        rec = read_json(d / RECORD)
+        if not rec:
+            continue
+        cfg = rec.get("config") or {}
+        rel = cfg.get("release_dir")
+        if rel and is_same_process(rec.get("pid"), rec.get("started")):
+            out.add(str(rel))
+    return out
+
+
+def tail_logs(
+    state_dir: Path,
+    name: str,
+    lines: int,
+    follow: bool,
+    write: Any,
+    stop: threading.Event | None = None,
+) -> bool:
+    """Write the last ``lines`` lines of a service's logs; with ``follow`` keep writing.
+
+    Returns False when the service has no logs. Follows across copy-truncate rotations.
+    """
+    files = log_files(state_dir, name)
+    if not files:
+        return False
+    tail: list[bytes] = []
+    for p in files:
+        with contextlib.suppress(FileNotFoundError), open(p, "rb") as f:
+            tail.extend(f.read().splitlines(keepends=True))
+        tail = tail[-lines:] if lines > 0 else []
+    for line in tail:
+        write(line)
+    if not follow:
+        return True
+    base = service_dir(state_dir, name) / LOG
+    offset = base.stat().st_size if base.exists() else 0
+    while not (stop is not None and stop.is_set()):
+        try:
+            size = base.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < offset:  # rotated: the rest of what we had not seen is in .1
+            first = base.with_name(LOG + ".1")
+            with contextlib.suppress(FileNotFoundError), open(first, "rb") as f:
+                f.seek(offset)
+                write(f.read())
+            offset = 0
+        if size > offset:
+            with open(base, "rb") as f:
+                f.seek(offset)
+                data = f.read(size - offset)
+            offset += len(data)
+            write(data)
+        time.sleep(0.2)
+    return True
