@@ -188,10 +188,10 @@ class Env:
         return self.ctl.reconcile("web", only=only)
 
     def resource(self, rid: str) -> Resource:
-        for desired in self.ctl.reconciler._desired.values():
-            for r in desired.ordered.order:
-                if r.id == rid:
-                    return r
+        desired = self.ctl.reconciler.enforced("web")
+        for r in desired.ordered.order if desired else ():
+            if r.id == rid:
+                return r
         raise KeyError(rid)
 
     def record(self, name: str) -> dict[str, Any]:

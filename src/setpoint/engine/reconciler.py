@@ -10,37 +10,27 @@ transaction per resource, so a crash never loses the record of a completed apply
 
 from __future__ import annotations
 
-import os
-import posixpath
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from setpoint.config import StackConfig
-from setpoint.engine.graph import Ordered, order_resources
+from setpoint.engine.desired import Desired, DesiredCache, TreeIdFor, refusal_reason
+from setpoint.engine.inventory import InventoryView
 from setpoint.engine.outcome import PassResult, ResourceOutcome
+from setpoint.engine.prune import os_message, prune
 from setpoint.engine.status import update_status
-from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
+from setpoint.model.errors import ManifestErrors, SetpointError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers.base import Provider, Registry, StallError, Target
 from setpoint.render import RenderCache
 from setpoint.state import InventoryRecord, JournalEntry, StateDB
 
+__all__ = ["Desired", "Reconciler", "TreeIdFor"]
+
 TreeFor = Callable[[str], Path]
-TreeIdFor = Callable[[str, str], str | None]
-"""(commit sha, stack path) -> the Git tree id of that path at that commit, or None."""
-
-
-@dataclass(frozen=True)
-class Desired:
-    """A stack's validated desired state at one revision, in dependency order."""
-
-    revision: str
-    ordered: Ordered
-    paths: dict[str, str] = field(default_factory=dict)  # declared path -> resource id
-    index: dict[str, int] = field(default_factory=dict)  # resource id -> position in order
 
 
 @dataclass(frozen=True)
@@ -61,11 +51,8 @@ class Reconciler:
     Partial passes (``only=``, the agent's watch events) must cost O(changed), not
     O(stack): they reuse what the last full pass of the stack decided (the
     revision in force, refusals, the rendered stack) when the fetched and last
-    good revisions are unchanged, and an in-memory copy of the inventory and of
-    the path owners. That copy is exact because this process is the only writer
-    (one agent per state dir, see ``Controller.lock_state``): every inventory
-    write goes through :meth:`_record_outcome`, which updates it; a full pass
-    reloads it from the database.
+    good revisions are unchanged. The inventory is read through an in-memory
+    :class:`~setpoint.engine.inventory.InventoryView`.
     """
 
     def __init__(
@@ -77,159 +64,28 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
-        self.registry = registry
         self.target = target
         self.providers = registry.providers(target)
         # Not ``cache or ...``: an empty RenderCache is falsy (it has __len__).
-        self.cache = cache if cache is not None else RenderCache()
+        self.desired = DesiredCache(
+            registry, self.providers, cache if cache is not None else RenderCache()
+        )
+        self.inventory = InventoryView(db)
         self.clock = clock
-        self._desired: dict[tuple[str, str, str], Desired] = {}
-        # Rendered stacks by (tree id of the stack path, path, stack): a commit that
-        # changes only other parts of a monorepo costs no re-render.
-        self._by_tree: dict[tuple[str, str, str], Desired] = {}
-        self._tree_ids: dict[tuple[str, str], str | None] = {}
         self._heads: dict[str, _Head] = {}
-        self._inventory: dict[str, dict[str, InventoryRecord]] = {}
-        self._owners: dict[str, InventoryRecord] | None = None
-        self._owners_version = 0
         self._declared: tuple[tuple[int, int], set[str]] | None = None
-        self._conflicts_ok: tuple[Desired, int, str] | None = None
-        self.renders = 0  # stacks actually rendered (for tests and benchmarks)
         self._desired_hooks: list[Callable[[dict[str, Resource]], None]] | None = None
         self._by_id: tuple[Desired, dict[str, Resource]] | None = None
 
-    # -- desired state ----------------------------------------------------------------
-
-    def desired(
-        self, stack: StackConfig, tree: Path, sha: str, tree_key: str | None = None
-    ) -> Desired:
-        """Render and order a stack at ``sha``; raise ManifestErrors if it must be refused.
-
-        ``tree_key`` (the Git tree id of the stack's path at ``sha``) lets a stack
-        rendered at another commit with the same tree be reused, when the stack
-        reads nothing outside its path (see :func:`_self_contained`).
-        """
-        key = (sha, stack.path, stack.name)
-        hit = self._desired.get(key)
-        tkey = (tree_key, stack.path, stack.name) if tree_key else None
-        if hit is None and tkey is not None and tkey in self._by_tree:
-            hit = replace(self._by_tree[tkey], revision=sha)
-            self._remember(key, hit)
-        if hit is None:
-            self.renders += 1
-            resources = self.cache.get_or_load(sha, tree, stack.path, self.registry)
-            by_path: dict[str, str] = {}
-            for r in resources:
-                for p in self._provider(r).claims(r):
-                    by_path[p] = r.id
-            try:
-                ordered = order_resources(
-                    resources, lambda r: self._provider(r).implicit_dependencies(r, by_path)
-                )
-            except ManifestError as exc:
-                raise ManifestErrors([exc]) from exc
-            index = {r.id: i for i, r in enumerate(ordered.order)}
-            hit = Desired(sha, ordered, by_path, index)
-            self._remember(key, hit)
-            if tkey is not None and _self_contained(tree, stack.path, resources):
-                if len(self._by_tree) > 16:
-                    self._by_tree.pop(next(iter(self._by_tree)))
-                self._by_tree[tkey] = hit
-        self._check_conflicts(stack, hit)
-        return hit
+    @property
+    def renders(self) -> int:
+        """How many stacks were actually rendered (not served from a cache)."""
+        return self.desired.renders
 
     def enforced(self, stack: str) -> Desired | None:
         """The desired state the last full pass of ``stack`` enforced (None if none)."""
         head = self._heads.get(stack)
         return head.desired if head is not None else None
-
-    def _remember(self, key: tuple[str, str, str], hit: Desired) -> None:
-        if len(self._desired) > 16:
-            self._desired.pop(next(iter(self._desired)))
-        self._desired[key] = hit
-
-    def _tree_id(self, tree_id_for: TreeIdFor | None, sha: str, path: str) -> str | None:
-        if tree_id_for is None:
-            return None
-        key = (sha, path)
-        if key not in self._tree_ids:
-            try:
-                self._tree_ids[key] = tree_id_for(sha, path)
-            except SetpointError:
-                return None  # not cached: no reuse this time, asked again next time
-            if len(self._tree_ids) > 64:
-                self._tree_ids.pop(next(iter(self._tree_ids)))
-        return self._tree_ids[key]
-
-    # -- in-memory inventory (exact: this process is the only writer) -------------------
-
-    def _owners_by_path(self, *, reload: bool = False) -> dict[str, InventoryRecord]:
-        if reload or self._owners is None:
-            self._owners = self.db.owners_by_path()
-            self._owners_version += 1
-        return self._owners
-
-    def _stack_inventory(self, stack: str, *, reload: bool) -> dict[str, InventoryRecord]:
-        inv = self._inventory.get(stack)
-        if reload or inv is None:
-            inv = self._inventory[stack] = self.db.inventory(stack)
-        return inv
-
-    def _record_outcome(
-        self,
-        records: Sequence[InventoryRecord] = (),
-        removed: Sequence[tuple[str, str]] = (),
-        entries: Sequence[JournalEntry] = (),
-    ) -> None:
-        """``db.record_outcome``, keeping the in-memory inventory and owners in step."""
-        self.db.record_outcome(records=records, removed=removed, entries=entries)
-        for rec in records:
-            inv = self._inventory.get(rec.stack)
-            old = inv.get(rec.resource) if inv is not None else None
-            if inv is not None:
-                inv[rec.resource] = rec
-            owners = self._owners
-            if owners is None or not rec.path:
-                continue
-            if old is not None and old.path != rec.path:
-                self._owners = None  # a path moved: reload the owners next time
-                continue
-            cur = owners.get(rec.path)
-            if cur is None:
-                owners[rec.path] = rec
-                self._owners_version += 1
-            elif (cur.stack, cur.resource) == (rec.stack, rec.resource):
-                owners[rec.path] = rec  # same owner: no version change
-        for st, rid in removed:
-            inv = self._inventory.get(st)
-            if inv is not None:
-                inv.pop(rid, None)
-            self._owners = None
-
-    def _check_conflicts(self, stack: StackConfig, desired: Desired) -> None:
-        owners = self._owners_by_path()
-        checked = (desired, self._owners_version, stack.name)
-        ok = self._conflicts_ok
-        if ok is not None and ok[0] is desired and ok[1:] == checked[1:]:
-            return
-        errors = []
-        by_id = {r.id: r for r in desired.ordered.order}
-        for path, rid in desired.paths.items():
-            owner = owners.get(path)
-            if owner is not None and owner.stack != stack.name:
-                loc = by_id[rid].location
-                errors.append(
-                    ManifestError(
-                        loc.file,
-                        loc.line,
-                        f"{rid}: path {path} is already managed by stack {owner.stack!r} "
-                        f"({owner.resource} at {owner.location}); a path can belong to one "
-                        "resource only: remove one of the two declarations",
-                    )
-                )
-        if errors:
-            raise ManifestErrors(errors)
-        self._conflicts_ok = checked
 
     def _provider(self, r: Resource) -> Provider:
         return self.providers[r.kind]
@@ -255,6 +111,7 @@ class Reconciler:
         journal's revert entries then say how long the restore took from it.
         """
         started = self.clock()
+        self.inventory.refresh()
         status = self.db.load_status(stack.name)
         last_good = status.last_good_revision if status else None
         result = PassResult(
@@ -297,8 +154,31 @@ class Reconciler:
 
         result.duration = self.clock() - started
         if not dry_run:
+            self._drain_provider_events(stack, result.revision)
             update_status(self.db, stack, result, status, self.clock())
         return result
+
+    def _drain_provider_events(self, stack: StackConfig, revision: str | None) -> None:
+        """Journal what providers did between passes (e.g. a supervisor's restarts).
+
+        Only events of the resources of the desired state just enforced are taken
+        (``drain_events``, see :class:`setpoint.providers.base.EventSource`).
+        """
+        head = self._heads.get(stack.name)
+        if head is None or head.desired is None:
+            return
+        ids = head.desired.index.keys()
+        entries: list[JournalEntry] = []
+        for p in {id(p): p for p in self.providers.values()}.values():
+            drain = getattr(p, "drain_events", None)
+            for ev in drain(ids) if drain is not None else ():
+                entries.append(
+                    JournalEntry(
+                        ev.at, stack.name, ev.event, revision, ev.resource, ev.message, ev.detail
+                    )
+                )
+        if entries:
+            self.db.append(*entries)
 
     def _judge(
         self,
@@ -314,12 +194,11 @@ class Reconciler:
         if fetched is not None:
             try:
                 tree = tree_for(fetched)
-                tkey = self._tree_id(tree_id_for, fetched, stack.path)
-                desired = self.desired(stack, tree, fetched, tkey)
+                desired = self.desired.get(stack, tree, fetched, self.inventory, tree_id_for)
             except ManifestErrors as exc:
                 result.refused = fetched
                 result.errors = [str(e) for e in exc.errors]
-                result.refused_reason = _refusal_reason(exc)
+                result.refused_reason = refusal_reason(exc)
             except SetpointError as exc:
                 result.refused = fetched
                 result.errors = [str(exc)]
@@ -327,7 +206,7 @@ class Reconciler:
                 result.refused_reason = str(getattr(exc, "reason", "SourceFailed"))
         if desired is None and last_good and last_good != fetched:
             try:
-                desired = self.desired(stack, tree_for(last_good), last_good)
+                desired = self.desired.get(stack, tree_for(last_good), last_good, self.inventory)
             except SetpointError as exc:
                 result.errors.append(
                     f"last good revision {last_good[:12]} cannot be enforced: {exc}"
@@ -346,12 +225,12 @@ class Reconciler:
         event_at: float | None = None,
     ) -> None:
         full = only is None
-        inventory = self._stack_inventory(stack.name, reload=full)
-        owners = self._owners_by_path(reload=full)
+        inventory = self.inventory.stack(stack.name)
+        owners = self.inventory.owners()
         target = self.target
         target.forget_parents()
         # One set object per (desired, owners): the provider caches what it derives from it.
-        dkey = (id(desired), self._owners_version)
+        dkey = (id(desired), self.inventory.version)
         if full or self._declared is None or self._declared[0] != dkey:
             self._declared = (dkey, set(desired.paths) | set(owners))
         target.declared = self._declared[1]
@@ -383,8 +262,18 @@ class Reconciler:
             self._health(r, result)
             if outcome.state in ("failed", "pending", "drifted"):
                 blocked.add(r.id)
-        if only is None:
-            self._prune(stack, desired, inventory, result, dry_run)
+        if full:
+            wanted = {r.id for r in desired.ordered.order}
+            prune(
+                stack,
+                desired.revision,
+                wanted,
+                self.inventory,
+                self.providers,
+                result,
+                dry_run=dry_run,
+                clock=self.clock,
+            )
         if not dry_run:
             target.fsync_touched()
 
@@ -409,11 +298,11 @@ class Reconciler:
         except (SetpointError, OSError) as exc:
             if isinstance(exc, StallError):  # e.g. a rolled-back rollout, still declared
                 return self._failed(stack, r, sha, str(exc), dry_run, stall=exc.reason)
-            return self._failed(stack, r, sha, f"cannot read: {_msg(exc)}", dry_run)
+            return self._failed(stack, r, sha, f"cannot read: {os_message(exc)}", dry_run)
         drift = owned is not None and owned.digest == r.digest and not change.is_noop
         if change.is_noop:
             if (owned is None or owned.digest != r.digest) and not dry_run:
-                self._record_outcome(records=[self._record(stack, r, sha)])
+                self.inventory.record_outcome(records=[self._record(stack, r, sha)])
             return ResourceOutcome(r.id, "in_sync")
         if dry_run:
             return ResourceOutcome(r.id, "drifted" if drift else "pending", change=change)
@@ -435,18 +324,20 @@ class Reconciler:
             # Write-ahead: own the path before creating it, so that a crash between the
             # create and its record cannot leave a file that no inventory knows (which
             # prune would then never remove). Digest "" = not applied yet (never drift).
-            self._record_outcome(records=[replace(self._record(stack, r, sha), digest="")])
+            self.inventory.record_outcome(records=[replace(self._record(stack, r, sha), digest="")])
         t0 = time.monotonic()
         try:
             provider.apply(r, change)
         except (SetpointError, OSError) as exc:
             if intent:  # the create failed (atomically): withdraw the claim
-                self._record_outcome(removed=[(stack.name, r.id)])
+                self.inventory.record_outcome(removed=[(stack.name, r.id)])
             if entries:
                 self.db.append(*entries)
             if isinstance(exc, StallError):
                 return self._failed(stack, r, sha, str(exc), False, stall=exc.reason)
-            return self._failed(stack, r, sha, f"cannot {change.action.value}: {_msg(exc)}", False)
+            return self._failed(
+                stack, r, sha, f"cannot {change.action.value}: {os_message(exc)}", False
+            )
         done = time.monotonic()
         event = "revert" if drift else "apply"
         detail = _detail(change) | {"ms": round((done - t0) * 1000, 3)}
@@ -456,7 +347,7 @@ class Reconciler:
         entries.append(
             JournalEntry(self.clock(), stack.name, event, sha, r.id, change.summary(), detail)
         )
-        self._record_outcome(records=[self._record(stack, r, sha, owned)], entries=entries)
+        self.inventory.record_outcome(records=[self._record(stack, r, sha, owned)], entries=entries)
         return ResourceOutcome(r.id, "reverted" if drift else "changed", change=change)
 
     def _bind_desired(self, desired: Desired) -> None:
@@ -523,120 +414,6 @@ class Reconciler:
             applied_at=self.clock(),
             prune=not r.prune_disabled,
         )
-
-    def _prune(
-        self,
-        stack: StackConfig,
-        desired: Desired,
-        inventory: dict[str, InventoryRecord],
-        result: PassResult,
-        dry_run: bool,
-    ) -> None:
-        wanted = {r.id for r in desired.ordered.order}
-        gone = [rec for rid, rec in inventory.items() if rid not in wanted]
-        # Children before parents: deeper paths first.
-        gone.sort(key=lambda rec: (-rec.path.count("/"), rec.path), reverse=False)
-        for rec in gone:
-            keep_reason = None
-            if not stack.prune:
-                keep_reason = "prune is disabled for this stack"
-            elif not rec.prune:
-                keep_reason = "labelled setpoint/prune: disabled"
-            if keep_reason:
-                change = Change(
-                    rec.resource,
-                    Action.NOOP,
-                    rec.path,
-                    reason=f"removed from Git, kept: {keep_reason}",
-                )
-                result.prunes.append(change)
-                if not dry_run:
-                    self._record_outcome(
-                        removed=[(stack.name, rec.resource)],
-                        entries=[
-                            JournalEntry(
-                                self.clock(),
-                                stack.name,
-                                "prune",
-                                desired.revision,
-                                rec.resource,
-                                f"released {rec.path}: {keep_reason}",
-                            )
-                        ],
-                    )
-                continue
-            change = Change(rec.resource, Action.DELETE, rec.path, reason="removed from Git")
-            result.prunes.append(change)
-            if dry_run:
-                continue
-            provider = self.providers.get(rec.kind)
-            try:
-                if provider is None:
-                    raise SetpointError(f"no provider for kind {rec.kind}")
-                done = provider.delete(rec.kind, rec.path)
-            except (SetpointError, OSError) as exc:
-                msg = f"cannot delete {rec.path}: {_msg(exc)}"
-                result.prune_failures[rec.resource] = msg
-                self.db.append(
-                    JournalEntry(
-                        self.clock(), stack.name, "failure", desired.revision, rec.resource, msg
-                    )
-                )
-                continue
-            self._record_outcome(
-                removed=[(stack.name, rec.resource)],
-                entries=[
-                    JournalEntry(
-                        self.clock(),
-                        stack.name,
-                        "prune",
-                        desired.revision,
-                        rec.resource,
-                        done,
-                        {"path": rec.path},
-                    )
-                ],
-            )
-
-
-def _self_contained(tree: Path, path: str, resources: Sequence[Resource]) -> bool:
-    """True when the rendered stack depends on nothing outside ``path`` of the tree.
-
-    Then the tree id of ``path`` identifies the rendered stack exactly. Not so if a
-    File's ``source`` lies outside the path, or a symlink inside the path (which
-    may lead elsewhere in the repository).
-    """
-    base = posixpath.normpath(path or ".")
-    if base == ".":
-        return True
-    prefix = base + "/"
-    for r in resources:
-        source = getattr(r.spec, "source", None)
-        if isinstance(source, str):
-            where = posixpath.normpath(posixpath.join(posixpath.dirname(r.location.file), source))
-            if not where.startswith(prefix):
-                return False
-    for dirpath, dirnames, filenames in os.walk(tree / base):
-        for name in (*dirnames, *filenames):
-            if os.path.islink(os.path.join(dirpath, name)):
-                return False
-    return True
-
-
-def _refusal_reason(exc: ManifestErrors) -> str:
-    text = " ".join(e.message for e in exc.errors)
-    if "dependency cycle" in text:
-        return "DependencyCycle"
-    if "already managed by stack" in text:
-        return "Conflict"
-    return "ValidationFailed"
-
-
-def _msg(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        where = f" ({exc.filename})" if exc.filename else ""
-        return f"{exc.strerror}{where}"
-    return str(exc)
 
 
 def _drift_message(change: Change) -> str:

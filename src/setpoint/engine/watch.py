@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any
 
-from setpoint.engine.reconciler import Desired
+from setpoint.engine.desired import Desired
 from setpoint.model.resource import Resource
 from setpoint.providers.base import Provider, WatchCallback, Watcher
 from setpoint.state import JournalEntry, StateDB

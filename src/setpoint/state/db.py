@@ -224,6 +224,16 @@ class StateDB:
 
     # -- inventory -------------------------------------------------------------
 
+    def changed_elsewhere(self) -> int:
+        """A counter that moves when another connection commits (SQLite's data_version).
+
+        The engine keeps an in-memory copy of the inventory and reloads it only
+        when this moves: its own writes do not move it.
+        """
+        with self._lock:
+            row = self._conn.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
     def inventory(self, stack: str) -> dict[str, InventoryRecord]:
         """What ``stack`` owns, keyed by resource id."""
         with self._lock:

@@ -1,0 +1,175 @@
+"""Desired state: a stack rendered, ordered and checked against other stacks' claims.
+
+Used by the reconciler once per pass. Rendering 10,000 resources costs a second
+or more, so results are cached by (commit, stack path), and also by the Git tree
+id of the stack's path, so a commit that only touches other parts of a monorepo
+costs no re-render. Pure apart from reading the exported tree.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from setpoint.config import StackConfig
+from setpoint.engine.graph import Ordered, order_resources
+from setpoint.engine.inventory import InventoryView
+from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
+from setpoint.model.resource import Resource
+from setpoint.providers.base import Provider, Registry
+from setpoint.render import RenderCache
+
+TreeIdFor = Callable[[str, str], str | None]
+"""(commit sha, stack path) -> the Git tree id of that path at that commit, or None."""
+
+_KEEP = 16  # rendered stacks kept (a few revisions of a few stacks)
+
+
+@dataclass(frozen=True)
+class Desired:
+    """A stack's validated desired state at one revision, in dependency order."""
+
+    revision: str
+    ordered: Ordered
+    paths: dict[str, str] = field(default_factory=dict)  # declared path -> resource id
+    index: dict[str, int] = field(default_factory=dict)  # resource id -> position in order
+
+
+class DesiredCache:
+    def __init__(
+        self, registry: Registry, providers: dict[str, Provider], cache: RenderCache
+    ) -> None:
+        self.registry = registry
+        self.providers = providers
+        self.cache = cache
+        self._by_commit: dict[tuple[str, str, str], Desired] = {}
+        self._by_tree: dict[tuple[str, str, str], Desired] = {}
+        self._tree_ids: dict[tuple[str, str], str | None] = {}
+        self._conflicts_ok: tuple[Desired, int, str] | None = None
+        self.renders = 0  # stacks actually rendered (for tests and benchmarks)
+
+    def get(
+        self,
+        stack: StackConfig,
+        tree: Path,
+        sha: str,
+        view: InventoryView,
+        tree_id_for: TreeIdFor | None = None,
+    ) -> Desired:
+        """Render and order a stack at ``sha``; raise ManifestErrors if it must be refused.
+
+        A stack rendered at another commit with the same tree id of its path is
+        reused when it reads nothing outside that path (see :func:`_self_contained`).
+        """
+        key = (sha, stack.path, stack.name)
+        hit = self._by_commit.get(key)
+        tree_id = self._tree_id(tree_id_for, sha, stack.path) if hit is None else None
+        tkey = (tree_id, stack.path, stack.name) if tree_id else None
+        if hit is None and tkey is not None and tkey in self._by_tree:
+            hit = replace(self._by_tree[tkey], revision=sha)
+            _put(self._by_commit, key, hit)
+        if hit is None:
+            self.renders += 1
+            resources = self.cache.get_or_load(sha, tree, stack.path, self.registry)
+            hit = self._order(sha, resources)
+            _put(self._by_commit, key, hit)
+            if tkey is not None and _self_contained(tree, stack.path, resources):
+                _put(self._by_tree, tkey, hit)
+        self._check_conflicts(stack, hit, view)
+        return hit
+
+    def _order(self, sha: str, resources: list[Resource]) -> Desired:
+        by_path: dict[str, str] = {}
+        for r in resources:
+            for p in self.providers[r.kind].claims(r):
+                by_path[p] = r.id
+        try:
+            ordered = order_resources(
+                resources, lambda r: self.providers[r.kind].implicit_dependencies(r, by_path)
+            )
+        except ManifestError as exc:
+            raise ManifestErrors([exc]) from exc
+        index = {r.id: i for i, r in enumerate(ordered.order)}
+        return Desired(sha, ordered, by_path, index)
+
+    def _tree_id(self, tree_id_for: TreeIdFor | None, sha: str, path: str) -> str | None:
+        if tree_id_for is None:
+            return None
+        key = (sha, path)
+        if key not in self._tree_ids:
+            try:
+                self._tree_ids[key] = tree_id_for(sha, path)
+            except SetpointError:
+                return None  # not cached: no reuse this time, asked again next time
+            if len(self._tree_ids) > 4 * _KEEP:
+                self._tree_ids.pop(next(iter(self._tree_ids)))
+        return self._tree_ids[key]
+
+    def _check_conflicts(self, stack: StackConfig, desired: Desired, view: InventoryView) -> None:
+        """Refuse a path another stack already owns (the newcomer is the offender)."""
+        owners = view.owners()
+        checked = (desired, view.version, stack.name)
+        ok = self._conflicts_ok
+        if ok is not None and ok[0] is desired and ok[1:] == checked[1:]:
+            return
+        errors = []
+        by_id = {r.id: r for r in desired.ordered.order}
+        for path, rid in desired.paths.items():
+            owner = owners.get(path)
+            if owner is not None and owner.stack != stack.name:
+                loc = by_id[rid].location
+                errors.append(
+                    ManifestError(
+                        loc.file,
+                        loc.line,
+                        f"{rid}: path {path} is already managed by stack {owner.stack!r} "
+                        f"({owner.resource} at {owner.location}); a path can belong to one "
+                        "resource only: remove one of the two declarations",
+                    )
+                )
+        if errors:
+            raise ManifestErrors(errors)
+        self._conflicts_ok = checked
+
+
+def _put(cache: dict[tuple[str, str, str], Desired], key: tuple[str, str, str], v: Desired) -> None:
+    if len(cache) > _KEEP:
+        cache.pop(next(iter(cache)))
+    cache[key] = v
+
+
+def _self_contained(tree: Path, path: str, resources: Sequence[Resource]) -> bool:
+    """True when the rendered stack depends on nothing outside ``path`` of the tree.
+
+    Then the tree id of ``path`` identifies the rendered stack exactly. Not so if a
+    File's ``source`` lies outside the path, or a symlink inside the path (which
+    may lead elsewhere in the repository).
+    """
+    base = posixpath.normpath(path or ".")
+    if base == ".":
+        return True
+    prefix = base + "/"
+    for r in resources:
+        source = getattr(r.spec, "source", None)
+        if isinstance(source, str):
+            where = posixpath.normpath(posixpath.join(posixpath.dirname(r.location.file), source))
+            if not where.startswith(prefix):
+                return False
+    for dirpath, dirnames, filenames in os.walk(tree / base):
+        for name in (*dirnames, *filenames):
+            if os.path.islink(os.path.join(dirpath, name)):
+                return False
+    return True
+
+
+def refusal_reason(exc: ManifestErrors) -> str:
+    """The condition reason for a refused revision."""
+    text = " ".join(e.message for e in exc.errors)
+    if "dependency cycle" in text:
+        return "DependencyCycle"
+    if "already managed by stack" in text:
+        return "Conflict"
+    return "ValidationFailed"
