@@ -83,10 +83,11 @@ def read_bytes(host: str, path: str, size: int) -> bytes:
     except OSError as err:
         raise _read_error(path, err) from err
     try:
-        # Ask for one byte more than lstat said, then read to EOF: a file that grew
-        # between lstat and read is still read whole.
+        # Ask for one byte more than lstat said: a short read of a regular file
+        # means EOF, so the usual case costs one read call (the drift check is a
+        # hot path); a file that grew since lstat is read on to EOF, whole.
         first = os.read(fd, size + 1)
-        if not first:
+        if len(first) <= size:
             return first
         chunks = [first]
         while chunk := os.read(fd, _CHUNK):
