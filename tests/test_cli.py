@@ -45,6 +45,10 @@ def test_plan_apply_plan_exit_codes_and_diff(git_repo, root, state_dir):
     assert (root / "etc/app.conf").read_text() == "a=1\nb=3\n"
     out = cli("plan", *src(git_repo, root, state_dir), check=0)
     assert "0 to create, 0 to update" in out.stdout
+    assert "File/conf" not in out.stdout  # no-ops are counted, listed only on request
+    out = cli("plan", *src(git_repo, root, state_dir), "--unchanged", check=0)
+    assert "= noop File/conf  (in sync)" in out.stdout
+    assert "= noop Symlink/link  (in sync)" in out.stdout
     os.symlink("elsewhere", root / "etc/tmp-link")
     os.replace(root / "etc/tmp-link", root / "etc/link")
     out = cli("plan", *src(git_repo, root, state_dir), check=2)

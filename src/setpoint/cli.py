@@ -23,6 +23,7 @@ from setpoint.config import LISTEN_RE, AgentConfig, config_from_flags, load_conf
 from setpoint.engine.agent import Agent
 from setpoint.engine.controller import Controller
 from setpoint.engine.graph import order_resources
+from setpoint.engine.outcome import PassResult
 from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
 from setpoint.providers.base import Target
 from setpoint.providers.registry import default_registry
@@ -66,6 +67,9 @@ StateOpt = Annotated[
 DriftOpt = Annotated[str, typer.Option("--drift", help="revert (default) or report (with --repo).")]
 PruneOpt = Annotated[
     bool, typer.Option("--prune/--no-prune", help="Delete what was removed from Git (with --repo).")
+]
+UnchangedOpt = Annotated[
+    bool, typer.Option("--unchanged", help="Also list the resources already in sync (no-op).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -124,6 +128,28 @@ def _joined(directory: Path, e: ManifestError) -> str:
     return f"{directory / e.file}:{e.line}: {e.message}"
 
 
+def _one_pass(
+    cfg: AgentConfig, *, dry_run: bool, as_json: bool, unchanged: bool
+) -> list[PassResult]:
+    """Fetch every source and run one pass (or a dry run) per stack; print the results."""
+    try:
+        ctl = Controller(cfg)
+        if not dry_run:
+            ctl.lock_state()
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    try:
+        results = ctl.run_once(dry_run=dry_run)
+    finally:
+        ctl.close()
+    if as_json:
+        typer.echo(json.dumps([result_json(r) for r in results], indent=2))
+    else:
+        for r in results:
+            print_plan(r, applied=not dry_run, unchanged=unchanged)
+    return results
+
+
 @app.command(
     epilog="Example: setpoint plan --repo ./infra --path hosts/web --root /tmp/sandbox "
     "--state /tmp/sp-state\n\nExit status: 0 in sync, 2 changes pending, 1 error."
@@ -139,22 +165,14 @@ def plan(
     drift: DriftOpt = "revert",
     prune: PruneOpt = True,
     as_json: JsonOpt = False,
+    unchanged: UnchangedOpt = False,
 ) -> None:
     """Fetch, render and show what would change (create / update / delete / no-op)."""
     try:
         cfg = _config(config, repo, ref, path, stack, root, state, drift=drift, prune=prune)
-        ctl = Controller(cfg)
     except SetpointError as exc:
         raise _fail(exc) from None
-    try:
-        results = ctl.run_once(dry_run=True)
-    finally:
-        ctl.close()
-    if as_json:
-        typer.echo(json.dumps([result_json(r) for r in results], indent=2))
-    else:
-        for r in results:
-            print_plan(r)
+    results = _one_pass(cfg, dry_run=True, as_json=as_json, unchanged=unchanged)
     if any(r.revision is None or r.refused or r.fetch_error for r in results):
         raise typer.Exit(1)
     raise typer.Exit(2 if any(r.changes for r in results) else 0)
@@ -175,23 +193,14 @@ def apply(
     drift: DriftOpt = "revert",
     prune: PruneOpt = True,
     as_json: JsonOpt = False,
+    unchanged: UnchangedOpt = False,
 ) -> None:
     """Run one reconcile pass; exit 0 when the host has converged, 1 otherwise."""
     try:
         cfg = _config(config, repo, ref, path, stack, root, state, drift=drift, prune=prune)
-        ctl = Controller(cfg)
-        ctl.lock_state()
     except SetpointError as exc:
         raise _fail(exc) from None
-    try:
-        results = ctl.run_once()
-    finally:
-        ctl.close()
-    if as_json:
-        typer.echo(json.dumps([result_json(r) for r in results], indent=2))
-    else:
-        for r in results:
-            print_plan(r, applied=True)
+    results = _one_pass(cfg, dry_run=False, as_json=as_json, unchanged=unchanged)
     raise typer.Exit(0 if all(r.converged for r in results) else 1)
 
 
@@ -244,10 +253,7 @@ def agent(
     except SetpointError as exc:
         raise _fail(exc) from None
 
-    def report(r: object) -> None:
-        from setpoint.engine.outcome import PassResult
-
-        assert isinstance(r, PassResult)
+    def report(r: PassResult) -> None:
         if r.changes or r.refused or r.count("failed"):
             print_plan(r, applied=True)
 
@@ -257,9 +263,7 @@ def agent(
         ctl.close()
 
 
-def _agent_overrides(
-    cfg: AgentConfig, listen: str | None, secret_file: Path | None
-) -> AgentConfig:
+def _agent_overrides(cfg: AgentConfig, listen: str | None, secret_file: Path | None) -> AgentConfig:
     update: dict[str, object] = {}
     if listen is not None:
         if not re.match(LISTEN_RE, listen):

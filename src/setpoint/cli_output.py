@@ -56,7 +56,7 @@ def print_change(c: Change, note: str = "") -> None:
             typer.echo(f"      {dl}")
 
 
-def print_plan(r: PassResult, applied: bool = False) -> None:
+def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) -> None:
     typer.echo(f"stack {r.stack} @ {_short(r.revision)}")
     if r.fetch_error:
         typer.echo(f"  ! source: {r.fetch_error}")
@@ -82,22 +82,24 @@ def print_plan(r: PassResult, applied: bool = False) -> None:
             )
         elif o.state in ("failed", "waiting"):
             typer.echo(f"  ! {o.resource}: {o.error}")
+        elif unchanged and o.state == "in_sync":
+            typer.echo(f"  = noop {o.resource}  (in sync)")
     for p in r.prunes:
         failure = r.prune_failures.get(p.resource)
         print_change(p, failure or ("pruned" if applied and not p.is_noop else ""))
     counts = {a: 0 for a in Action}
     for c in r.changes:
         counts[c.action] += 1
-    unchanged = r.count("in_sync")
+    in_sync = r.count("in_sync")
     verb = "Applied" if applied else "Plan"
     typer.echo(
         f"{verb}: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, "
         f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete, "
-        f"{unchanged} unchanged."
+        f"{in_sync} unchanged."
         if not applied
         else f"{verb}: {counts[Action.CREATE]} created, {counts[Action.UPDATE]} updated, "
         f"{counts[Action.REPLACE]} replaced, {counts[Action.DELETE]} deleted, "
-        f"{r.count('failed')} failed, {unchanged} unchanged ({r.duration * 1000:.0f} ms)."
+        f"{r.count('failed')} failed, {in_sync} unchanged ({r.duration * 1000:.0f} ms)."
     )
 
 
@@ -158,6 +160,12 @@ def print_status(stacks: list[StackStatus]) -> None:
         )
         for rid, st in sorted(s.resources.items()):
             typer.echo(f"    {st}: {rid}")
+        if s.health:
+            typer.echo("  health:")
+        for rid, h in sorted(s.health.items()):
+            first = (str(h.get("message") or "").splitlines() or [""])[0]
+            why = f" ({first})" if first else ""
+            typer.echo(f"    {h.get('health', 'Unknown')}: {rid}{why}")
 
 
 def print_history(entries: list[JournalEntry]) -> None:
