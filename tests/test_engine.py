@@ -7,11 +7,16 @@ import stat
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from conftest import GitRepo
 from helpers import docs, manifest
 from setpoint.config import AgentConfig
 from setpoint.engine.controller import Controller
+from setpoint.model.fields import STRICT
+from setpoint.model.resource import Resource
+from setpoint.providers.base import Target
+from setpoint.providers.registry import default_registry
 
 
 def make_config(repo: GitRepo, root: Path, state: Path, **stack: object) -> AgentConfig:
@@ -363,3 +368,50 @@ def test_purge_removes_undeclared_entries_only(git_repo, root, state_dir):
     result, *_ = run(git_repo, root, state_dir)
     assert result.converged
     assert sorted(os.listdir(root / "etc/conf.d")) == ["one.conf"]
+
+
+class _BuggySpec(BaseModel):
+    model_config = STRICT
+    path: str
+    dependsOn: list[str] = []
+
+
+class _BuggyProvider:
+    """A fake provider with a bug (it raises a plain RuntimeError): engine logic only."""
+
+    kinds = ("Buggy",)
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+
+    def claims(self, resource: Resource) -> tuple[str, ...]:
+        return (resource.spec.path,)  # type: ignore[attr-defined]
+
+    def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> tuple[()]:
+        return ()
+
+    def read(self, resource: Resource) -> None:
+        raise RuntimeError("boom")
+
+    def plan(self, resource: Resource, observed: None) -> None:
+        raise AssertionError("not reached: read raised")
+
+
+def test_a_provider_bug_becomes_a_failed_outcome_and_the_pass_goes_on(git_repo, root, state_dir):
+    registry = default_registry()
+    registry.register("Buggy", _BuggySpec, _BuggyProvider)  # type: ignore[arg-type]
+    git_repo.commit({"m/a.yaml": docs(
+        manifest("Buggy", "b", path="/b"),
+        manifest("File", "fine", path="/fine", content="ok"),
+    )})
+    ctl = Controller(make_config(git_repo, root, state_dir), registry)
+    try:
+        (result,) = ctl.run_once()
+        states = {o.resource: (o.state, o.error) for o in result.outcomes}
+        assert states["File/fine"] == ("changed", None)
+        assert states["Buggy/b"][0] == "failed"
+        assert "internal error in the Buggy provider: RuntimeError('boom')" in states["Buggy/b"][1]
+        assert ctl.db.load_status("web").condition("Ready").reason == "ApplyFailed"
+    finally:
+        ctl.close()
+    assert (root / "fine").read_text() == "ok"

@@ -449,4 +449,8 @@ def _write_private(path: Path, text: str) -> None:
 
 def _retryable(result: PassResult) -> bool:
     """Failed resources are retried with back-off; a refused revision waits for a new commit."""
-    return bool(result.count("failed", "waiting") or result.prune_failures)
+    return bool(
+        result.count("failed", "waiting")
+        or result.prune_failures
+        or (result.errors and result.refused is None)  # e.g. the tree could not be exported
+    )

@@ -9,6 +9,7 @@ which touch disjoint parts (see ``_lock``).
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 import time
@@ -31,6 +32,8 @@ from setpoint.source.verify import (
     verify_revision,
 )
 from setpoint.state import JournalEntry, StateDB
+
+log = logging.getLogger("setpoint.controller")
 
 
 class StateLockedError(SetpointError):
@@ -103,22 +106,35 @@ class Controller:
         src = self.sources[source]
         try:
             sha = src.fetch()
-            src.commit_info(sha)  # reads the commit and its tree: a damaged mirror fails here
+            info = src.commit_info(sha)  # reads the commit: a damaged mirror fails here
         except SourceError as exc:
             if not self._repair(source, str(exc)):
                 self._source_failed(source, str(exc))
                 return None
             try:
                 sha = src.fetch()
+                info = src.commit_info(sha)
             except SourceError as exc2:
                 self._source_failed(source, str(exc2))
                 return None
         # Verified before it becomes the fetched revision: a pass never sees it unchecked.
         self._trust_error(source, sha)
-        return self._fetched(source, sha)
+        return self._fetched(source, sha, info)
 
     def poll(self, source: str) -> str | None:
-        """Cheap check (ls-remote) first; fetch only when the ref moved. Return a new sha."""
+        """Cheap check (ls-remote) first; fetch only when the ref moved. Return a new sha.
+
+        Never raises: an unexpected error (a bug) is logged with its traceback and
+        reported like a source failure, so the agent's poll loop keeps running.
+        """
+        try:
+            return self._poll(source)
+        except Exception as exc:
+            log.exception("source %s: unexpected error while polling", source)
+            self._source_failed(source, f"internal error while polling: {exc!r}")
+            return None
+
+    def _poll(self, source: str) -> str | None:
         if self.fetched[source] is not None:
             try:
                 remote = self.sources[source].remote_revision()
@@ -131,14 +147,13 @@ class Controller:
                 return None
         return self.fetch(source)
 
-    def _fetched(self, source: str, sha: str) -> str | None:
+    def _fetched(self, source: str, sha: str, info: dict[str, str]) -> str | None:
         with self._lock:
             old = self.fetched[source]
             self.fetched[source] = sha
             self.fetch_errors[source] = None
         if sha == old:
             return None
-        info = self.sources[source].commit_info(sha)
         signer = self._signers.get((source, sha))
         if signer:
             info["signer"] = signer
@@ -195,16 +210,26 @@ class Controller:
                     raise refusal
             return self._tree(cfg.source, sha)
 
-        return self.reconciler.reconcile(
-            cfg,
-            fetched,
-            tree_for,
-            fetch_error=error,
-            dry_run=dry_run,
-            only=only,
-            tree_id_for=self.sources[cfg.source].tree_id,
-            event_at=event_at,
-        )
+        try:
+            return self.reconciler.reconcile(
+                cfg,
+                fetched,
+                tree_for,
+                fetch_error=error,
+                dry_run=dry_run,
+                only=only,
+                tree_id_for=self.sources[cfg.source].tree_id,
+                event_at=event_at,
+            )
+        except Exception as exc:
+            # A bug must not stop the loop: the pass counts as failed and is retried.
+            log.exception("stack %s: unexpected error in a pass", stack)
+            return PassResult(
+                stack,
+                fetched=fetched,
+                fetch_error=error,
+                errors=[f"internal error in the pass: {exc!r}"],
+            )
 
     # -- trust and repair -----------------------------------------------------------
 

@@ -10,6 +10,7 @@ transaction per resource, so a crash never loses the record of a completed apply
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -29,6 +30,8 @@ from setpoint.render import RenderCache
 from setpoint.state import InventoryRecord, JournalEntry, StateDB
 
 __all__ = ["Desired", "Reconciler", "TreeIdFor"]
+
+log = logging.getLogger("setpoint.reconciler")
 
 TreeFor = Callable[[str], Path]
 
@@ -295,10 +298,10 @@ class Reconciler:
             r = replace(r, digest=effective(r))
         try:
             change = provider.plan(r, provider.read(r))
-        except (SetpointError, OSError) as exc:
+        except Exception as exc:  # a provider error is an outcome; it never ends the pass
             if isinstance(exc, StallError):  # e.g. a rolled-back rollout, still declared
                 return self._failed(stack, r, sha, str(exc), dry_run, stall=exc.reason)
-            return self._failed(stack, r, sha, f"cannot read: {os_message(exc)}", dry_run)
+            return self._failed(stack, r, sha, f"cannot read: {_error_text(r, exc)}", dry_run)
         drift = owned is not None and owned.digest == r.digest and not change.is_noop
         if change.is_noop:
             if (owned is None or owned.digest != r.digest) and not dry_run:
@@ -328,7 +331,7 @@ class Reconciler:
         t0 = time.monotonic()
         try:
             provider.apply(r, change)
-        except (SetpointError, OSError) as exc:
+        except Exception as exc:
             if intent:  # the create failed (atomically): withdraw the claim
                 self.inventory.record_outcome(removed=[(stack.name, r.id)])
             if entries:
@@ -336,7 +339,7 @@ class Reconciler:
             if isinstance(exc, StallError):
                 return self._failed(stack, r, sha, str(exc), False, stall=exc.reason)
             return self._failed(
-                stack, r, sha, f"cannot {change.action.value}: {os_message(exc)}", False
+                stack, r, sha, f"cannot {change.action.value}: {_error_text(r, exc)}", False
             )
         done = time.monotonic()
         event = "revert" if drift else "apply"
@@ -414,6 +417,14 @@ class Reconciler:
             applied_at=self.clock(),
             prune=not r.prune_disabled,
         )
+
+
+def _error_text(r: Resource, exc: Exception) -> str:
+    """The operator's message for a provider error; a bug's traceback goes to the log."""
+    if isinstance(exc, SetpointError | OSError):
+        return os_message(exc)
+    log.error("%s: unexpected error in the %s provider", r.id, r.kind, exc_info=exc)
+    return f"internal error in the {r.kind} provider: {exc!r} (see the agent's log)"
 
 
 def _drift_message(change: Change) -> str:

@@ -202,6 +202,9 @@ class GitSource:
         self._repo_ready = False
         self._last_use_ns = 0
         self.local_ref: str | None = None  # the mirror's ref for ``ref`` after a fetch
+        # The full remote ref name last resolved by ls-remote: lets the fetch that
+        # follows a poll skip a second round trip (webhook-to-converged latency).
+        self._ref_name: str | None = None
 
     def __repr__(self) -> str:
         return f"GitSource({self.name!r}, {redact_url(self.url)!r}, {self.ref!r})"
@@ -224,7 +227,8 @@ class GitSource:
         with self._lock, self._flocked():
             self._ensure_repo()
         # ls-remote reads nothing of the mirror: no need to hold the locks meanwhile.
-        _name, sha, peeled = self._ls_remote()
+        name, sha, peeled = self._ls_remote()
+        self._ref_name = name
         return peeled or sha
 
     def fetch(self) -> str:
@@ -239,9 +243,8 @@ class GitSource:
             self._remove_stale_locks()
             if self.is_commit:
                 return self._fetch_commit(self.ref)
-            name, _sha, _peeled = self._ls_remote()
-            local = "refs/setpoint/HEAD" if name == "HEAD" else name
-            self._fetch([f"+{name}:{local}"])
+            name = self._fetch_named(self._ref_name)
+            local = _local_ref(name)
             self.local_ref = local
             commit = self._rev_parse(f"{local}^{{commit}}")
             if commit is None:
@@ -380,6 +383,19 @@ class GitSource:
             )
         name = found[0]
         return name, refs[name], refs.get(f"{name}^{{}}")
+
+    def _fetch_named(self, known: str | None) -> str:
+        """Fetch the ref under the name ls-remote last gave, else resolve it now; the name."""
+        if known is not None:
+            try:
+                self._fetch([f"+{known}:{_local_ref(known)}"])
+                return known
+            except SourceError:
+                pass  # deleted, or no longer that kind of ref: resolve it afresh
+        name, _sha, _peeled = self._ls_remote()
+        self._ref_name = name
+        self._fetch([f"+{name}:{_local_ref(name)}"])
+        return name
 
     def _fetch(self, refspecs: Sequence[str]) -> None:
         # Explicit refspecs fetch a named tag themselves, so tags are never
@@ -587,3 +603,8 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path)
     else:
         path.unlink()
+
+
+def _local_ref(name: str) -> str:
+    """Where the mirror keeps the remote ref ``name``."""
+    return "refs/setpoint/HEAD" if name == "HEAD" else name
