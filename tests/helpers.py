@@ -12,6 +12,9 @@ from typing import Any
 
 import yaml
 
+from setpoint.config import AgentConfig
+from setpoint.engine.controller import Controller
+
 
 def manifest(kind: str, name: str, labels: dict[str, str] | None = None, **spec: Any) -> str:
     doc: dict[str, Any] = {"apiVersion": "setpoint/v1", "kind": kind, "metadata": {"name": name}}
@@ -66,3 +69,25 @@ def start_agent(*args: str | Path, log: Path) -> subprocess.Popen[bytes]:
         stderr=subprocess.STDOUT,
         env=os.environ.copy(),
     )
+
+
+def one_stack(url: str, root: Path, state: Path, *, stack: dict[str, Any] | None = None,
+              **source: Any) -> AgentConfig:
+    """A config with one source ``repo`` (``url`` + ``source`` fields) and one stack ``web``
+    on path ``m`` (+ ``stack`` fields)."""
+    return AgentConfig.model_validate({
+        "root": str(root), "state": str(state),
+        "sources": [{"name": "repo", "url": url, "ref": "main", **source}],
+        "stacks": [{"name": "web", "source": "repo", "path": "m", **(stack or {})}],
+    })
+
+
+def one_pass(cfg: AgentConfig, dry_run: bool = False) -> tuple[Any, Any, list[Any], dict[str, Any]]:
+    """Fetch and one pass (in process) of stack ``web``: result, status, journal, inventory."""
+    ctl = Controller(cfg)
+    try:
+        (result,) = ctl.run_once(dry_run=dry_run)
+        return (result, ctl.db.load_status("web"), ctl.db.history(limit=1000),
+                ctl.db.inventory("web"))
+    finally:
+        ctl.close()

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from conftest import GitRepo
-from helpers import docs, manifest
+from helpers import docs, manifest, one_pass, one_stack
 from setpoint.config import AgentConfig
 from setpoint.engine.controller import Controller
 from setpoint.model.fields import STRICT
@@ -20,28 +20,11 @@ from setpoint.providers.registry import default_registry
 
 
 def make_config(repo: GitRepo, root: Path, state: Path, **stack: object) -> AgentConfig:
-    return AgentConfig.model_validate(
-        {
-            "root": str(root),
-            "state": str(state),
-            "sources": [{"name": "repo", "url": repo.url, "ref": "main"}],
-            "stacks": [{"name": "web", "source": "repo", "path": "m", **stack}],
-        }
-    )
+    return one_stack(repo.url, root, state, stack=stack)
 
 
 def run(repo: GitRepo, root: Path, state: Path, dry_run: bool = False, **stack: object):  # type: ignore[no-untyped-def]
-    ctl = Controller(make_config(repo, root, state, **stack))
-    try:
-        (result,) = ctl.run_once(dry_run=dry_run)
-        return (
-            result,
-            ctl.db.load_status("web"),
-            ctl.db.history(limit=1000),
-            ctl.db.inventory("web"),
-        )
-    finally:
-        ctl.close()
+    return one_pass(make_config(repo, root, state, **stack), dry_run)
 
 
 def test_first_apply_creates_everything_in_dependency_order(git_repo, root, state_dir):

@@ -18,30 +18,17 @@ from typing import Any
 import pytest
 
 from conftest import GitRepo
-from helpers import manifest, start_agent, wait_for
+from helpers import manifest, one_pass, one_stack, start_agent, wait_for
 from setpoint.config import AgentConfig
-from setpoint.engine.controller import Controller
 from setpoint.state import StateDB
 
 
 def config(url: str, root: Path, state: Path, ref: str = "main") -> AgentConfig:
-    return AgentConfig.model_validate(
-        {
-            "root": str(root),
-            "state": str(state),
-            "sources": [{"name": "repo", "url": url, "ref": ref}],
-            "stacks": [{"name": "web", "source": "repo", "path": "m"}],
-        }
-    )
+    return one_stack(url, root, state, ref=ref)
 
 
 def run(cfg: AgentConfig) -> tuple[Any, Any, list[Any]]:
-    ctl = Controller(cfg)
-    try:
-        (result,) = ctl.run_once()
-        return result, ctl.db.load_status("web"), ctl.db.history(limit=1000)
-    finally:
-        ctl.close()
+    return one_pass(cfg)[:3]
 
 
 def commit(repo: GitRepo, content: str, **files: str) -> str:

@@ -12,9 +12,8 @@ import pytest
 import yaml
 
 from conftest import GIT_ENV, GitRepo
-from helpers import cli, manifest
+from helpers import cli, manifest, one_pass, one_stack
 from setpoint.config import AgentConfig, ConfigError, load_config
-from setpoint.engine.controller import Controller
 
 
 class Keys:
@@ -77,23 +76,11 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 
 def config(repo: GitRepo, root: Path, state: Path, **source: Any) -> AgentConfig:
-    return AgentConfig.model_validate(
-        {
-            "root": str(root),
-            "state": str(state),
-            "sources": [{"name": "repo", "url": repo.url, "ref": "main", **source}],
-            "stacks": [{"name": "web", "source": "repo", "path": "m"}],
-        }
-    )
+    return one_stack(repo.url, root, state, **source)
 
 
 def run(cfg: AgentConfig) -> tuple[Any, Any, list[Any]]:
-    ctl = Controller(cfg)
-    try:
-        (result,) = ctl.run_once()
-        return result, ctl.db.load_status("web"), ctl.db.history(limit=1000)
-    finally:
-        ctl.close()
+    return one_pass(cfg)[:3]
 
 
 def test_ssh_signatures_only_allowed_signers_apply(keys, git_repo, root, state_dir):
