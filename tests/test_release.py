@@ -45,7 +45,14 @@ def test_release_is_unpacked_once_and_current_points_at_it(env: Env) -> None:
     cur = store(env) / "current"
     assert os.readlink(cur) == f"versions/1.0-{sha(data)[:16]}"
     assert (cur / "version.txt").read_text() == "1.0\n"
-    assert oct(os.stat(store(env)).st_mode & 0o777) == "0o700"
+    # The tree is reachable by a service's own user (the state dir traversable, not
+    # listable); the downloads and manifests stay private (see SECURITY.md).
+    assert oct(os.stat(env.state).st_mode & 0o777) == "0o711"
+    assert oct(os.stat(store(env)).st_mode & 0o777) == "0o755"
+    assert oct(os.stat(os.path.realpath(cur)).st_mode & 0o777) == "0o755"
+    for private in ("archives", "manifests"):
+        assert oct(os.stat(store(env) / private).st_mode & 0o777) == "0o700"
+    assert oct(os.stat(env.state / "setpoint.db").st_mode & 0o777) == "0o600"
     inode = os.stat(cur / "server.py").st_ino
     again = env.sync()
     assert again.converged and not again.changes

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pwd
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +21,10 @@ import pytest
 
 from conftest import GitRepo
 from helpers import cli, docs, manifest, start_agent, wait_for
-from setpoint.providers.service_proc import start_time, write_json_atomic
+from setpoint.providers.base import ProviderEvent
+from setpoint.providers.service_proc import Handle, start_time, write_json_atomic
+from setpoint.providers.service_spec import ServiceSpec
+from setpoint.providers.service_supervisor import Stopping, Supervisor
 from setpoint.state import StateDB
 from svc_support import Env, body, free_port, get, kill_recorded, release_doc, service_doc
 
@@ -53,6 +60,9 @@ def test_service_starts_from_its_release_and_is_healthy(env: Env) -> None:
     assert status is not None
     assert status.health["Service/app"]["health"] == "Healthy"
     assert "200" in status.health["Service/app"]["message"]
+    text_status = cli("status", "--state", env.state).stdout  # the text form shows it too
+    assert f"Healthy: Service/app (GET http://127.0.0.1:{port}/health → 200)" in text_status
+    assert "Healthy: Release/app (version 1.0 in place)" in text_status
     rec_dir = env.state / "services/app"
     assert oct(rec_dir.stat().st_mode & 0o777) == "0o700"
     assert oct((rec_dir / "record.json").stat().st_mode & 0o777) == "0o600"
@@ -83,12 +93,17 @@ def test_a_release_that_never_becomes_ready_is_rolled_back_and_stalls(env: Env) 
     deploy(env, "1.0", port)
     env.sync()
     good_pid = env.pid("app")
+    current = env.state / "releases/app/current"
+    good_link = os.readlink(current)
     bad = deploy(env, "2.0", port, broken=True, readyTimeout=1.5)
     result = env.sync()
     (svc,) = [o for o in result.outcomes if o.resource == "Service/app"]
     assert svc.state == "failed" and svc.stall == "RolledBack"
     assert "version=1.0" in body(port)  # the last healthy release serves again
     assert env.pid("app") != good_pid
+    # The release's ``current`` is put back too, and held there (not switched again).
+    assert os.readlink(current) == good_link
+    release_applies = _events(env, "Release/app")
     status = env.ctl.db.load_status("web")
     assert status is not None
     stalled = status.condition("Stalled")
@@ -105,13 +120,27 @@ def test_a_release_that_never_becomes_ready_is_rolled_back_and_stalls(env: Env) 
         stalled = status.condition("Stalled") if status else None
         assert stalled is not None and f"revision {bad[:12]} failed its rollout" in stalled.message
     assert again.count("failed") == 1
+    (rel,) = [o for o in again.outcomes if o.resource == "Release/app"]
+    assert rel.state == "in_sync" and os.readlink(current) == good_link
+    assert _events(env, "Release/app") == release_applies  # no flapping
+    status = env.ctl.db.load_status("web")
+    assert status is not None
+    held = status.health["Release/app"]
+    assert held["health"] == "Degraded" and "held at version 1.0" in held["message"], held
     # A later commit is tried normally.
     deploy(env, "3.0", port, readyTimeout=15)
     fixed = env.sync()
     assert fixed.converged, fixed
     assert "version=3.0" in body(port)
+    assert os.readlink(current).startswith("versions/3.0-")
+    assert not (env.state / "releases/app/hold.json").exists()
     status = env.ctl.db.load_status("web")
     assert status is not None and status.condition("Stalled") is None
+    assert status.health["Release/app"]["health"] == "Healthy"
+
+
+def _events(env: Env, rid: str) -> list[str]:
+    return [e.event for e in env.ctl.db.history(limit=200) if e.resource == rid]
 
 
 def test_kill_9_is_restarted_promptly_and_reported_to_the_watch(env: Env) -> None:
@@ -331,6 +360,18 @@ def _status(state: Path) -> dict[str, Any]:
     return st.to_json() if st else {}
 
 
+def _repair(state: Path, pid: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The journal's drift and revert entries for the exit of ``pid`` (via the CLI)."""
+    out = cli("history", "--state", state, "--json", "-n", "50", check=0).stdout
+    entries = [e for e in json.loads(out) if e["resource"] == "Service/app"]
+    entries.sort(key=lambda e: e["id"])
+    for i, e in enumerate(entries):
+        if e["event"] == "drift" and e["detail"].get("pid") == pid:
+            later = [r for r in entries[i + 1 :] if r["event"] == "revert"]
+            return (e, later[0]) if later else None
+    return None
+
+
 def test_agent_restart_adopts_healthy_services_without_restarting(
     git_repo: GitRepo, root: Path, state_dir: Path, tmp_path: Path
 ) -> None:
@@ -369,6 +410,21 @@ def test_agent_restart_adopts_healthy_services_without_restarting(
             timeout=10,
             what="an event-driven pass",
         )
+        # The supervisor's repairs reach the journal (drained by the agent's passes). An
+        # adopted process is not the agent's child: its exit status is unknown.
+        new_pid = env.pid("app")
+        drift, revert = wait_for(lambda: _repair(state_dir, pid), timeout=10, what="journal")
+        assert "exit status unknown" in drift["message"], drift
+        assert f"restarted (pid {new_pid}), ready after" in revert["message"], revert
+        assert drift["revision"] and revert["detail"]["restore_ms"] > 0
+        # The restarted process is the agent's child: kill -9 is reported as such.
+        os.kill(new_pid, signal.SIGKILL)
+        drift, revert = wait_for(lambda: _repair(state_dir, new_pid), timeout=10, what="journal")
+        assert drift["message"] == (
+            f"Service/app killed by SIGKILL (pid {new_pid}) outside setpoint"
+        ), drift
+        assert drift["detail"]["status"] == -signal.SIGKILL
+        assert "ready after" in revert["message"] and f"pid={env.pid('app')}" in body(port)
     finally:
         agent.send_signal(signal.SIGTERM)
         agent.wait(30)
@@ -386,6 +442,34 @@ def test_user_runs_the_process_as_that_user(env: Env) -> None:
     status = Path(f"/proc/{pid}/status").read_text()
     uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
     assert uid_line.split()[1:] == [str(pwd.getpwnam("nobody").pw_uid)] * 4
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running as another user needs root")
+def test_user_runs_from_a_release(git_repo: GitRepo, root: Path) -> None:
+    # A state dir whose parents are traversable, as /var/lib is (pytest's tmp is 0700).
+    state = Path(tempfile.mkdtemp(prefix="setpoint-state-"))
+    env = Env(git_repo, root, state)
+    try:
+        path, data = env.ship("1.0")
+        # An absolute path into the release: every directory above it must be traversable.
+        cmd = 'read v < "$SETPOINT_RELEASE/version.txt" || exit 3; echo "has $v"; exec sleep 60'
+        svc = manifest(
+            "Service", "idle", command=[cmd], shell=True, user="nobody", release="Release/app"
+        )
+        env.commit({"m/s.yaml": docs(release_doc("app", "1.0", data, path), svc)})
+        result = env.sync()
+        assert result.converged, result
+        log = state / "services/idle/output.log"
+        wait_for(lambda: "has 1.0" in log.read_text(), timeout=10, what="the release read")
+        pid = env.pid("idle")
+        status = Path(f"/proc/{pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1] == str(pwd.getpwnam("nobody").pw_uid)
+        assert oct(state.stat().st_mode & 0o777) == "0o711"  # traversable, not listable
+        assert oct((state / "services").stat().st_mode & 0o777) == "0o700"
+    finally:
+        env.close()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def test_logs_follow_shows_new_output(env: Env) -> None:
@@ -418,3 +502,49 @@ def test_logs_follow_shows_new_output(env: Env) -> None:
     finally:
         follow.terminate()
         follow.wait(10)
+
+
+def test_an_adopted_process_exit_has_unknown_status_and_the_journal_says_why(
+    tmp_path: Path,
+) -> None:
+    """An adopted process is not the agent's child: its exit status cannot be known."""
+    proc = subprocess.Popen(["/bin/sleep", "60"])
+    started = start_time(proc.pid)
+    assert started is not None
+    handle = Handle.adopt(proc.pid, started)
+    assert handle is not None
+    events: list[ProviderEvent] = []
+
+    class Host:
+        def notify(self, name: str) -> None:
+            pass
+
+        def log_path(self, name: str) -> Path:
+            return tmp_path / "output.log"
+
+        def respawn(self, name: str, stopping: threading.Event | None = None) -> Handle:
+            assert stopping is not None
+            stopping.wait()  # the restart itself is not under test: wait for the shutdown
+            raise Stopping
+
+        def record_exit(self, name: str, exit: str, code: int | None) -> None:
+            pass
+
+        def probe_context(self, name: str) -> tuple[None, None]:
+            return None, None
+
+        def emit(self, event: ProviderEvent) -> None:
+            events.append(event)
+
+    spec = ServiceSpec.model_validate({"command": ["/bin/sleep"], "restart": "on-failure"})
+    sup = Supervisor(Host(), "job", spec, handle)
+    try:
+        proc.terminate()
+        proc.wait()  # the test, not the supervisor, is the parent: it gets the status
+        (drift,) = wait_for(lambda: events, timeout=10, what="the exit event")
+        assert drift.event == "drift" and drift.resource == "Service/job"
+        assert "exit status unknown" in drift.message
+        assert "on-failure counts that as a failure" in drift.message
+        assert not sup.gave_up  # unknown counts as a failure: restarted, not given up
+    finally:
+        sup.shutdown(stop_process=False)

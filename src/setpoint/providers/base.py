@@ -17,7 +17,8 @@ Contract (checked by ``tests/test_provider_contract.py`` for every kind):
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -140,6 +141,33 @@ class Watchable(Protocol):
     def watch(self, resources: Sequence[Resource], notify: WatchCallback) -> Watcher: ...
 
     def unwatched(self) -> set[str]: ...
+
+
+@dataclass(frozen=True)
+class ProviderEvent:
+    """Something a provider saw or did between passes, for the journal.
+
+    E.g. the Service supervisor restarting a killed process: ``drift`` ("Service/web
+    killed by SIGKILL outside setpoint"), then ``revert`` ("restarted (pid N), ready
+    after X ms"); ``failure`` when it could not. ``at`` is when it happened (epoch s).
+    """
+
+    resource: str  # a resource id, Kind/name
+    event: str  # a journal event name: "drift", "revert", "failure"
+    message: str
+    detail: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+
+
+class EventSource(Protocol):
+    """Optional provider capability: events to journal, drained by the engine.
+
+    The engine calls ``drain_events`` at the end of every pass (full or partial) with
+    the ids of the stack's resources, and journals what it returns with the stack and
+    the revision in force. Events of other resources stay queued for their own stack.
+    """
+
+    def drain_events(self, resources: Collection[str]) -> list[ProviderEvent]: ...
 
 
 class RegistryError(SetpointError):

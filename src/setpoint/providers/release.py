@@ -1,18 +1,27 @@
 """The Release kind: an artefact at a version, verified and unpacked once, immutably.
 
-Store layout under ``<state>/releases/<name>/`` (mode 0700)::
+Store layout under ``<state>/releases/<name>/`` (``releases/``, ``<name>/`` and ``versions/``
+are 0755 so that a service running as another ``user`` can reach its tree; the state dir
+above is 0711; ``manifests/`` and ``archives/`` are 0700)::
 
     versions/<version>-<sha256[:16]>/   the unpacked tree, never changed in place
     manifests/<dir>.json                what was unpacked (type, mode, size, sha256 per entry)
     archives/<dir>.<ext>                the verified download (a restore needs no download)
     current -> versions/<dir>           switched atomically (symlink + rename)
     history.json                        dirs in the order they became current (for GC)
+    hold.json                           a failed rollout put ``current`` back (see below)
 
 ``read`` checks the declared version's tree against its manifest (tampering is drift:
 the tree is put back from the cached archive); ``plan`` decides; ``apply`` downloads,
 verifies the SHA-256 (a mismatch refuses the release and changes nothing), unpacks into a
 temporary directory renamed into place, switches ``current`` and removes versions beyond
 ``keep`` (never one a live service process runs from).
+
+When a Service's rollout of the declared version fails, the service provider calls
+:func:`hold_release`: ``current`` goes back to the last healthy version and stays there
+(``plan`` is a NOOP with the reason, ``health`` is Degraded) while that version is
+declared; a new declaration is installed normally, and a rollout that passes readiness
+calls :func:`lift_hold`.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from setpoint.providers.service_proc import (
 from setpoint.providers.service_spec import ReleaseSpec
 
 CLAIM_PREFIX = "release:"
+HOLD = "hold.json"
 OLD = "old version"  # a FieldChange naming a version dir to collect
 RESTORED = "as released"  # the new value of a tampered entry
 _CHUNK = 1 << 20
@@ -71,6 +81,47 @@ def version_dir_name(spec: ReleaseSpec) -> str:
     return f"{spec.version}-{spec.sha256[:16]}"
 
 
+def declared_dir(state_dir: Path, name: str, spec: ReleaseSpec) -> str | None:
+    """The real directory of the declared version, if it is unpacked (else None)."""
+    d = releases_dir(state_dir) / name / "versions" / version_dir_name(spec)
+    return os.path.realpath(d) if d.is_dir() else None
+
+
+def read_hold(state_dir: Path, name: str) -> dict[str, str] | None:
+    """The hold a failed rollout put on the release: ``{dir, healthy, by, message}``."""
+    data = read_json(releases_dir(state_dir) / name / HOLD)
+    return {k: str(v) for k, v in data.items()} if data else None
+
+
+def hold_release(
+    state_dir: Path, name: str, failed_dir: str, healthy_dir: str, by: str, message: str
+) -> None:
+    """Put ``current`` back on ``healthy_dir`` after ``failed_dir``'s rollout failed.
+
+    The hold is recorded first (``hold.json``), then ``current`` is switched atomically:
+    while the declared version is ``failed_dir``, the Release keeps ``current`` where it
+    is (no flapping) and reports the hold; a new declaration lifts it.
+    """
+    base = releases_dir(state_dir) / name
+    failed, healthy = Path(failed_dir).name, Path(healthy_dir).name
+    if not (base / "versions" / healthy).is_dir():
+        return
+    hold = {"dir": failed, "healthy": healthy, "by": by, "message": message}
+    write_json_atomic(base / HOLD, hold)
+    _switch(base, healthy)
+
+
+def lift_hold(state_dir: Path, name: str, ready_dir: str) -> None:
+    """``ready_dir`` passed its rollout: point ``current`` at it and drop any hold."""
+    base = releases_dir(state_dir) / name
+    if not (base / HOLD).exists():
+        return
+    if (base / "versions" / Path(ready_dir).name).is_dir():
+        _switch(base, Path(ready_dir).name)
+    with contextlib.suppress(FileNotFoundError):
+        (base / HOLD).unlink()
+
+
 def archive_ext(spec: ReleaseSpec) -> str:
     if spec.format != "auto":
         return spec.format
@@ -93,6 +144,7 @@ class ReleaseState:
     present: tuple[str, ...]  # version dirs in the store
     problems: tuple[str, ...]  # how the declared version's tree differs from its manifest
     gc: tuple[str, ...]  # dirs that GC would remove
+    held: dict[str, str] | None = None  # the declared version failed its rollout
 
 
 class ReleaseProvider:
@@ -142,7 +194,9 @@ class ReleaseProvider:
             manifest = read_json(base / "manifests" / f"{want}.json")
             problems = tuple(_check_tree(versions / want, manifest))
         gc = self._gc_candidates(resource.name, spec, want, present)
-        return Observed(resource.id, ReleaseState(current, present, problems, gc))
+        hold = read_hold(self.store.parent, resource.name)
+        held = hold if hold is not None and hold.get("dir") == want else None
+        return Observed(resource.id, ReleaseState(current, present, problems, gc, held))
 
     def _gc_candidates(
         self, name: str, spec: ReleaseSpec, want: str, present: tuple[str, ...]
@@ -175,6 +229,14 @@ class ReleaseProvider:
                 resource.id, Action.UPDATE, path, fields=fields,
                 reason="the unpacked release was modified",
             )  # fmt: skip
+        if state.current != want and state.held is not None:
+            # A service's rollout of this version failed and put the last healthy one back:
+            # hold it there while the declaration stays the same (the Service reports the
+            # stall); a new declaration is tried normally.
+            reason = _held_reason(spec, state.current, state.held)
+            if gc:
+                return Change(resource.id, Action.UPDATE, path, fields=gc, reason=reason)
+            return Change(resource.id, Action.NOOP, path, reason=reason)
         if state.current != want:
             fields = (FieldChange("current", state.current, want), *gc)
             return Change(resource.id, Action.UPDATE, path, fields=fields)
@@ -190,8 +252,15 @@ class ReleaseProvider:
             return
         spec = release_spec(resource)
         base = self.store / resource.name
-        for sub in ("", "versions", "manifests", "archives"):
-            ensure_private_dir(base / sub if sub else base)
+        # The tree a service runs from must be reachable by a service's own ``user``:
+        # releases/, releases/NAME/ and versions/ are 0755 (the state dir above is 0711,
+        # traversable, not listable); what was downloaded and the manifests stay private.
+        _traversable(self.store.parent)
+        for d in (self.store, base, base / "versions"):
+            d.mkdir(mode=0o755, exist_ok=True)
+            os.chmod(d, 0o755)  # noqa: S103 (world-readable on purpose, see above)
+        for sub in ("manifests", "archives"):
+            ensure_private_dir(base / sub)
         want = version_dir_name(spec)
         ops: set[str] = set()
         for f in change.fields:
@@ -203,6 +272,12 @@ class ReleaseProvider:
                 ops.add("gc:" + f.old)
             elif f.new == RESTORED:
                 ops |= {"restore", "switch"}
+        hold = read_hold(self.store.parent, resource.name)
+        if hold is not None and hold.get("dir") == want:
+            ops.discard("switch")  # held at the last healthy version (see plan)
+        elif "switch" in ops and hold is not None:
+            with contextlib.suppress(FileNotFoundError):
+                (base / HOLD).unlink()
         try:
             if "unpack" in ops or "restore" in ops:
                 archive = self._archive(resource, spec, base)
@@ -263,6 +338,7 @@ class ReleaseProvider:
         final = base / "versions" / want
         tmp = base / "versions" / f".tmp-{want}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(mode=0o755)
+        os.chmod(tmp, 0o755)  # noqa: S103 (whatever the umask: a service user reads it)
         try:
             extract(archive, archive_ext(spec), tmp, PurePosixPath(urlsplit(spec.url).path).name)
             manifest = _scan(tmp)
@@ -276,6 +352,21 @@ class ReleaseProvider:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+
+    def health(self, resource: Resource) -> tuple[str, str]:
+        """Healthy when ``current`` is the declared version; Degraded while it is held back."""
+        spec = release_spec(resource)
+        want = version_dir_name(spec)
+        link = self.store / resource.name / "current"
+        current = os.readlink(link).rpartition("/")[2] if os.path.islink(link) else None
+        if current == want:
+            return "Healthy", f"version {spec.version} in place"
+        hold = read_hold(self.store.parent, resource.name)
+        if hold is not None and hold.get("dir") == want:
+            return "Degraded", _held_reason(spec, current, hold)
+        if current is None:
+            return "Missing", f"version {spec.version} not installed yet"
+        return "Progressing", f"version {_version_of(current)} in place, {spec.version} declared"
 
     # -- prune ------------------------------------------------------------------------
 
@@ -322,6 +413,13 @@ def collect_orphans(state_dir: Path, only: str | None = None) -> list[str]:
 # -- helpers --------------------------------------------------------------------------
 
 
+def _held_reason(spec: ReleaseSpec, current: str | None, hold: dict[str, str]) -> str:
+    return (
+        f"held at version {_version_of(current)}: version {spec.version} failed its rollout "
+        f"({hold.get('by', 'a service')} rolled back); a new declaration is tried"
+    )
+
+
 def _version_of(dirname: str | None) -> str | None:
     return dirname.rpartition("-")[0] if dirname else None
 
@@ -357,6 +455,18 @@ def _remove_version(base: Path, dirname: str) -> None:
         (base / "manifests" / f"{dirname}.json").unlink()
     for a in (base / "archives").glob(f"{dirname}.*"):
         a.unlink()
+
+
+def _traversable(state_dir: Path) -> None:
+    """Let others pass through the state dir (0700 → 0711: execute, not read).
+
+    Only names known in advance can be reached (``releases/``); the DB, the tokens and
+    ``services/`` keep their own 0600/0700 modes. Done only once a Release is installed.
+    """
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mode = stat.S_IMODE(os.stat(state_dir).st_mode)
+    if mode & 0o011 != 0o011:
+        os.chmod(state_dir, mode | 0o011)  # noqa: S103 (execute only: see above)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -10,39 +10,67 @@ failed rollout) and ``output.log`` (+ rotated ``output.log.N``).
   each full pass) adopts a live process recorded by an earlier agent, through a pidfd,
   without restarting it; a CLI run adopts nothing.
 - ``plan`` compares the desired run configuration (command, env, working dir, user, the
-  release directory ``current`` points at, the declarations named in ``restartOn``) with
-  the running one: a difference is a restart (REPLACE); ``reloadOn`` declarations that
-  changed are a reload signal (UPDATE); probe or policy changes only retune the supervisor.
+  declared release version's directory, the declarations named in ``restartOn``) with
+  the running one (:func:`~setpoint.providers.service_plan.decide`): a difference is a
+  restart (REPLACE); ``reloadOn`` declarations that changed are a reload signal (UPDATE);
+  probe or policy changes only retune the supervisor.
 - ``apply`` stops gracefully (stop signal, grace, SIGKILL), starts, and waits for the
-  readiness probe up to ``readyTimeout``. A rollout that does not become ready is rolled
-  back to the last healthy configuration and reported with :class:`StallError` (the
-  stack is Stalled) until the declaration changes.
-- A :class:`Supervisor` thread per service waits for the process to exit (event-driven),
-  restarts it by policy with exponential back-off, runs the probes, rotates the logs and
-  calls the watch callback so the engine re-reads the service at once.
+  readiness probe up to ``readyTimeout`` (blocking the pass meanwhile). A rollout that
+  does not become ready is rolled back to the last healthy configuration (and the
+  release's ``current`` put back and held, :func:`~setpoint.providers.release.hold_release`)
+  and reported with :class:`StallError` (the stack is Stalled) until the declaration
+  changes.
+- A :class:`~setpoint.providers.service_supervisor.Supervisor` per service waits for the
+  process to exit (event-driven), restarts it by policy with exponential back-off, runs
+  the probes, rotates the logs, queues journal events (``drain_events``, drained by the
+  engine after each pass) and calls the watch callback so the engine re-reads the
+  service at once.
+
+Modules: this one (the provider: records, read, apply, watch/adoption, events);
+``service_plan`` (the observed state and the pure decision); ``service_supervisor`` (the
+per-process threads); ``service_proc`` (process identity, spawn/stop, logs);
+``service_spec`` (the spec models).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from setpoint.model.errors import ProviderError
-from setpoint.model.plan import Action, Change, FieldChange
+from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Observed, StallError, Target, WatchCallback
+from setpoint.providers.base import (
+    Observed,
+    ProviderEvent,
+    StallError,
+    Target,
+    WatchCallback,
+)
 from setpoint.providers.probes import run_probe
-from setpoint.providers.release import collect_orphans, current_dir
+from setpoint.providers.release import (
+    collect_orphans,
+    current_dir,
+    declared_dir,
+    hold_release,
+    lift_hold,
+)
+from setpoint.providers.service_plan import (
+    LAST_HEALTHY,
+    RELOAD,
+    SUPERVISION,
+    ServiceState,
+    decide,
+)
 from setpoint.providers.service_proc import (
     DEFAULT_PATH,
     LOG,
@@ -51,249 +79,30 @@ from setpoint.providers.service_proc import (
     ensure_private_dir,
     is_same_process,
     read_json,
-    rotate,
     service_dir,
     spawn,
     stop,
     write_json_atomic,
 )
-from setpoint.providers.service_spec import ServiceSpec
+from setpoint.providers.service_spec import ReleaseSpec, ServiceSpec
+from setpoint.providers.service_supervisor import (
+    DEGRADED,
+    HEALTHY,
+    MISSING,
+    Stopping,
+    Supervisor,
+    digest,
+    no_restart,
+    supervision_digest,
+)
 
 CLAIM_PREFIX = "service:"
-HEALTHY, PROGRESSING, DEGRADED, MISSING = "Healthy", "Progressing", "Degraded", "Missing"
-SUPERVISION, RELOAD, LAST_HEALTHY = "supervision", "reload", "last healthy"
 
 
 def service_spec(resource: Resource) -> ServiceSpec:
     if not isinstance(resource.spec, ServiceSpec):
         raise ProviderError(f"{resource.id}: not a Service spec", transient=False)
     return resource.spec
-
-
-def _digest(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-
-
-def supervision_digest(spec: ServiceSpec) -> str:
-    keys = ("restart", "backoff", "stop", "readiness", "liveness", "readyTimeout", "logs")
-    return _digest(spec.model_dump(mode="json", include=set(keys)))
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceState:
-    """What read found: the process, what it runs, and the supervisor's view of it."""
-
-    running: bool
-    pid: int | None
-    digest: str | None  # of the running (or last run) configuration
-    reload_digest: str | None
-    supervision: str | None
-    release_dir: str | None  # where the declared release's ``current`` points now
-    exit: str = ""  # how the last process ended, when not running
-    exit_code: int | None = None
-    gave_up: bool = False  # exited and the restart policy says not to restart
-    restarting_in: float | None = None  # waiting out the back-off
-    failed_digest: str | None = None
-    failed_message: str = ""
-    health: str = MISSING
-    message: str = ""
-
-
-class _Stopping(Exception):
-    """The supervisor is being shut down: do not restart."""
-
-
-class Supervisor:
-    """Waits for one service process, restarts it by policy, probes it, rotates its log."""
-
-    def __init__(
-        self, provider: ServiceProvider, name: str, spec: ServiceSpec, handle: Handle
-    ) -> None:
-        self.provider = provider
-        self.name = name
-        self.spec = spec
-        self.supervision = supervision_digest(spec)
-        self.handle = handle
-        self.started_at = time.monotonic()
-        self.ready = spec.readiness is None
-        self.message = "started" if spec.readiness else "running (no readiness probe)"
-        self.exit = ""
-        self.exit_code: int | None = None
-        self.gave_up = False
-        self.restart_at: float | None = None
-        self.failures = 0
-        self.live_failures = 0
-        self.live_message = ""
-        self.restarts = 0  # by this supervisor, after exits
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._wait_loop, name=f"svc-{name}", daemon=True),
-            threading.Thread(target=self._probe_loop, name=f"probe-{name}", daemon=True),
-        ]
-        for t in self._threads:
-            t.start()
-
-    # -- state ------------------------------------------------------------------------
-
-    def running(self) -> bool:
-        return self.restart_at is None and not self.gave_up and self.handle.alive()
-
-    def snapshot(self) -> tuple[bool, float | None, str, tuple[str, str]]:
-        """(running, seconds until the restart or None, last exit, health), consistently.
-
-        A supervised process that is not running and not given up is being restarted
-        (or its exit is about to be noticed): the supervisor owns it, not the engine.
-        """
-        with self._lock:
-            running = self.running()
-            restarting = None
-            if not running and not self.gave_up:
-                restarting = max((self.restart_at or time.monotonic()) - time.monotonic(), 0)
-            return running, restarting, self.exit, self.health()
-
-    def health(self) -> tuple[str, str]:
-        if self.gave_up:
-            return MISSING, self.exit
-        if self.restart_at is not None:
-            wait = max(self.restart_at - time.monotonic(), 0)
-            return DEGRADED, f"{self.exit}; restarting in {wait:.1f}s"
-        if not self.handle.alive():
-            return MISSING, self.exit or "not running"
-        if self.live_failures:
-            return DEGRADED, f"liveness failing: {self.live_message}"
-        if self.ready:
-            if self.restarts:
-                return HEALTHY, f"{self.message} (restarted {self.restarts}x, last {self.exit})"
-            return HEALTHY, self.message
-        late = time.monotonic() - self.started_at > self.spec.readyTimeout
-        return (DEGRADED if late else PROGRESSING), self.message
-
-    def shutdown(self, *, stop_process: bool) -> int | None:
-        """Stop supervising; with ``stop_process`` stop the process gracefully first."""
-        self._stopping.set()
-        code = None
-        if stop_process:
-            code = stop(
-                self.handle, signal.Signals[self.spec.stop.signal], self.spec.stop.graceSeconds
-            )
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(timeout=self.spec.stop.graceSeconds + 15)
-        self.handle.close()
-        return code
-
-    # -- threads ----------------------------------------------------------------------
-
-    def _notify(self) -> None:
-        self.provider.notify(self.name)
-
-    def _wait_loop(self) -> None:
-        log = self.provider.log_path(self.name)
-        while not self._stopping.is_set():
-            exited, code = self.handle.wait(0.5)
-            if self._stopping.is_set():
-                return
-            if not exited:
-                with contextlib.suppress(OSError):
-                    rotate(log, self.spec.logs.maxBytes, self.spec.logs.keep)
-                continue
-            self._exited(code)
-            if self._stopping.is_set() or self.gave_up:
-                return
-
-    def _exited(self, code: int | None) -> None:
-        ran = time.monotonic() - self.started_at
-        with self._lock:
-            if code is None:
-                self.exit = "exited (status unknown: adopted process)"
-            elif code < 0:
-                self.exit = f"killed by {signal.Signals(-code).name}"
-            else:
-                self.exit = f"exited with status {code}"
-            self.exit_code = code
-            self.ready = self.spec.readiness is None
-            if _no_restart(self.spec, code):
-                self.gave_up = True
-            else:
-                stable = ran >= self.spec.backoff.resetSeconds
-                self.failures = 1 if stable else self.failures + 1
-                self.restart_at = time.monotonic() + self._delay()
-        self.provider.record_exit(self.name, self.exit, code)
-        self._notify()
-        while not self.gave_up:
-            delay = max((self.restart_at or 0) - time.monotonic(), 0)
-            if self._stopping.wait(delay):
-                return
-            try:
-                handle = self.provider.respawn(self.name, self._stopping)
-            except _Stopping:
-                return
-            except (OSError, ProviderError) as err:
-                with self._lock:
-                    self.exit = f"restart failed: {err}"
-                    self.failures += 1
-                    self.restart_at = time.monotonic() + self._delay()
-                self._notify()
-                continue
-            with self._lock:
-                self.handle.close()
-                self.handle = handle
-                self.restart_at = None
-                self.restarts += 1
-                self.started_at = time.monotonic()
-                self.live_failures = 0
-            self._notify()
-            return
-
-    def _delay(self) -> float:
-        """No delay after a process that ran a while; then initial, 2x, 4x ... up to the cap."""
-        b = self.spec.backoff
-        if self.failures <= 1:
-            return 0.0
-        return float(min(b.maxSeconds, b.initialSeconds * 2 ** (self.failures - 2)))
-
-    def _probe_loop(self) -> None:
-        ready_fails = 0
-        next_ready = next_live = time.monotonic()
-        ctx: tuple[Handle | None, str | None, dict[str, str] | None] = (None, None, None)
-        while not self._stopping.is_set():
-            now = time.monotonic()
-            spec = self.spec
-            handle = self.handle
-            if not handle.alive() or self.restart_at is not None:
-                self._stopping.wait(0.05)
-                continue
-            if ctx[0] is not handle:
-                ctx = (handle, *self.provider.probe_context(self.name))
-            cwd, env = ctx[1], ctx[2]
-            if spec.readiness is not None and now >= next_ready:
-                ok, msg = run_probe(spec.readiness, cwd, env)
-                next_ready = time.monotonic() + spec.readiness.periodSeconds
-                was = self.ready
-                if handle is self.handle:
-                    ready_fails = 0 if ok else ready_fails + 1
-                    self.message = msg
-                    if ok:
-                        self.ready = True
-                    elif ready_fails >= spec.readiness.failureThreshold:
-                        self.ready = False
-                if was != self.ready:
-                    self._notify()
-            # Liveness is checked once the process has been ready (it may start slowly).
-            if spec.liveness is not None and self.ready and now >= next_live:
-                ok, msg = run_probe(spec.liveness, cwd, env)
-                next_live = time.monotonic() + spec.liveness.periodSeconds
-                if handle is self.handle:
-                    self.live_failures = 0 if ok else self.live_failures + 1
-                    self.live_message = msg
-                    if self.live_failures >= spec.liveness.failureThreshold:
-                        self.live_failures = 0
-                        self.message = f"liveness failed: {msg}; restarting"
-                        stop(handle, signal.Signals[spec.stop.signal], spec.stop.graceSeconds)
-                        self._notify()
-            periods = [p.periodSeconds for p in (spec.readiness, spec.liveness) if p]
-            self._stopping.wait(min([*periods, 0.5]) / 5 if periods else 0.5)
 
 
 @dataclass
@@ -315,6 +124,7 @@ class ServiceProvider:
         self._guard = threading.Lock()
         self._watches: list[_Watch] = []
         self._desired: Mapping[str, Resource] = {}
+        self._events: deque[ProviderEvent] = deque(maxlen=1000)  # oldest dropped first
 
     # -- paths and records ------------------------------------------------------------
 
@@ -330,11 +140,16 @@ class ServiceProvider:
     def log_path(self, name: str) -> Path:
         return self._dir(name) / LOG
 
+    def _ensure_dir(self, name: str) -> None:
+        """``services/`` and ``services/NAME/`` exist, mode 0700 (the state dir may be 0711)."""
+        ensure_private_dir(self._dir(name).parent)
+        ensure_private_dir(self._dir(name))
+
     def _record(self, name: str) -> dict[str, Any]:
         return read_json(self._dir(name) / RECORD) or {}
 
     def _save(self, name: str, rec: dict[str, Any]) -> None:
-        ensure_private_dir(self._dir(name))
+        self._ensure_dir(name)
         write_json_atomic(self._dir(name) / RECORD, rec)
 
     def _lock(self, name: str) -> threading.RLock:
@@ -362,7 +177,7 @@ class ServiceProvider:
         spec = service_spec(resource)
         related = [spec.release] if spec.release else []
         related += [*spec.restartOn, *spec.reloadOn]
-        return _digest([resource.digest, self._related_digest(related)])
+        return digest([resource.digest, self._related_digest(related)])
 
     def health(self, resource: Resource) -> tuple[str, str]:
         sup = self._sups.get(resource.name)
@@ -409,6 +224,21 @@ class ServiceProvider:
                     rec["supervision"] = self._sups[name].supervision
                     self._save(name, rec)
 
+    def emit(self, event: ProviderEvent) -> None:
+        """Queue an event for the journal (called by supervisors, from their threads)."""
+        with self._guard:
+            self._events.append(event)
+
+    def drain_events(self, resources: Collection[str]) -> list[ProviderEvent]:
+        """The queued events of ``resources``, oldest first; others stay queued."""
+        with self._guard:
+            mine = [e for e in self._events if e.resource in resources]
+            if mine:
+                rest = [e for e in self._events if e.resource not in resources]
+                self._events.clear()
+                self._events.extend(rest)
+        return mine
+
     def unwatched(self) -> set[str]:
         return set()
 
@@ -427,7 +257,24 @@ class ServiceProvider:
     # -- desired configuration ---------------------------------------------------------
 
     def _related_digest(self, ids: Sequence[str]) -> str:
-        return _digest([[i, getattr(self._desired.get(i), "digest", "")] for i in sorted(ids)])
+        return digest([[i, getattr(self._desired.get(i), "digest", "")] for i in sorted(ids)])
+
+    def _release_dir(self, spec: ServiceSpec) -> str | None:
+        """The directory of the declared release version (``current`` when not declared).
+
+        Not simply ``current``: after a failed rollout the release's ``current`` is put
+        back on the last healthy version, while the declaration (what the service must
+        run, and what stays Stalled) is still the new one.
+        """
+        if spec.release is None:
+            return None
+        name = spec.release.partition("/")[2]
+        rel = self._desired.get(spec.release)
+        if rel is not None and isinstance(rel.spec, ReleaseSpec):
+            found = declared_dir(self.state_dir, name, rel.spec)
+            if found is not None:
+                return found
+        return current_dir(self.state_dir, name)
 
     def run_config(self, spec: ServiceSpec, release_dir: str | None) -> dict[str, Any]:
         """What the process runs with; any difference is a restart."""
@@ -454,9 +301,7 @@ class ServiceProvider:
     def read(self, resource: Resource) -> Observed | None:
         spec = service_spec(resource)
         name = resource.name
-        release_dir = None
-        if spec.release is not None:
-            release_dir = current_dir(self.state_dir, spec.release.partition("/")[2])
+        release_dir = self._release_dir(spec)
         with self._lock(name):
             rec = self._record(name)
             sup = self._sups.get(name)
@@ -472,7 +317,7 @@ class ServiceProvider:
                 # watch): the record and /proc say whether it runs; nothing is adopted.
                 running = is_same_process(rec.get("pid"), rec.get("started"))
                 restarting, exit, code = None, rec.get("exit", ""), rec.get("exit_code")
-                gave_up = not running and "exit" in rec and _no_restart(spec, code)
+                gave_up = not running and "exit" in rec and no_restart(spec, code)
             state = ServiceState(
                 running=running,
                 pid=sup.handle.pid if sup else (rec.get("pid") if running else None),
@@ -488,6 +333,7 @@ class ServiceProvider:
                 failed_message=failed.get("message", ""),
                 health=health,
                 message=message,
+                config=rec.get("config"),
             )
         return Observed(resource.id, state)
 
@@ -503,64 +349,9 @@ class ServiceProvider:
             raise ProviderError(
                 f"{resource.id}: {spec.release} has no current version in place yet"
             )
-        release_dir = state.release_dir
-        want = _digest(self.run_config(spec, release_dir))
+        config = self.run_config(spec, state.release_dir)
         reload = self._related_digest(spec.reloadOn) if spec.reloadOn else ""
-        if state.failed_digest == want:
-            if state.running or state.restarting_in is not None:
-                raise StallError(state.failed_message, reason="RolledBack")
-            return Change(
-                resource.id, Action.CREATE, path,
-                fields=(FieldChange("configuration", "failed rollout", LAST_HEALTHY),),
-                reason="start the last healthy configuration (the declared one failed)",
-            )  # fmt: skip
-        if state.digest != want:
-            fields = self._config_fields(resource.name, spec, release_dir)
-            action = Action.REPLACE if state.running else Action.CREATE
-            return Change(resource.id, action, path, fields=fields, reason="restart")
-        if state.restarting_in is not None:
-            # The supervisor restarts it by policy; a crash loop shows as health Degraded.
-            return Change(
-                resource.id, Action.NOOP, path,
-                reason=f"{state.exit}; restarting in {state.restarting_in:.1f}s (back-off)",
-            )  # fmt: skip
-        if not state.running:
-            if state.gave_up:
-                return Change(
-                    resource.id, Action.NOOP, path,
-                    reason=f"{state.exit}; not restarted (restart: {spec.restart})",
-                )  # fmt: skip
-            return Change(
-                resource.id, Action.CREATE, path,
-                fields=(FieldChange("process", state.exit, "running"),), reason="start",
-            )  # fmt: skip
-        if state.supervision != supervision_digest(spec):
-            return Change(
-                resource.id, Action.UPDATE, path,
-                fields=(FieldChange(SUPERVISION, "old", "declared"),),
-            )  # fmt: skip
-        if (state.reload_digest or "") != reload:
-            return Change(
-                resource.id, Action.UPDATE, path,
-                fields=(FieldChange(RELOAD, None, spec.reloadSignal),),
-                reason=f"{', '.join(spec.reloadOn)} changed",
-            )  # fmt: skip
-        return Change(resource.id, Action.NOOP, path, reason=f"running (pid {state.pid})")
-
-    def _config_fields(
-        self, name: str, spec: ServiceSpec, release_dir: str | None
-    ) -> tuple[FieldChange, ...]:
-        old = self._record(name).get("config") or {}
-        new = self.run_config(spec, release_dir)
-        out = []
-        for key in ("argv", "env", "cwd", "user", "release_dir", "restart_on"):
-            if old.get(key) != new.get(key):
-                label = {"restart_on": "restartOn", "release_dir": "release"}.get(key, key)
-                o, n = old.get(key), new.get(key)
-                if key in ("env", "restart_on"):
-                    o, n = ("(old)" if o else None), "(declared)"
-                out.append(FieldChange(label, _s(o), _s(n)))
-        return tuple(out)
+        return decide(resource.id, path, spec, state, config, reload)
 
     # -- apply ------------------------------------------------------------------------
 
@@ -586,13 +377,11 @@ class ServiceProvider:
         if RELOAD in what:
             self._reload(resource, spec)
             return
-        release_dir = None
-        if spec.release is not None:
-            release_dir = current_dir(self.state_dir, spec.release.partition("/")[2])
+        release_dir = self._release_dir(spec)
         if spec.release is not None and release_dir is None and not healthy_only:
             raise ProviderError(f"{resource.id}: {spec.release} has no current version yet")
         config = self.run_config(spec, release_dir)
-        digest = _digest(config)
+        want = digest(config)
         reload = self._related_digest(spec.reloadOn) if spec.reloadOn else ""
         if healthy_only:
             rec = self._record(name)
@@ -601,16 +390,18 @@ class ServiceProvider:
                 self._start(name, spec, healthy["config"], healthy["digest"], reload)
                 self._wait_ready(name, spec)
             raise StallError(rec.get("failed", {}).get("message", "rollout failed"), "RolledBack")
-        self._start(name, spec, config, digest, reload)
+        self._start(name, spec, config, want, reload)
         ok, message = self._wait_ready(name, spec)
         if ok:
             with self._lock(name):
                 rec = self._record(name)
-                rec["healthy"] = {"config": config, "digest": digest}
+                rec["healthy"] = {"config": config, "digest": want}
                 rec.pop("failed", None)
                 self._save(name, rec)
+            if spec.release is not None and release_dir is not None:
+                lift_hold(self.state_dir, spec.release.partition("/")[2], release_dir)
             return
-        self._rollback(resource, spec, digest, message)
+        self._rollback(resource, spec, want, message)
 
     def _start(
         self, name: str, spec: ServiceSpec, config: dict[str, Any], digest: str, reload: str
@@ -621,7 +412,7 @@ class ServiceProvider:
                 sup.shutdown(stop_process=True)
             else:
                 self._stop_recorded(name, spec)
-            ensure_private_dir(self._dir(name))
+            self._ensure_dir(name)
             rec = self._record(name)
             rec.update(config=config, digest=digest, reload_digest=reload)
             rec.update(stop_signal=spec.stop.signal, stop_grace=spec.stop.graceSeconds)
@@ -640,10 +431,10 @@ class ServiceProvider:
         lock = self._lock(name)
         while not lock.acquire(timeout=0.05):
             if stopping is not None and stopping.is_set():
-                raise _Stopping
+                raise Stopping
         try:
             if stopping is not None and stopping.is_set():
-                raise _Stopping
+                raise Stopping
             return self._respawn(name)
         finally:
             lock.release()
@@ -695,6 +486,7 @@ class ServiceProvider:
     def _rollback(self, resource: Resource, spec: ServiceSpec, digest: str, message: str) -> None:
         name = resource.name
         rec = self._record(name)
+        failed_dir = (rec.get("config") or {}).get("release_dir")  # what just failed
         healthy = rec.get("healthy")
         if healthy and healthy.get("digest") != digest:
             old_release = healthy["config"].get("release_dir")
@@ -709,6 +501,10 @@ class ServiceProvider:
                 rec = self._record(name)
                 rec["failed"] = {"digest": digest, "message": text}
                 self._save(name, rec)
+            if spec.release is not None and old_release and failed_dir not in (None, old_release):
+                # Put the release's ``current`` back too, and hold it there (no flapping).
+                rel = spec.release.partition("/")[2]
+                hold_release(self.state_dir, rel, str(failed_dir), old_release, resource.id, text)
             self._wait_ready(name, spec)
             raise StallError(text, reason="RolledBack")
         text = f"{resource.id}: {message}; no earlier healthy configuration to roll back to"
@@ -766,10 +562,6 @@ class ServiceProvider:
         return done
 
 
-def _no_restart(spec: ServiceSpec, code: int | None) -> bool:
-    return spec.restart == "never" or (spec.restart == "on-failure" and code == 0)
-
-
 class _Closer:
     def __init__(self, provider: ServiceProvider, watch: _Watch) -> None:
         self._provider = provider
@@ -777,9 +569,3 @@ class _Closer:
 
     def close(self) -> None:
         self._provider._unwatch(self._watch)
-
-
-def _s(value: Any) -> str | None:
-    if value is None:
-        return None
-    return value if isinstance(value, str) else json.dumps(value)
