@@ -88,6 +88,8 @@ def test_the_agents_own_files_are_not_readable_by_others(git_repo, root, state_d
         assert mode(state_dir / name) == 0o600, name
     for extra in state_dir.glob("setpoint.db-*"):
         assert mode(extra) & 0o077 == 0, extra
+    # 0700 itself: the state dir may become 0711 for services running from releases.
+    assert mode(state_dir / "sources") == 0o700
     cache = state_dir / "sources" / "repo"
     assert mode(cache) == 0o700
     assert mode(cache / "lock") == 0o600

@@ -57,9 +57,13 @@ class Controller:
         self.reconciler = Reconciler(
             self.db, registry or default_registry(), self.target, cache=cache
         )
+        # 0700: the state dir may be 0711 (services running as other users reach their
+        # releases through it), and the list of sources is nobody else's business.
+        caches = Path(config.state) / "sources"
+        caches.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(caches, 0o700)
         self.sources = {
-            s.name: GitSource(s.name, s.url, s.ref, Path(config.state) / "sources" / s.name)
-            for s in config.sources
+            s.name: GitSource(s.name, s.url, s.ref, caches / s.name) for s in config.sources
         }
         self.fetched: dict[str, str | None] = {s.name: None for s in config.sources}
         self.fetch_errors: dict[str, str | None] = {s.name: None for s in config.sources}
