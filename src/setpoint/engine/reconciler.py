@@ -77,7 +77,14 @@ class Reconciler:
         self.clock = clock
         self._heads: dict[str, _Head] = {}
         self._declared: tuple[tuple[int, int], set[str]] | None = None
-        self._desired_hooks: list[Callable[[dict[str, Resource]], None]] | None = None
+        # Optional provider hooks, looked up once (the per-resource ones sit on the hot path).
+        unique = list({id(p): p for p in self.providers.values()}.values())
+        self._effective = {
+            k: getattr(p, "effective_digest", None) for k, p in self.providers.items()
+        }
+        self._health_of = {k: getattr(p, "health", None) for k, p in self.providers.items()}
+        self._desired_hooks = [h for p in unique if (h := getattr(p, "set_desired", None))]
+        self._drains = [d for p in unique if (d := getattr(p, "drain_events", None))]
         self._by_id: tuple[Desired, dict[str, Resource]] | None = None
 
     @property
@@ -172,9 +179,8 @@ class Reconciler:
             return
         ids = head.desired.index.keys()
         entries: list[JournalEntry] = []
-        for p in {id(p): p for p in self.providers.values()}.values():
-            drain = getattr(p, "drain_events", None)
-            for ev in drain(ids) if drain is not None else ():
+        for drain in self._drains:
+            for ev in drain(ids):
                 entries.append(
                     JournalEntry(
                         ev.at, stack.name, ev.event, revision, ev.resource, ev.message, ev.detail
@@ -291,7 +297,7 @@ class Reconciler:
         event_at: float | None = None,
     ) -> ResourceOutcome:
         provider = self._provider(r)
-        effective = getattr(provider, "effective_digest", None)
+        effective = self._effective[r.kind]
         if effective is not None:
             # What the resource's state derives from (a Service: its own spec, its
             # release's and its restartOn declarations): a change there is not drift.
@@ -360,11 +366,6 @@ class Reconciler:
         digests of the declarations it depends on with those it started with.
         """
         hooks = self._desired_hooks
-        if hooks is None:
-            seen = {id(p): p for p in self.providers.values()}
-            hooks = self._desired_hooks = [
-                h for p in seen.values() if (h := getattr(p, "set_desired", None)) is not None
-            ]
         if not hooks:
             return
         if self._by_id is None or self._by_id[0] is not desired:
@@ -374,7 +375,7 @@ class Reconciler:
 
     def _health(self, r: Resource, result: PassResult) -> None:
         """Record the health of a resource whose provider reports one (services)."""
-        health = getattr(self._provider(r), "health", None)
+        health = self._health_of[r.kind]
         if health is not None:
             result.health[r.id] = health(r)
 
