@@ -44,10 +44,18 @@ def test_at_the_watch_limit_unwatched_resources_are_polled_and_status_says_so(
         }
     )
     agent = run_agent(env={"SETPOINT_MAX_WATCHES": "1", "SETPOINT_WATCH_POLL": "0.3"})
-    watch = wait_for(lambda: agent.status()["agent"]["watch"]["web"], what="watch info")
+    # The watch info and the Watching condition are written one after the other:
+    # wait for both, not just the first.
+    watch = wait_for(
+        lambda: agent.status()["agent"]["watch"].get("web", {}).get("unwatched"),
+        what="watch info",
+    ) and agent.status()["agent"]["watch"]["web"]
     (missing,) = watch["unwatched"]
     assert watch["watches"] == 1
-    cond = next(c for c in agent.stack()["conditions"] if c["type"] == "Watching")
+    cond = wait_for(
+        lambda: next((c for c in agent.stack()["conditions"] if c["type"] == "Watching"), None),
+        what="the Watching condition",
+    )
     assert cond["status"] is False and cond["reason"] == "WatchLimitReached"
     assert missing in cond["message"] and "polling" in cond["message"]
     assert any(e["event"] == "watch.limited" for e in agent.journal())
