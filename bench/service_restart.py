@@ -50,6 +50,21 @@ def wait(pred, timeout: float = 30.0, step: float = 0.002):  # type: ignore[no-u
     raise SystemExit("timed out")
 
 
+def cold_start(release: Path, port: int) -> float:
+    """Seconds from spawning the release's server by hand to its answering on ``port``."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "server.py"], cwd=release, env={**os.environ, "PORT": str(port)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait(lambda: body(port, "/health") == "ok")
+        return time.monotonic() - t0
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
@@ -100,15 +115,32 @@ def main() -> None:
             )  # fmt: skip
             wait(lambda i=i: f"version={i} " in body(port))
             bumps.append(time.monotonic() - t0)
+        # Baselines, same run: (a) the server started by hand until it answers (the
+        # floor for a restart: Python start-up + bind); (b) a `setpoint sync` with
+        # nothing to change (the CLI + API round trip and a no-op pass).
+        cold = [cold_start(state / "releases/app/current", free_port()) for _ in range(5)]
+        noop = []
+        for _ in range(5):
+            t0 = time.monotonic()
+            subprocess.run(
+                [sys.executable, "-m", "setpoint", "sync", "--state", str(state)],
+                check=True, capture_output=True,
+            )  # fmt: skip
+            noop.append(time.monotonic() - t0)
+        cold_ms, noop_ms = statistics.median(cold) * 1000, statistics.median(noop) * 1000
+        print(f"baselines: server started by hand -> answering, p50 {cold_ms:.0f} ms; "
+              f"no-op setpoint sync, p50 {noop_ms:.0f} ms")
         q = statistics.quantiles(kills, n=10)
         ms = 1000
         print(
             f"kill -9 -> ready again ({len(kills)} runs): p50 {statistics.median(kills) * ms:.0f}"
-            f" ms, p90 {q[8] * ms:.0f} ms, max {max(kills) * ms:.0f} ms"
+            f" ms, p90 {q[8] * ms:.0f} ms, max {max(kills) * ms:.0f} ms; p50 / hand start = "
+            f"{statistics.median(kills) * ms / cold_ms:.2f}"
         )
         print(
             f"version bump -> new version serving ({len(bumps)} runs, commit + setpoint sync): "
-            f"p50 {statistics.median(bumps) * ms:.0f} ms, max {max(bumps) * ms:.0f} ms"
+            f"p50 {statistics.median(bumps) * ms:.0f} ms, max {max(bumps) * ms:.0f} ms; "
+            f"p50 / no-op sync = {statistics.median(bumps) * ms / noop_ms:.2f}"
         )
     finally:
         agent.send_signal(signal.SIGTERM)
