@@ -22,7 +22,7 @@ from setpoint.cli_output import print_history, print_plan, print_status, result_
 from setpoint.config import LISTEN_RE, AgentConfig, config_from_flags, load_config
 from setpoint.engine.agent import Agent
 from setpoint.engine.controller import Controller
-from setpoint.engine.graph import order_resources
+from setpoint.engine.desired import order_stack
 from setpoint.engine.outcome import PassResult
 from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
 from setpoint.providers.base import Target
@@ -110,16 +110,11 @@ def validate(directory: Annotated[Path, typer.Argument(help="Directory of manife
         raise _fail(SetpointError(f"{directory} is not a directory"))
     try:
         resources = load_stack(directory, ".", registry)
-        providers = registry.providers(Target(Path("/")))
-        by_path = {p: r.id for r in resources for p in providers[r.kind].claims(r)}
-        order_resources(resources, lambda r: providers[r.kind].implicit_dependencies(r, by_path))
+        order_stack("", resources, registry.providers(Target(Path("/"))))
     except ManifestErrors as exc:
         for e in exc.errors:
             typer.echo(f"{_joined(directory, e)}", err=False)
         typer.echo(f"{len(exc.errors)} error(s)", err=True)
-        raise typer.Exit(1) from None
-    except ManifestError as exc:
-        typer.echo(_joined(directory, exc))
         raise typer.Exit(1) from None
     typer.echo(f"{len(resources)} resource(s) valid")
 

@@ -74,26 +74,12 @@ class DesiredCache:
         if hit is None:
             self.renders += 1
             resources = self.cache.get_or_load(sha, tree, stack.path, self.registry)
-            hit = self._order(sha, resources)
+            hit = order_stack(sha, resources, self.providers)
             _put(self._by_commit, key, hit)
             if tkey is not None and _self_contained(tree, stack.path, resources):
                 _put(self._by_tree, tkey, hit)
         self._check_conflicts(stack, hit, view)
         return hit
-
-    def _order(self, sha: str, resources: list[Resource]) -> Desired:
-        by_path: dict[str, str] = {}
-        for r in resources:
-            for p in self.providers[r.kind].claims(r):
-                by_path[p] = r.id
-        try:
-            ordered = order_resources(
-                resources, lambda r: self.providers[r.kind].implicit_dependencies(r, by_path)
-            )
-        except ManifestError as exc:
-            raise ManifestErrors([exc]) from exc
-        index = {r.id: i for i, r in enumerate(ordered.order)}
-        return Desired(sha, ordered, by_path, index)
 
     def _tree_id(self, tree_id_for: TreeIdFor | None, sha: str, path: str) -> str | None:
         if tree_id_for is None:
@@ -133,6 +119,22 @@ class DesiredCache:
         if errors:
             raise ManifestErrors(errors)
         self._conflicts_ok = checked
+
+
+def order_stack(sha: str, resources: list[Resource], providers: dict[str, Provider]) -> Desired:
+    """Order a rendered stack (dependencies first); raise ManifestErrors naming a cycle."""
+    by_path: dict[str, str] = {}
+    for r in resources:
+        for p in providers[r.kind].claims(r):
+            by_path[p] = r.id
+    try:
+        ordered = order_resources(
+            resources, lambda r: providers[r.kind].implicit_dependencies(r, by_path)
+        )
+    except ManifestError as exc:
+        raise ManifestErrors([exc]) from exc
+    index = {r.id: i for i, r in enumerate(ordered.order)}
+    return Desired(sha, ordered, by_path, index)
 
 
 def _put(cache: dict[tuple[str, str, str], Desired], key: tuple[str, str, str], v: Desired) -> None:
