@@ -129,28 +129,21 @@ def _owner_fields(
 ) -> list[FieldChange]:
     """Owner/group changes, only for declared ones; compared as ids, shown as names."""
     fields = []
-    if spec.owner is not None:
-        uid = ids.uid(spec.owner)
-        if obs is None or uid != obs.uid:
-            old = None if obs is None else ids.user_name(obs.uid)
-            if uid is None:
-                new = f"{spec.owner} (no such user)"
-            elif isinstance(spec.owner, int):
-                new = ids.user_name(uid)
+    for name, want, to_id, to_name, noun in (
+        ("owner", spec.owner, ids.uid, ids.user_name, "user"),
+        ("group", spec.group, ids.gid, ids.group_name, "group"),
+    ):
+        if want is None:
+            continue
+        have = None if obs is None else (obs.uid if name == "owner" else obs.gid)
+        num = to_id(want)
+        if obs is None or num != have:
+            old = None if have is None else to_name(have)
+            if num is None:
+                new = f"{want} (no such {noun})"
             else:
-                new = spec.owner
-            fields.append(FieldChange("owner", old, new))
-    if spec.group is not None:
-        gid = ids.gid(spec.group)
-        if obs is None or gid != obs.gid:
-            old = None if obs is None else ids.group_name(obs.gid)
-            if gid is None:
-                new = f"{spec.group} (no such group)"
-            elif isinstance(spec.group, int):
-                new = ids.group_name(gid)
-            else:
-                new = spec.group
-            fields.append(FieldChange("group", old, new))
+                new = to_name(num) if isinstance(want, int) else want
+            fields.append(FieldChange(name, old, new))
     return fields
 
 
