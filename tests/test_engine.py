@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -398,3 +399,21 @@ def test_a_provider_bug_becomes_a_failed_outcome_and_the_pass_goes_on(git_repo, 
     finally:
         ctl.close()
     assert (root / "fine").read_text() == "ok"
+
+
+def test_a_sensitive_files_content_never_reaches_plan_or_journal(git_repo, root, state_dir):
+    secret = "db-password=hunter2-ZX81\n"
+    git_repo.commit({"m/a.yaml": manifest("File", "creds", path="/etc/creds", content=secret,
+                                          mode="0600", sensitive=True)})
+    plan, *_ = run(git_repo, root, state_dir, dry_run=True)
+    run(git_repo, root, state_dir)
+    assert (root / "etc/creds").read_text() == secret
+    (root / "etc/creds").write_text("db-password=changed-by-hand\n")
+    result, _, journal, _ = run(git_repo, root, state_dir)
+    assert result.converged and (root / "etc/creds").read_text() == secret
+    (drift,) = [e for e in journal if e.event == "drift"]
+    assert drift.detail["fields"] == [{"field": "content", "old": "(sensitive, 28 bytes)",
+                                       "new": "(sensitive, 25 bytes)"}]
+    shown = repr([plan.changes, [(e.message, e.detail) for e in journal]])
+    for leak in ("hunter2", "changed-by-hand", hashlib.sha256(secret.encode()).hexdigest()[:12]):
+        assert leak not in shown

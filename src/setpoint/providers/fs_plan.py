@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from dataclasses import replace
 
 from setpoint.model.plan import Action, Change, FieldChange
 from setpoint.model.resource import Resource
@@ -32,6 +33,26 @@ NO_EOL = "\n\\ No newline at end of file\n"
 
 
 def plan_file(resource: Resource, spec: FileSpec, obs: FsState | None, ids: IdCache) -> Change:
+    change = _plan_file(resource, spec, obs, ids)
+    if not spec.sensitive or change.is_noop:
+        return change
+    # A sensitive file's content never reaches a plan, the journal or a log: no diff,
+    # no digest (a digest of a short secret can be brute-forced), only sizes.
+    old_size = obs.size if obs is not None and obs.type == FILE else None
+    fields = tuple(
+        FieldChange(
+            "content",
+            None if old_size is None else f"(sensitive, {old_size} bytes)",
+            f"(sensitive, {len(desired_bytes(resource, spec))} bytes)",
+        )
+        if f.field == "content"
+        else f
+        for f in change.fields
+    )
+    return replace(change, fields=fields, diff=None)
+
+
+def _plan_file(resource: Resource, spec: FileSpec, obs: FsState | None, ids: IdCache) -> Change:
     rid, path = resource.id, spec.path
     want = desired_bytes(resource, spec)
     if obs is None:

@@ -27,6 +27,8 @@ class FileSpec(_Common):
     mode: Mode = "0644"
     owner: Owner | None = None
     group: Owner | None = None
+    # A secret: its content (diffs, digests) is never shown in plans, the journal or logs.
+    sensitive: bool = False
 
     @field_validator("content", "source", mode="before")
     @classmethod
