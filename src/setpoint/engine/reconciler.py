@@ -76,7 +76,8 @@ class Reconciler:
         self.inventory = InventoryView(db)
         self.clock = clock
         self._heads: dict[str, _Head] = {}
-        self._declared: tuple[tuple[int, int], set[str]] | None = None
+        # target.declared, and the (desired state, owners version) it was built from.
+        self._declared: tuple[Desired, int, set[str]] | None = None
         # Optional provider hooks, looked up once (the per-resource ones sit on the hot path).
         unique = list({id(p): p for p in self.providers.values()}.values())
         self._effective = {
@@ -239,10 +240,10 @@ class Reconciler:
         target = self.target
         target.forget_parents()
         # One set object per (desired, owners): the provider caches what it derives from it.
-        dkey = (id(desired), self.inventory.version)
-        if full or self._declared is None or self._declared[0] != dkey:
-            self._declared = (dkey, set(desired.paths) | set(owners))
-        target.declared = self._declared[1]
+        d = self._declared
+        if d is None or d[0] is not desired or d[1] != self.inventory.version:
+            d = self._declared = (desired, self.inventory.version, set(desired.paths) | set(owners))
+        target.declared = d[2]
         self._bind_desired(desired)
         blocked: set[str] = set()
         deps = desired.ordered.deps

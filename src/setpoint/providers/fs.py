@@ -43,7 +43,9 @@ class FilesystemProvider:
     def __init__(self, target: Target) -> None:
         self.target = target
         self.ids = IdCache()
-        self._ancestors_key: tuple[int, int] = (0, -1)
+        # The declared set the ancestors were derived from, held (not its id: a freed
+        # set's id can be reused by the next one) with its size (it may grow in place).
+        self._ancestors_of: tuple[set[str], int] | None = None
         self._ancestors: frozenset[str] = frozenset()
         self._watches: list[FsWatch] = []
 
@@ -136,8 +138,8 @@ class FilesystemProvider:
     def _declared_ancestors(self) -> frozenset[str]:
         # Recomputed when the engine swaps or grows ``target.declared`` (once per pass).
         declared = self.target.declared
-        key = (id(declared), len(declared))
-        if key != self._ancestors_key:
+        of = self._ancestors_of
+        if of is None or of[0] is not declared or of[1] != len(declared):
             self._ancestors = declared_ancestors(declared)
-            self._ancestors_key = key
+            self._ancestors_of = (declared, len(declared))
         return self._ancestors
