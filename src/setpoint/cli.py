@@ -420,6 +420,19 @@ def logs(
         raise _fail(SetpointError(f"no logs for service {service!r} in {state}/services"))
 
 
+def _register_extra() -> None:
+    from setpoint.cli_fleet import bootstrap, facts
+
+    app.command(epilog="Example: setpoint facts --config /etc/setpoint/config.yaml")(facts)
+    app.command(
+        epilog="Example: setpoint bootstrap --repo https://git.example/infra.git "
+        "--labels role=web,env=prod"
+    )(bootstrap)
+
+
+_register_extra()
+
+
 def main() -> None:
     app()
 

@@ -29,6 +29,7 @@ NAME = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
 DEFAULT_STATE = "/var/lib/setpoint"
 DEFAULT_LISTEN = "127.0.0.1:9090"
 LISTEN_RE = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
+FACT_PREFIX = "setpoint.io/"
 
 
 class ConfigError(SetpointError):
@@ -77,11 +78,10 @@ class SourceConfig(_Model):
     allow_rewrites: bool = Field(default=False, alias="allowRewrites")
 
 
-class StackConfig(_Model):
-    """A named set of resources from one path of one source, reconciled together."""
+class StackPolicy(_Model):
+    """How a stack is reconciled: the fields a config stack and a Fleet entry share."""
 
     name: str = Field(pattern=NAME)
-    source: str
     path: str = "."
     prune: bool = True
     drift: Literal["revert", "report"] = "revert"
@@ -89,13 +89,33 @@ class StackConfig(_Model):
     suspend: bool = False
 
     @model_validator(mode="after")
-    def _relative_path(self) -> StackConfig:
+    def _relative_path(self) -> StackPolicy:
         p = self.path
         if p.startswith("/") or any(part == ".." for part in p.split("/")):
             raise ValueError(
                 f"path {p!r} must be a directory inside the repository (relative, no ..)"
             )
         return self
+
+
+class StackConfig(StackPolicy):
+    """A named set of resources from one path of one source, reconciled together."""
+
+    source: str
+
+
+class FleetConfig(_Model):
+    """Where this host's Fleet file is: a source and a path inside its repository."""
+
+    source: str
+    path: str = "fleet.yaml"
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, p: str) -> str:
+        if p.startswith("/") or any(part == ".." for part in p.split("/")) or not p.strip("/."):
+            raise ValueError(f"path {p!r} must be a file inside the repository (relative, no ..)")
+        return p
 
 
 class RetryConfig(_Model):
@@ -118,7 +138,11 @@ class AgentConfig(_Model):
     root: Path = Path("/")
     state: Path = Path(DEFAULT_STATE)
     sources: list[SourceConfig] = Field(min_length=1)
-    stacks: list[StackConfig] = Field(min_length=1)
+    stacks: list[StackConfig] = Field(default_factory=list)
+    # The host's labels (Fleet and overlay selectors match them); facts are added
+    # under the reserved prefix setpoint.io/ (see setpoint.facts).
+    labels: dict[str, str] = Field(default_factory=dict)
+    fleet: FleetConfig | None = None
     retry: RetryConfig = RetryConfig()
     limits: LimitsConfig = LimitsConfig()
     # The agent's HTTP listener (GET /status, POST /sync, POST /hooks/git): HOST:PORT,
@@ -139,6 +163,19 @@ class AgentConfig(_Model):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"source names must be unique; repeated: {', '.join(sorted(dup))}")
+        if not self.stacks and self.fleet is None:
+            raise ValueError("stacks: declare at least one stack, or a fleet: {source, path}")
+        if self.fleet is not None and self.fleet.source not in names:
+            raise ValueError(
+                f"fleet uses source {self.fleet.source!r}, which is not declared "
+                f"(declared: {', '.join(names)})"
+            )
+        for key in self.labels:
+            if key.startswith(FACT_PREFIX):
+                raise ValueError(
+                    f"labels: {key!r} uses the prefix {FACT_PREFIX}, which is reserved for the "
+                    "facts the agent gathers itself; choose another key"
+                )
         stacks = [s.name for s in self.stacks]
         dup = {n for n in stacks if stacks.count(n) > 1}
         if dup:

@@ -76,6 +76,7 @@ class _StackQueue:
     passes: int = 0
     partial_passes: int = 0
     last_pass: float | None = None
+    stopped: bool = False  # the stack left this host (a Fleet change): the worker ends
 
 
 class Agent:
@@ -111,6 +112,7 @@ class Agent:
         self._flaps: dict[tuple[str, str], collections.deque[float]] = {}
         self._calm_at: dict[str, float] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._workers: list[asyncio.Task[None]] = []
         self.started = time.time()
 
     # -- requests ---------------------------------------------------------------------
@@ -259,7 +261,7 @@ class Agent:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
         tasks = [asyncio.create_task(self._poll(s.name, s.interval)) for s in self.config.sources]
-        tasks += [asyncio.create_task(self._worker(q)) for q in self._queues.values()]
+        self._workers = [asyncio.create_task(self._worker(q)) for q in self._queues.values()]
         tasks.append(asyncio.create_task(self._poll_unwatched()))
         api_task = asyncio.create_task(self._run_api())
         log.info(
@@ -269,6 +271,7 @@ class Agent:
         log.info("stopping: finishing the pass under way")
         for q in self._queues.values():
             q.wake.set()  # wake idle workers so they see ``stop``
+        tasks += self._workers
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -310,9 +313,31 @@ class Agent:
         info = {"pid": os.getpid(), "listen": self.api_address}
         _write_private(state / AGENT_FILE, json.dumps(info) + "\n")
 
+    def _sync_stacks(self) -> None:
+        """Start a worker for each stack the Fleet added; stop those it removed."""
+        wanted = {s.name: s for s in self.controller.config.stacks if not s.suspend}
+        for name in set(self._queues) - set(wanted):
+            q = self._queues.pop(name)
+            q.stopped = True
+            q.wake.set()
+            w = self._watches.pop(name, None)
+            if w is not None:
+                w.close()
+            log.info("stack %s: no longer runs on this host (Fleet)", name)
+        for name, cfg in wanted.items():
+            have = self._queues.get(name)
+            if have is None:
+                have = self._queues[name] = _StackQueue(cfg)
+                self._workers.append(asyncio.create_task(self._worker(have)))
+                log.info("stack %s: now runs on this host (Fleet)", name)
+            elif have.cfg != cfg:
+                have.cfg = cfg  # policy changed in the Fleet file (resync, drift, prune)
+                have.wake.set()
+
     async def _poll(self, source: str, interval: float) -> None:
         loop = asyncio.get_running_loop()
         failures = 0
+        fleet = self.controller.fleet
         # Loops test ``stop`` rather than rely on cancellation alone: on Python 3.11
         # asyncio.wait_for can swallow a cancel when its inner wait completes at once.
         while not self.stop.is_set():
@@ -320,6 +345,10 @@ class Agent:
             self.checks[source] += 1
             new = await loop.run_in_executor(self._git, self.controller.poll, source)
             first = not self._fetched_once[source].is_set()
+            if fleet is not None and fleet.ref.source == source:
+                # Before the source's stacks run: the Fleet may add or remove some.
+                await loop.run_in_executor(self._passes, self.controller.refresh_fleet)
+                self._sync_stacks()
             self._fetched_once[source].set()
             if new or first:
                 self.request_source(source)
@@ -349,13 +378,13 @@ class Agent:
         await self._fetched_once[q.cfg.source].wait()
         resync = loop.time()  # the first pass is a full one
         retry_at: float | None = None
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not q.stopped:
             now = loop.time()
             due = min(resync, retry_at) if retry_at is not None else resync
             if not q.wake.is_set() and due > now:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(q.wake.wait(), timeout=due - now)
-            if self.stop.is_set():
+            if self.stop.is_set() or q.stopped:
                 break
             only = q.only if q.wake.is_set() else None
             event_at = q.event_at if only is not None else None
@@ -369,6 +398,8 @@ class Agent:
                     self.controller.reconcile, q.cfg.name, only=only, event_at=event_at
                 ),
             )
+            if q.stopped:
+                break
             q.passes += 1
             q.partial_passes += only is not None
             q.last_pass = time.time()

@@ -16,10 +16,14 @@ import time
 from pathlib import Path
 from typing import IO
 
-from setpoint.config import AgentConfig
+from setpoint.config import AgentConfig, StackConfig
+from setpoint.engine.fleet import FleetChange, FleetView, with_stacks
+from setpoint.engine.inventory import InventoryView
 from setpoint.engine.outcome import PassResult
+from setpoint.engine.prune import prune
 from setpoint.engine.reconciler import Reconciler
-from setpoint.model.errors import SetpointError, SourceError
+from setpoint.facts import host_labels
+from setpoint.model.errors import ManifestErrors, SetpointError, SourceError
 from setpoint.providers.base import Registry, Target
 from setpoint.providers.registry import default_registry
 from setpoint.render import Limits, RenderCache
@@ -36,12 +40,16 @@ from setpoint.state import JournalEntry, StateDB
 log = logging.getLogger("setpoint.controller")
 
 
+FLEET_JOURNAL = "@fleet"  # journal stack name for Fleet events before any Fleet stack runs
+
+
 class StateLockedError(SetpointError):
     pass
 
 
 class Controller:
     def __init__(self, config: AgentConfig, registry: Registry | None = None) -> None:
+        self.base_config = config  # as configured; ``config`` adds the Fleet's stacks
         self.config = config
         root = Path(config.root)
         if not root.is_dir():
@@ -57,6 +65,17 @@ class Controller:
         self.reconciler = Reconciler(
             self.db, registry or default_registry(), self.target, cache=cache
         )
+        self.labels = host_labels(config.labels)
+        self.fleet = (
+            FleetView(config.fleet, config.stacks, self.labels, Path(config.state), limits)
+            if config.fleet is not None
+            else None
+        )
+        # Fleet stacks whose prune failed (retried at each refresh), by name.
+        self._removing: dict[str, StackConfig] = {}
+        if self.fleet is not None:
+            self.config = with_stacks(config, self.fleet.stacks)
+            self._removing = {s.name: s for s in self.fleet.removing}
         # 0700: the state dir may be 0711 (services running as other users reach their
         # releases through it), and the list of sources is nobody else's business.
         caches = Path(config.state) / "sources"
@@ -202,16 +221,23 @@ class Controller:
         event_at: float | None = None,
     ) -> PassResult:
         """One pass over ``stack`` (only the ``only`` ids, for a watch event at ``event_at``)."""
-        cfg = self.config.stack(stack)
+        cfg = next((s for s in self.config.stacks if s.name == stack), None)
+        if cfg is None:  # a Fleet change removed it while the pass was queued
+            return PassResult(stack, errors=[f"stack {stack} no longer runs on this host"])
         with self._lock:
             fetched = self.fetched[cfg.source]
             error = self.fetch_errors[cfg.source]
+
+        fleet = self.fleet if self.fleet is not None and stack in self.fleet.names else None
 
         def tree_for(sha: str) -> Path:
             if sha == fetched:
                 refusal = self._refusal(cfg.name, cfg.source, sha)
                 if refusal is not None:
                     raise refusal
+                broken = fleet.refusal(sha) if fleet is not None else None
+                if broken is not None:
+                    raise broken  # the Fleet file at this commit is broken: keep the last good
             return self._tree(cfg.source, sha)
 
         try:
@@ -318,10 +344,131 @@ class Controller:
             )
         return repaired
 
+    # -- the Fleet ------------------------------------------------------------------
+
+    def refresh_fleet(self, *, dry_run: bool = False) -> FleetChange | None:
+        """Re-select this host's Fleet stacks at the fleet source's fetched revision.
+
+        Called in the pass thread after a fetch. Stacks the host no longer runs are
+        pruned like anything removed from Git (a failed prune is retried on the next
+        call). A broken Fleet file is refused with file:line errors and the last good
+        selection stays in force. Returns the change, or None when nothing changed.
+        """
+        fv = self.fleet
+        if fv is None:
+            return None
+        source = fv.ref.source
+        with self._lock:
+            sha = self.fetched[source]
+        change: FleetChange | None = None
+        if sha is not None and sha != fv.seen:
+            change = self._select_fleet(fv, source, sha)
+        if change is None and not self._removing:
+            return None
+        if change is None:
+            change = FleetChange(fv.revision or "")
+        self.config = with_stacks(self.base_config, fv.stacks)
+        if dry_run:
+            return change
+        for name in change.removed:
+            self._removing[name] = fv.gone(name)
+        for name in sorted(self._removing):
+            if self._prune_gone(self._removing[name], change.revision):
+                del self._removing[name]
+        fv.save(list(self._removing.values()))
+        return change
+
+    def _select_fleet(self, fv: FleetView, source: str, sha: str) -> FleetChange | None:
+        error: SetpointError | None = self._trust_error(source, sha)
+        change = None
+        if error is None:
+            try:
+                change = fv.select(sha, self._tree(source, sha))
+            except ManifestErrors as exc:
+                error = exc
+            except SetpointError as exc:
+                fv.seen = None  # the tree could not be read: try again next time
+                log.error("fleet file at %s could not be read: %s", sha[:12], exc)
+                return None
+        if error is not None:
+            log.error("fleet file %s at %s refused:\n%s", fv.ref.path, sha[:12], error)
+            self.db.append(
+                *(
+                    JournalEntry(
+                        time.time(),
+                        name,
+                        "fleet.refused",
+                        sha,
+                        None,
+                        f"Fleet file {fv.ref.path} at {sha[:12]} refused; the stacks chosen "
+                        f"at {(fv.revision or 'none')[:12]} stay in force: {error}",
+                    )
+                    for name in sorted(fv.names) or [FLEET_JOURNAL]
+                )
+            )
+            return None
+        assert change is not None
+        self.db.append(
+            *(
+                JournalEntry(
+                    time.time(),
+                    name,
+                    "fleet.selected",
+                    sha,
+                    None,
+                    f"the Fleet file {fv.ref.path} at {sha[:12]} gives this host stack {name}",
+                )
+                for name in change.added
+            )
+        )
+        return change
+
+    def _prune_gone(self, cfg: StackConfig, revision: str) -> bool:
+        """Prune every resource of a stack the Fleet no longer gives this host.
+
+        True when nothing of it is left in the inventory (its status is then dropped).
+        """
+        view = InventoryView(self.db)
+        result = PassResult(cfg.name, fetched=revision)
+        prune(
+            cfg,
+            revision,
+            set(),
+            view,
+            self.reconciler.providers,
+            result,
+            dry_run=False,
+            clock=time.time,
+        )
+        self.target.fsync_touched()
+        left = view.stack(cfg.name)
+        self.db.append(
+            JournalEntry(
+                time.time(),
+                cfg.name,
+                "fleet.removed",
+                revision,
+                None,
+                f"this host no longer runs stack {cfg.name} (Fleet at {revision[:12]}): "
+                + (
+                    f"pruned {len(result.prunes)} resource(s)"
+                    if not left
+                    else f"{len(left)} resource(s) could not be pruned yet: "
+                    + "; ".join(result.prune_failures.values())
+                ),
+            )
+        )
+        if left:
+            return False
+        self.db.delete_status(cfg.name)
+        self.reconciler.inventory.refresh()
+        return True
+
     def run_once(self, *, dry_run: bool = False) -> list[PassResult]:
         """Fetch every source, then one pass over every stack (the CLI's plan/apply)."""
         for name in self.sources:
             self.fetch(name)
+        self.refresh_fleet(dry_run=dry_run)
         return [
             self.reconcile(s.name, dry_run=dry_run) for s in self.config.stacks if not s.suspend
         ]

@@ -1,0 +1,162 @@
+"""The ``facts`` and ``bootstrap`` commands: a host's labels, and a new host in one command.
+
+Registered on the ``setpoint`` app by :mod:`setpoint.cli`. ``bootstrap`` writes the
+minimal local config (sources, labels, fleet) and, on a systemd host, the unit
+file :func:`unit_text` makes (the same text as ``deploy/systemd/setpoint.service``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+from setpoint.config import DEFAULT_STATE, ConfigError, load_config
+from setpoint.facts import gather
+from setpoint.model.errors import SetpointError
+from setpoint.render.selector import parse_labels
+
+DEFAULT_CONFIG = Path("/etc/setpoint/config.yaml")
+UNIT_NAME = "setpoint.service"
+SYSTEMD_UNITS = Path("/etc/systemd/system")
+
+
+def unit_text(program: str, config: Path) -> str:
+    """The systemd unit that runs the agent (KillMode=process: services outlive restarts)."""
+    return f"""\
+[Unit]
+Description=setpoint GitOps agent (pulls the desired state from Git and enforces it)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+ExecStart={program} agent --config {config}
+Restart=always
+RestartSec=5
+# Only the agent is stopped on restart: the services it supervises keep running
+# and are adopted again by the next agent (see README, "Services").
+KillMode=process
+TimeoutStopSec=90
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def facts(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="Also show this config's labels.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Print the host's labels and the facts setpoint gathers (selectors match both)."""
+    labels: dict[str, str] = {}
+    if config is not None:
+        try:
+            labels = dict(load_config(config).labels)
+        except ConfigError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+    found = gather()
+    if as_json:
+        typer.echo(json.dumps({"labels": labels, "facts": found}, indent=2))
+        return
+    for key, value in sorted(labels.items()):
+        typer.echo(f"{key}={value}")
+    for key, value in sorted(found.items()):
+        typer.echo(f"{key}={value}    (fact)")
+
+
+def bootstrap(
+    repo: Annotated[str, typer.Option("--repo", help="Git URL of the fleet repository.")],
+    labels: Annotated[
+        str, typer.Option("--labels", help="This host's labels: role=web,env=prod.")
+    ] = "",
+    ref: Annotated[str, typer.Option("--ref", help="Branch, tag or commit to follow.")] = "main",
+    fleet: Annotated[
+        str, typer.Option("--fleet", help="The Fleet file, relative to the repository root.")
+    ] = "fleet.yaml",
+    state: Annotated[Path, typer.Option("--state", help="The agent's state dir.")] = Path(
+        DEFAULT_STATE
+    ),
+    root: Annotated[Path, typer.Option("--root", help="Target root (default /).")] = Path("/"),
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Where to write the config.")
+    ] = DEFAULT_CONFIG,
+    print_unit: Annotated[
+        bool, typer.Option("--print-unit", help="Print the systemd unit instead of installing it.")
+    ] = False,
+    unit_dir: Annotated[
+        Path, typer.Option("--unit-dir", help="Where systemd units go.")
+    ] = SYSTEMD_UNITS,
+    start: Annotated[
+        bool, typer.Option("--start/--no-start", help="Enable and start the unit (systemd).")
+    ] = True,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing config file.")
+    ] = False,
+) -> None:
+    """Install this host: write its config (repository, labels, fleet) and its systemd unit."""
+    try:
+        host_labels = parse_labels(labels)
+        doc = _bootstrap_config(repo, ref, fleet, host_labels, state, root)
+        if config.exists() and not force:
+            raise SetpointError(f"{config} exists; pass --force to replace it")
+        config.parent.mkdir(parents=True, exist_ok=True)
+        _write(config, yaml.safe_dump(doc, sort_keys=False), 0o600)
+        load_config(config)  # what we wrote must be a config the agent accepts
+    except (ValueError, SetpointError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"wrote {config}")
+    program = shutil.which("setpoint") or f"{sys.executable} -m setpoint"
+    unit = unit_text(program, config.resolve())
+    if print_unit or not Path("/run/systemd/system").is_dir():
+        if not print_unit:
+            typer.echo("no systemd here: run the agent with your service manager, e.g.:")
+            typer.echo(f"  {program} agent --config {config}")
+            typer.echo(f"a systemd unit for it ({UNIT_NAME}):")
+        typer.echo(unit, nl=False)
+        return
+    path = unit_dir / UNIT_NAME
+    _write(path, unit, 0o644)
+    typer.echo(f"wrote {path}")
+    if start:
+        for cmd in (["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", UNIT_NAME]):
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                typer.echo(f"error: {' '.join(cmd)} failed: {done.stderr.strip()}", err=True)
+                raise typer.Exit(1)
+        typer.echo(f"started {UNIT_NAME}")
+
+
+def _bootstrap_config(
+    repo: str, ref: str, fleet: str, labels: dict[str, str], state: Path, root: Path
+) -> dict[str, Any]:
+    return {
+        "root": str(root.absolute()),
+        "state": str(state.absolute()),
+        "sources": [{"name": "fleet", "url": repo, "ref": ref}],
+        "labels": labels,
+        "fleet": {"source": "fleet", "path": fleet},
+    }
+
+
+def _write(path: Path, text: str, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
