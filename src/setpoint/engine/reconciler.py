@@ -71,7 +71,7 @@ class Reconciler:
         self.providers = registry.providers(target)
         # Not ``cache or ...``: an empty RenderCache is falsy (it has __len__).
         self.desired = DesiredCache(
-            registry, self.providers, cache if cache is not None else RenderCache()
+            registry, self.providers, cache if cache is not None else RenderCache(), target
         )
         self.inventory = InventoryView(db)
         self.clock = clock
