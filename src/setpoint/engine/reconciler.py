@@ -283,6 +283,7 @@ class Reconciler:
                 result,
                 dry_run=dry_run,
                 clock=self.clock,
+                declared=desired.paths,
             )
         if not dry_run:
             target.fsync_touched()
