@@ -452,7 +452,7 @@ class Controller:
         view = self.reconciler.inventory
         before = dict(view.stack(name))
         pruned = self.prune_stack(name)
-        deleted = [before[rid] for rid in pruned.deleted if rid not in pruned.failures]
+        deleted = [before[rid] for rid in pruned.deleted]
         kept = [c.resource for c in pruned.changes if c.is_noop]
         result = ForgetResult(name, "prune", deleted, kept, dict(pruned.failures))
         summary = f"{len(deleted)} deleted, {len(kept)} kept on the host (released)"

@@ -35,7 +35,12 @@ class PruneResult:
 
     @property
     def deleted(self) -> list[str]:
-        return [c.resource for c in self.changes if c.action is Action.DELETE]
+        """Ids deleted from the host (and dropped from the inventory)."""
+        return [
+            c.resource
+            for c in self.changes
+            if c.action is Action.DELETE and c.resource not in self.failures
+        ]
 
     @property
     def ok(self) -> bool:
