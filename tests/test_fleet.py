@@ -14,12 +14,11 @@ from typing import Any
 import pytest
 import yaml
 
+from conftest import GitRepo
+from helpers import cli, docs, manifest, start_agent, wait_for
 from setpoint.config import AgentConfig, ConfigError, load_config
 from setpoint.engine.controller import Controller
 from setpoint.facts import gather
-
-from conftest import GitRepo
-from helpers import cli, docs, manifest, start_agent, wait_for
 
 FLEET = """\
 apiVersion: setpoint/v1
@@ -128,7 +127,7 @@ def test_host_whose_labels_change_loses_only_what_no_longer_matches(
     assert motd.stat().st_ino == inode  # untouched
     removed = [e for e in journal if e.event == "fleet.removed"]
     assert [e.stack for e in removed] == ["web"]
-    assert "pruned 1 resource(s)" in removed[0].message
+    assert "1 resource(s) pruned" in removed[0].message
     ctl = Controller(host(git_repo.url, tmp_path, "h", {"role": "db", "env": "prod"}))
     try:
         assert ctl.db.inventory("web") == {}
@@ -149,8 +148,13 @@ def test_stack_removed_from_the_fleet_file_is_pruned(git_repo: GitRepo, tmp_path
 
 
 def test_fleet_stack_policy_applies(git_repo: GitRepo, tmp_path: Path) -> None:
-    fleet_repo(git_repo, FLEET.replace("{name: base, path: base}", "{name: base, path: base, prune: false}"))
-    git_repo.commit({"base/issue.yaml": manifest("File", "issue", path="/etc/issue", content="i\n")})
+    fleet_repo(
+        git_repo,
+        FLEET.replace("{name: base, path: base}", "{name: base, path: base, prune: false}"),
+    )
+    git_repo.commit(
+        {"base/issue.yaml": manifest("File", "issue", path="/etc/issue", content="i\n")}
+    )
     cfg = host(git_repo.url, tmp_path, "h", {})
     run(cfg)
     git_repo.remove("base/motd.yaml")
@@ -173,8 +177,11 @@ def test_fleet_stack_policy_applies(git_repo: GitRepo, tmp_path: Path) -> None:
         (FLEET + "  - {name: base, path: db}\n", "fleet.yaml:14", "declared twice"),
         (FLEET.replace("path: db\n", "path: db\n    resink: 5\n"), "fleet.yaml:11", "resink"),
         (FLEET.replace("kind: Fleet", "kind: Flet"), "fleet.yaml:2", "kind must be Fleet"),
-        (FLEET.replace("{name: base, path: base}", "{name: base, path: ../up}"), "fleet.yaml:5",
-         "inside the repository"),
+        (
+            FLEET.replace("{name: base, path: base}", "{name: base, path: ../up}"),
+            "fleet.yaml:5",
+            "inside the repository",
+        ),
         (FLEET.replace("operator: In", "operator: Inn"), "fleet.yaml:", "operator"),
         ("stacks: [\n", "fleet.yaml:", "YAML"),
     ],
@@ -221,8 +228,11 @@ def test_fleet_stack_name_clash_with_a_config_stack_is_refused(
     assert sorted(results) == ["base"]  # only the config's stack runs
     assert (tmp_path / "h/root/etc/db.conf").exists()
     refused = [e for e in journal if e.event == "fleet.refused"]
-    assert refused and "fleet.yaml:5: Fleet: stack 'base': a stack of this name is in the " \
-        "host's config too" in refused[0].message
+    assert (
+        refused
+        and "fleet.yaml:5: Fleet: stack 'base': a stack of this name is in the host's config too"
+        in refused[0].message
+    )
 
 
 def test_config_without_stacks_needs_a_fleet(tmp_path: Path) -> None:
@@ -262,9 +272,19 @@ def test_bootstrap_writes_a_config_the_agent_runs(git_repo: GitRepo, tmp_path: P
     cfg = tmp_path / "etc/config.yaml"
     (tmp_path / "root").mkdir()
     out = cli(
-        "bootstrap", "--repo", git_repo.url, "--labels", "role=web,env=prod",
-        "--state", tmp_path / "state", "--root", tmp_path / "root", "--config", cfg,
-        "--print-unit", check=0,
+        "bootstrap",
+        "--repo",
+        git_repo.url,
+        "--labels",
+        "role=web,env=prod",
+        "--state",
+        tmp_path / "state",
+        "--root",
+        tmp_path / "root",
+        "--config",
+        cfg,
+        "--print-unit",
+        check=0,
     ).stdout
     assert "KillMode=process" in out
     assert f"agent --config {cfg}" in out
@@ -282,15 +302,18 @@ def test_bootstrap_unit_matches_the_shipped_unit() -> None:
     from setpoint.cli_fleet import unit_text
 
     shipped = Path(__file__).parents[1] / "deploy/systemd/setpoint.service"
-    assert unit_text(
-        "/usr/local/bin/setpoint", Path("/etc/setpoint/config.yaml")
-    ) == shipped.read_text()
+    assert (
+        unit_text("/usr/local/bin/setpoint", Path("/etc/setpoint/config.yaml"))
+        == shipped.read_text()
+    )
 
 
 def test_agent_starts_and_stops_stacks_as_the_fleet_changes(
     git_repo: GitRepo, tmp_path: Path
 ) -> None:
-    fleet_repo(git_repo, FLEET.replace("{name: base, path: base}", "{name: base, path: base, resync: 1}"))
+    fleet_repo(
+        git_repo, FLEET.replace("{name: base, path: base}", "{name: base, path: base, resync: 1}")
+    )
     cfg = host(git_repo.url, tmp_path, "h", {"role": "web", "env": "prod"})
     conf = tmp_path / "h.yaml"
     doc = cfg.model_dump(by_alias=True, mode="json", exclude_defaults=True)
@@ -301,8 +324,12 @@ def test_agent_starts_and_stops_stacks_as_the_fleet_changes(
     proc = start_agent("--config", conf, log=tmp_path / "agent.log")
     try:
         wait_for(lambda: (root / "srv/www/index.html").exists(), what="web stack applied")
-        git_repo.commit({"fleet.yaml": FLEET.replace("role: web, env: prod", "role: none")
-                         + "  - {name: extra, path: db, selector: {matchLabels: {env: prod}}}\n"})
+        git_repo.commit(
+            {
+                "fleet.yaml": FLEET.replace("role: web, env: prod", "role: none")
+                + "  - {name: extra, path: db, selector: {matchLabels: {env: prod}}}\n"
+            }
+        )
         wait_for(lambda: (root / "etc/db.conf").exists(), what="the new stack applied")
         wait_for(lambda: not (root / "srv/www/index.html").exists(), what="web stack pruned")
         # Watches start after a stack's first full pass (issue 14 closes that gap).

@@ -1,7 +1,10 @@
 """The controller: wires the config's sources, the state DB, the target and the reconciler.
 
-One object per process. The CLI's ``plan``/``apply`` use it directly for one
-pass; :mod:`setpoint.engine.agent` drives it in a loop. Not thread-safe by itself:
+One object per process. The CLI's ``plan``/``apply``/``forget`` use it directly
+for one pass (or one forget); :mod:`setpoint.engine.agent` drives it in a loop.
+At its first pass it reports the stacks the state DB knows but the config no
+longer names (:mod:`setpoint.engine.orphans`); :meth:`Controller.prune_stack`
+deletes what such a stack owns. Not thread-safe by itself:
 the agent calls it from one worker thread (passes) and one git thread (polls),
 which touch disjoint parts (see ``_lock``).
 """
@@ -16,11 +19,18 @@ import time
 from pathlib import Path
 from typing import IO
 
-from setpoint.config import AgentConfig, StackConfig
+from setpoint.config import AgentConfig, ConfigError, StackConfig
 from setpoint.engine.fleet import FleetChange, FleetView, with_stacks
-from setpoint.engine.inventory import InventoryView
+from setpoint.engine.orphans import (
+    ForgetResult,
+    Orphan,
+    find_orphans,
+    hand_over,
+    release,
+    report_orphans,
+)
 from setpoint.engine.outcome import PassResult
-from setpoint.engine.prune import prune
+from setpoint.engine.prune import PruneResult, prune_records
 from setpoint.engine.reconciler import Reconciler
 from setpoint.facts import host_labels
 from setpoint.model.errors import ManifestErrors, SetpointError, SourceError
@@ -35,7 +45,7 @@ from setpoint.source.verify import (
     is_ancestor,
     verify_revision,
 )
-from setpoint.state import JournalEntry, StateDB
+from setpoint.state import Event, JournalEntry, StateDB
 
 log = logging.getLogger("setpoint.controller")
 
@@ -44,7 +54,38 @@ FLEET_JOURNAL = "@fleet"  # journal stack name for Fleet events before any Fleet
 
 
 class StateLockedError(SetpointError):
-    pass
+    def __init__(self, message: str, state: Path, holder: str) -> None:
+        super().__init__(message)
+        self.state = state
+        self.holder = holder  # "pid N" as the holder wrote it
+
+
+def lock_state_dir(state: Path) -> IO[str]:
+    """Take ``STATE/agent.lock`` (one agent per state dir); a dead holder frees it.
+
+    Returns the open lock file: the lock lasts as long as it stays open. Raises
+    :class:`StateLockedError` naming the holder when another process has it.
+    """
+    path = state / "agent.lock"
+    f = open(path, "a+")  # noqa: SIM115 (held for the process lifetime)
+    os.chmod(path, 0o600)
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise StateLockedError(
+            f"state dir {state} is in use by {holder}; only one setpoint agent "
+            "may own a state dir (stop the other one, or give this one its own --state)",
+            state,
+            holder,
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}\n")
+    f.flush()
+    return f
 
 
 class Controller:
@@ -92,29 +133,14 @@ class Controller:
         self._trust: dict[tuple[str, str], VerificationError | None] = {}
         self._signers: dict[tuple[str, str], str] = {}
         self._ancestry: dict[tuple[str, str, str], bool] = {}
+        self._orphans: list[Orphan] | None = None  # found at the first pass
+        self._orphans_reported = False
 
     # -- ownership of the state dir ------------------------------------------------
 
     def lock_state(self) -> None:
         """Take the state dir's lock (one agent per state dir); a dead holder frees it."""
-        path = Path(self.config.state) / "agent.lock"
-        f = open(path, "a+")  # noqa: SIM115 (held for the process lifetime)
-        os.chmod(path, 0o600)
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            f.close()
-            raise StateLockedError(
-                f"state dir {self.config.state} is in use by {holder}; only one setpoint agent "
-                "may own a state dir (stop the other one, or give this one its own --state)"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}\n")
-        f.flush()
-        self._lock_file = f
+        self._lock_file = lock_state_dir(Path(self.config.state))
 
     def close(self) -> None:
         self.db.close()
@@ -224,6 +250,8 @@ class Controller:
         cfg = next((s for s in self.config.stacks if s.name == stack), None)
         if cfg is None:  # a Fleet change removed it while the pass was queued
             return PassResult(stack, errors=[f"stack {stack} no longer runs on this host"])
+        if not self._orphans_reported:
+            self._check_orphans(report=not dry_run)
         with self._lock:
             fetched = self.fetched[cfg.source]
             error = self.fetch_errors[cfg.source]
@@ -428,40 +456,22 @@ class Controller:
 
         True when nothing of it is left in the inventory (its status is then dropped).
         """
-        view = InventoryView(self.db)
-        result = PassResult(cfg.name, fetched=revision)
-        prune(
-            cfg,
-            revision,
-            set(),
-            view,
-            self.reconciler.providers,
-            result,
-            dry_run=False,
-            clock=time.time,
-        )
-        self.target.fsync_touched()
-        left = view.stack(cfg.name)
-        self.db.append(
-            JournalEntry(
-                time.time(),
-                cfg.name,
-                "fleet.removed",
-                revision,
-                None,
-                f"this host no longer runs stack {cfg.name} (Fleet at {revision[:12]}): "
-                + (
-                    f"pruned {len(result.prunes)} resource(s)"
-                    if not left
-                    else f"{len(left)} resource(s) could not be pruned yet: "
-                    + "; ".join(result.prune_failures.values())
-                ),
+        why = f"stack {cfg.name} no longer runs on this host (Fleet at {revision[:12]})"
+        pruned = self.prune_stack(cfg.name, stack_prune=cfg.prune, revision=revision, why=why)
+        left = self.reconciler.inventory.stack(cfg.name)
+        done = f"{len(pruned.deleted)} resource(s) pruned"
+        if left and not pruned.failures:
+            done += f", {len(left)} released"
+        if pruned.failures:
+            done += f"; {len(pruned.failures)} could not be pruned yet (retried): " + "; ".join(
+                pruned.failures.values()
             )
+        self.db.append(
+            JournalEntry(time.time(), cfg.name, "fleet.removed", revision, None, f"{why}: {done}")
         )
-        if left:
+        if pruned.failures:
             return False
         self.db.delete_status(cfg.name)
-        self.reconciler.inventory.refresh()
         return True
 
     def run_once(self, *, dry_run: bool = False) -> list[PassResult]:
@@ -472,3 +482,133 @@ class Controller:
         return [
             self.reconcile(s.name, dry_run=dry_run) for s in self.config.stacks if not s.suspend
         ]
+
+    # -- stacks that left the config --------------------------------------------------
+
+    def orphans(self) -> list[Orphan]:
+        """Stacks the state DB knows (inventory or status) that the config no longer names."""
+        fleet = set(self.fleet.owned) if self.fleet is not None else set()
+        return find_orphans(self.db, {s.name for s in self.config.stacks} | fleet)
+
+    def _check_orphans(self, *, report: bool) -> None:
+        """Once per start: find the orphans; report them (status, journal) unless a dry run.
+
+        A dry run (``plan``) only learns their names, so that a conflict with one
+        says how to hand it over. Never raises: the pass goes on regardless.
+        """
+        try:
+            if self._orphans is None:
+                self._orphans = self.orphans()
+                self.reconciler.desired.orphans = frozenset(o.stack for o in self._orphans)
+            if report:
+                self._orphans_reported = True
+                report_orphans(self.db, self._orphans, time.time())
+                for o in self._orphans:
+                    log.warning("%s", o.message)
+        except Exception:
+            log.exception("checking for stacks that left the config failed")
+
+    def prune_stack(
+        self,
+        name: str,
+        *,
+        stack_prune: bool = True,
+        revision: str | None = None,
+        why: str | None = None,
+    ) -> PruneResult:
+        """Delete what stack ``name`` owns through the providers, by the ordinary prune rules.
+
+        For a stack that left the config (``setpoint forget NAME --prune``; Fleet
+        stacks that stop applying to this host). Resources labelled ``setpoint/prune:
+        disabled`` are released (kept on the host); what is deleted or released
+        leaves the inventory, one transaction each; a failed delete stays in it and
+        is named in ``PruneResult.failures``. Refused for a stack of the config: its
+        next pass would create everything again.
+        """
+        if any(s.name == name for s in self.config.stacks):
+            raise ConfigError(
+                f"stack {name!r} is in the config: its next pass would create again what a "
+                "prune deletes; remove it from the config first"
+            )
+        view = self.reconciler.inventory
+        view.refresh()
+        self.target.forget_parents()  # a fresh parent-chain check for every delete
+        try:
+            return prune_records(
+                name,
+                list(view.stack(name).values()),
+                view,
+                self.reconciler.providers,
+                revision=revision,
+                stack_prune=stack_prune,
+                why=why or f"stack {name} left the config",
+                dry_run=False,
+                clock=self.reconciler.clock,
+            )
+        finally:
+            self.target.fsync_touched()
+
+    def forget(self, name: str, *, prune: bool = False, to: str | None = None) -> ForgetResult:
+        """``setpoint forget``: release stack ``name``'s inventory, prune it, or hand it ``to``.
+
+        The caller holds the state dir (:meth:`lock_state`): a running agent keeps
+        the inventory in memory. ``name`` must have left the config; ``to`` must be
+        in it. Journaled (event ``forget``); the stack's status is dropped once it
+        owns nothing.
+        """
+        if prune and to is not None:
+            raise SetpointError("give --prune or --to NEW, not both")
+        if any(s.name == name for s in self.config.stacks):
+            raise ConfigError(
+                f"stack {name!r} is still in the config; forget is for stacks the config no "
+                f"longer names (remove or rename it in the config first)"
+            )
+        known = self.db.stack_sizes()
+        if name not in known:
+            raise SetpointError(
+                f"the state dir {self.config.state} knows no stack named {name!r} "
+                f"(known: {', '.join(sorted(known)) or 'none'})"
+            )
+        view = self.reconciler.inventory
+        if to is not None:
+            if to == name:
+                raise SetpointError(f"cannot hand stack {name!r} to itself")
+            self.config.stack(to)  # ConfigError naming the known stacks
+            result = hand_over(view, name, to, time.time())
+        elif prune:
+            result = self._forget_pruned(name)
+        else:
+            result = release(view, name, time.time())
+        if result.ok:
+            desired = self.reconciler.desired
+            desired.orphans = desired.orphans - {name}
+        return result
+
+    def _forget_pruned(self, name: str) -> ForgetResult:
+        view = self.reconciler.inventory
+        before = dict(view.stack(name))
+        pruned = self.prune_stack(name)
+        deleted = [before[rid] for rid in pruned.deleted]
+        kept = [c.resource for c in pruned.changes if c.is_noop]
+        result = ForgetResult(name, "prune", deleted, kept, dict(pruned.failures))
+        summary = f"{len(deleted)} deleted, {len(kept)} kept on the host (released)"
+        if pruned.failures:
+            msg = (
+                f"stack {name}: {summary}; {len(pruned.failures)} could not be deleted and "
+                f"stay in its inventory: {', '.join(sorted(pruned.failures))}"
+            )
+        else:
+            msg = f"forgot stack {name}: {summary}"
+            self.db.delete_status(name)
+        self.db.append(
+            JournalEntry(
+                time.time(),
+                name,
+                Event.FORGET,
+                None,
+                None,
+                msg,
+                {"mode": "prune", "deleted": len(deleted), "kept": kept, "failed": pruned.failures},
+            )
+        )
+        return result

@@ -4,6 +4,10 @@ Used by the reconciler once per pass. Rendering 10,000 resources costs a second
 or more, so results are cached by (commit, stack path), and also by the Git tree
 id of the stack's path, so a commit that only touches other parts of a monorepo
 costs no re-render. Pure apart from reading the exported tree.
+
+The checks that need the target (not the manifests alone) live here too: a
+``purge: true`` declaration whose directory holds the agent's own state dir is
+refused (:func:`check_purges`), and a path claimed by another stack is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from setpoint.engine.graph import Ordered, order_resources
 from setpoint.engine.inventory import InventoryView
 from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Provider, Registry
+from setpoint.providers.base import Provider, Registry, Target
 from setpoint.render import RenderCache
 
 TreeIdFor = Callable[[str, str], str | None]
@@ -40,11 +44,19 @@ class Desired:
 
 class DesiredCache:
     def __init__(
-        self, registry: Registry, providers: dict[str, Provider], cache: RenderCache
+        self,
+        registry: Registry,
+        providers: dict[str, Provider],
+        cache: RenderCache,
+        target: Target | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers
         self.cache = cache
+        self.target = target  # for check_purges: its root and the agent's state dir
+        # Stacks the state DB knows but the config no longer names (set by the
+        # controller): a conflict with one of them says how to hand it over.
+        self.orphans: frozenset[str] = frozenset()
         self._by_commit: dict[tuple[str, str, str], Desired] = {}
         self._by_tree: dict[tuple[str, str, str], Desired] = {}
         self._tree_ids: dict[tuple[str, str], str | None] = {}
@@ -74,6 +86,8 @@ class DesiredCache:
         if hit is None:
             self.renders += 1
             resources = self.cache.get_or_load(sha, tree, stack.path, self.registry)
+            if self.target is not None:
+                check_purges(resources, self.target)
             hit = order_stack(sha, resources, self.providers)
             _put(self._by_commit, key, hit)
             if tkey is not None and _self_contained(tree, stack.path, resources):
@@ -107,18 +121,70 @@ class DesiredCache:
             owner = owners.get(path)
             if owner is not None and owner.stack != stack.name:
                 loc = by_id[rid].location
+                fix = "remove one of the two declarations"
+                if owner.stack in self.orphans:
+                    fix = (
+                        f"stack {owner.stack!r} is no longer in the config: run `setpoint "
+                        f"forget {owner.stack} --to {stack.name}` to hand its resources to "
+                        "this stack"
+                    )
                 errors.append(
                     ManifestError(
                         loc.file,
                         loc.line,
                         f"{rid}: path {path} is already managed by stack {owner.stack!r} "
                         f"({owner.resource} at {owner.location}); a path can belong to one "
-                        "resource only: remove one of the two declarations",
+                        f"resource only: {fix}",
                     )
                 )
         if errors:
             raise ManifestErrors(errors)
         self._conflicts_ok = checked
+
+
+def check_purges(resources: Sequence[Resource], target: Target) -> None:
+    """Refuse a ``purge: true`` declaration whose directory holds the agent's state dir.
+
+    Everything the agent keeps (state DB, git cache and exported trees, release
+    store, service records) lives under ``target.state_dir``; a purge of a directory
+    at or above it would delete the agent's memory of what it owns. Both the
+    declared (absolute) and the resolved (symlinks followed) forms of each path are
+    compared, whatever the root. Kind-agnostic: any spec with ``purge`` and ``path``.
+    """
+    if target.state_dir is None:
+        return
+    errors = []
+    for r in resources:
+        spec = r.spec
+        path = getattr(spec, "path", None)
+        if getattr(spec, "purge", False) is not True or not isinstance(path, str):
+            continue
+        held = state_dir_below(target.host_path(path), target.state_dir)
+        if held is not None:
+            errors.append(
+                ManifestError(
+                    r.location.file,
+                    r.location.line,
+                    f"{r.id}: purge: true on {path} would remove the agent's own state dir "
+                    f"{target.state_dir} (state DB, git cache, release store), which lies "
+                    f"{held} {target.host_path(path)}; set purge: false, or give the agent a "
+                    "state dir (--state / state:) outside this directory",
+                )
+            )
+    if errors:
+        raise ManifestErrors(errors)
+
+
+def state_dir_below(host: str, state_dir: Path) -> str | None:
+    """Where ``state_dir`` lies relative to directory ``host``: "at", "below", or None."""
+    homes = {os.path.abspath(state_dir), os.path.realpath(state_dir)}
+    for h in {os.path.abspath(host), os.path.realpath(host)}:
+        for s in homes:
+            if s == h:
+                return "at"
+            if s.startswith(h.rstrip("/") + "/"):
+                return "below"
+    return None
 
 
 def order_stack(sha: str, resources: list[Resource], providers: dict[str, Provider]) -> Desired:

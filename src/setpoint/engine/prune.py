@@ -1,14 +1,20 @@
 """Prune: delete what left Git, but only what the stack's inventory says it owns.
 
-Called by the reconciler at the end of a full pass. ``prune: false`` on the stack
-or the label ``setpoint/prune: disabled`` releases a resource instead (kept on the
-host, dropped from the inventory). A failed delete stays in the inventory, to be
-tried again: bookkeeping follows confirmed outcomes only.
+Called by the reconciler at the end of a full pass (:func:`prune`), and by
+:meth:`setpoint.engine.controller.Controller.prune_stack` for a whole stack that
+left the config (``setpoint forget OLD --prune``; later, Fleet stacks that stop
+applying to a host). Both go through :func:`prune_records`, so the rules are one:
+``prune: false`` on the stack or the label ``setpoint/prune: disabled`` releases a
+resource instead (kept on the host, dropped from the inventory); a path that
+another resource of the same stack now declares (a renamed resource) is handed
+over, never deleted; a failed delete stays in the inventory, to be tried again:
+bookkeeping follows confirmed outcomes only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 
 from setpoint.config import StackConfig
 from setpoint.engine.inventory import InventoryView
@@ -17,6 +23,28 @@ from setpoint.model.errors import SetpointError
 from setpoint.model.plan import Action, Change
 from setpoint.providers.base import Provider
 from setpoint.state import InventoryRecord, JournalEntry
+
+
+@dataclass
+class PruneResult:
+    """What a prune did: one change per record (DELETE, or NOOP with why it was kept)."""
+
+    stack: str
+    changes: list[Change] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # resource id -> why not deleted
+
+    @property
+    def deleted(self) -> list[str]:
+        """Ids deleted from the host (and dropped from the inventory)."""
+        return [
+            c.resource
+            for c in self.changes
+            if c.action is Action.DELETE and c.resource not in self.failures
+        ]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
 
 
 def prune(
@@ -29,35 +57,78 @@ def prune(
     *,
     dry_run: bool,
     clock: Callable[[], float],
+    declared: dict[str, str] | None = None,
 ) -> None:
-    gone = [rec for rid, rec in view.stack(stack.name).items() if rid not in wanted]
+    """End of a full pass: prune what ``stack`` owns and no longer declares (``wanted``).
+
+    ``declared`` maps the paths the desired state declares to their resource ids
+    (default: the paths of the ``wanted`` records of the inventory).
+    """
+    inv = view.stack(stack.name)
+    gone = [rec for rid, rec in inv.items() if rid not in wanted]
+    if not gone:
+        return
+    # A renamed resource keeps its path: deleting the old id's path would delete the
+    # file the new id declares (and the pass just checked or wrote).
+    if declared is None:
+        declared = {rec.path: rid for rid, rec in inv.items() if rid in wanted and rec.path}
+    done = prune_records(
+        stack.name,
+        gone,
+        view,
+        providers,
+        revision=revision,
+        stack_prune=stack.prune,
+        declared=declared,
+        why="removed from Git",
+        dry_run=dry_run,
+        clock=clock,
+    )
+    result.prunes.extend(done.changes)
+    result.prune_failures.update(done.failures)
+
+
+def prune_records(
+    stack: str,
+    records: Iterable[InventoryRecord],
+    view: InventoryView,
+    providers: dict[str, Provider],
+    *,
+    revision: str | None,
+    stack_prune: bool = True,
+    declared: dict[str, str] | None = None,
+    why: str,
+    dry_run: bool,
+    clock: Callable[[], float],
+) -> PruneResult:
+    """Delete (or release) ``records`` of ``stack`` through their providers.
+
+    ``declared`` maps paths that resources of the stack still declare to their ids;
+    ``why`` is the reason shown for the deletes ("removed from Git"). Each confirmed
+    outcome is recorded (inventory and journal) in its own transaction.
+    """
+    out = PruneResult(stack)
+    gone = list(records)
     # Children before parents: deeper paths first.
     gone.sort(key=lambda rec: (-rec.path.count("/"), rec.path))
     for rec in gone:
-        keep_reason = _keep_reason(stack, rec)
+        keep_reason = _keep_reason(stack_prune, rec, declared or {})
         if keep_reason:
-            result.prunes.append(
-                Change(
-                    rec.resource,
-                    Action.NOOP,
-                    rec.path,
-                    reason=f"removed from Git, kept: {keep_reason}",
-                )
+            out.changes.append(
+                Change(rec.resource, Action.NOOP, rec.path, reason=f"{why}, kept: {keep_reason}")
             )
             if not dry_run:
                 entry = JournalEntry(
                     clock(),
-                    stack.name,
+                    stack,
                     "prune",
                     revision,
                     rec.resource,
                     f"released {rec.path}: {keep_reason}",
                 )
-                view.record_outcome(removed=[(stack.name, rec.resource)], entries=[entry])
+                view.record_outcome(removed=[(stack, rec.resource)], entries=[entry])
             continue
-        result.prunes.append(
-            Change(rec.resource, Action.DELETE, rec.path, reason="removed from Git")
-        )
+        out.changes.append(Change(rec.resource, Action.DELETE, rec.path, reason=why))
         if dry_run:
             continue
         provider = providers.get(rec.kind)
@@ -67,19 +138,21 @@ def prune(
             done = provider.delete(rec.kind, rec.path)
         except (SetpointError, OSError) as exc:
             msg = f"cannot delete {rec.path}: {os_message(exc)}"
-            result.prune_failures[rec.resource] = msg
-            view.db.append(
-                JournalEntry(clock(), stack.name, "failure", revision, rec.resource, msg)
-            )
+            out.failures[rec.resource] = msg
+            view.db.append(JournalEntry(clock(), stack, "failure", revision, rec.resource, msg))
             continue
         entry = JournalEntry(
-            clock(), stack.name, "prune", revision, rec.resource, done, {"path": rec.path}
+            clock(), stack, "prune", revision, rec.resource, done, {"path": rec.path}
         )
-        view.record_outcome(removed=[(stack.name, rec.resource)], entries=[entry])
+        view.record_outcome(removed=[(stack, rec.resource)], entries=[entry])
+    return out
 
 
-def _keep_reason(stack: StackConfig, rec: InventoryRecord) -> str | None:
-    if not stack.prune:
+def _keep_reason(stack_prune: bool, rec: InventoryRecord, declared: dict[str, str]) -> str | None:
+    heir = declared.get(rec.path) if rec.path else None
+    if heir is not None and heir != rec.resource:
+        return f"{rec.path} is now declared by {heir}"
+    if not stack_prune:
         return "prune is disabled for this stack"
     if not rec.prune:
         return "labelled setpoint/prune: disabled"

@@ -71,7 +71,7 @@ class Reconciler:
         self.providers = registry.providers(target)
         # Not ``cache or ...``: an empty RenderCache is falsy (it has __len__).
         self.desired = DesiredCache(
-            registry, self.providers, cache if cache is not None else RenderCache()
+            registry, self.providers, cache if cache is not None else RenderCache(), target
         )
         self.inventory = InventoryView(db)
         self.clock = clock
@@ -283,6 +283,7 @@ class Reconciler:
                 result,
                 dry_run=dry_run,
                 clock=self.clock,
+                declared=desired.paths,
             )
         if not dry_run:
             target.fsync_touched()

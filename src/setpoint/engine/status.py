@@ -1,7 +1,8 @@
 """Turn a pass's outcome into the stack's conditions and counts (Flux-style).
 
 Called by the reconciler at the end of each (non-dry-run) pass; the result is
-what ``setpoint status`` and the API show.
+what ``setpoint status`` and the API show. :func:`mark_orphaned` is the status of
+a stack the config no longer names (see :mod:`setpoint.engine.orphans`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from setpoint.engine.outcome import (
 )
 from setpoint.model.status import Reason, StackStatus
 from setpoint.state import JournalEntry, StateDB
+
+#: Condition reason of a stack the config no longer names that still has state.
+ORPHANED = "Orphaned"
 
 
 def _short(sha: str | None) -> str:
@@ -195,3 +199,20 @@ def _health_and_stalls(
 
 def _total(prev: StackStatus | None) -> int:
     return prev.counts.get("total", 0) if prev else 0
+
+
+def mark_orphaned(db: StateDB, stack: str, owned: int, message: str, now: float) -> StackStatus:
+    """Store the status of an orphaned stack: not Ready (reason Orphaned), no pass runs.
+
+    Its revisions are kept (what was in force when it left the config); its counts
+    say only how many resources it still owns.
+    """
+    st = db.load_status(stack) or StackStatus(stack=stack)
+    st.conditions = [c for c in st.conditions if c.type == "Ready"]
+    st.set_condition("Ready", False, ORPHANED, message, now)
+    st.counts = {"total": owned}
+    st.resources, st.health, st.stalls = {}, {}, {}
+    st.refused_message = ""
+    st.next_retry = None
+    db.save_status(st)
+    return st

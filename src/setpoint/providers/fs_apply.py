@@ -32,6 +32,7 @@ from setpoint.providers.fs_common import (
     desired_bytes,
     os_error,
 )
+from setpoint.providers.fs_guard import holds_state_dir
 from setpoint.providers.fs_plan import link_text
 from setpoint.providers.fs_read import lstat_or_none
 from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
@@ -101,6 +102,8 @@ def purge(target: Target, path: str, entries: tuple[str, ...]) -> None:
                 f"refusing to purge {entry}: it is not an entry of {path}", transient=False
             )
         host = target.host_path(entry)
+        if holds_state_dir(target, host):  # never the agent's own data (see fs_guard)
+            continue
         try:
             if stat.S_ISDIR(os.lstat(host).st_mode):
                 shutil.rmtree(host)  # fd-based on Linux: never follows a symlink inside

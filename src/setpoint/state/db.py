@@ -258,6 +258,22 @@ class StateDB:
             owners.setdefault(row[3], _record(row))
         return owners
 
+    def stack_sizes(self) -> dict[str, int]:
+        """Every stack this state DB knows (inventory or status rows): how many resources it owns.
+
+        For the engine's orphan check (stacks the config no longer names). A stack
+        with a status row and no inventory owns 0.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT stack, COUNT(*) FROM inventory GROUP BY stack "
+                "UNION ALL SELECT stack, 0 FROM status"
+            ).fetchall()
+        sizes: dict[str, int] = {}
+        for stack, count in rows:
+            sizes[stack] = max(sizes.get(stack, 0), int(count))
+        return sizes
+
     def record_outcome(
         self,
         records: Sequence[InventoryRecord] = (),

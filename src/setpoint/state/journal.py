@@ -34,6 +34,8 @@ class Event(enum.StrEnum):
     FAILURE = "failure"
     PASS = "pass"  # noqa: S105 (a reconcile pass, not a password)
     SOURCE_FAILED = "source.failed"
+    ORPHANED = "orphaned"  # a stack the config no longer names still owns resources
+    FORGET = "forget"  # `setpoint forget`: a stack's inventory released, pruned or handed over
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,37 @@
+"""The last guard of ``Directory.purge``: never remove the agent's own state dir.
+
+Called by :func:`setpoint.providers.fs_apply.purge` for each entry it is about to
+remove. The engine already refuses, at render time, a purging Directory that
+holds the state dir (:func:`setpoint.engine.desired.check_purges`); this catches
+what slips past that check (a symlink changed since, a caller that bypasses the
+engine). Everything the agent keeps lives under ``Target.state_dir``: the state
+DB, the git cache and exported trees, the release store and service records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from setpoint.providers.base import Target
+
+log = logging.getLogger("setpoint.fs")
+
+
+def holds_state_dir(target: Target, host: str) -> bool:
+    """True when removing the entry ``host`` (a real path) would remove the state dir.
+
+    The entry's own last component is not resolved: a symlink entry is unlinked,
+    never followed, so a link that leads to the state dir may go.
+    """
+    state = target.state_dir
+    if state is None:
+        return False
+    parent, name = os.path.split(os.path.abspath(host))
+    entries = {os.path.join(parent, name), os.path.join(os.path.realpath(parent), name)}
+    for s in {os.path.abspath(state), os.path.realpath(state)}:
+        for e in entries:
+            if s == e or s.startswith(e + "/"):
+                log.warning("not purging %s: it holds setpoint's own state dir %s", host, state)
+                return True
+    return False
