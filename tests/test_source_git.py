@@ -14,8 +14,7 @@ import pytest
 
 from conftest import GIT_ENV, GitRepo
 from setpoint.model.errors import SourceError
-from setpoint.source import GitSource, normalize_url, redact_url
-from setpoint.source import export
+from setpoint.source import GitSource, export, normalize_url, redact_url
 from setpoint.source import git as gitmod
 
 MISSING_SHA = "0123456789abcdef0123456789abcdef01234567"

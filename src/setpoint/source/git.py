@@ -193,7 +193,7 @@ class GitSource:
         *,
         keep_trees: int = 3,
         timeout: float = 120.0,
-        fsck_timeout: float = 600.0,
+        fsck_timeout: float | None = None,
     ) -> None:
         if keep_trees < 1:
             raise ValueError("keep_trees must be at least 1 (the tree just asked for)")
@@ -212,7 +212,8 @@ class GitSource:
         self.auth_dir = self.cache_dir / "auth"
         self.keep_trees = keep_trees
         self.timeout = timeout
-        self.fsck_timeout = fsck_timeout
+        # fsck reads every object: on a big mirror it may need longer than a fetch.
+        self.fsck_timeout = timeout if fsck_timeout is None else fsck_timeout
         self._env = git_env()
         self._credential_opts: tuple[str, ...] = ()
         self._lock = threading.Lock()
