@@ -167,7 +167,7 @@ def test_every_file_and_directory_is_fsynced_before_the_export_is_published(
 ) -> None:
     src = fresh(tmp_path, repo)
     sha = src.fetch()
-    events: list[tuple[str, str]] = []
+    events: list[tuple[str, ...]] = []
     real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
 
     def fsync(fd: int) -> None:
@@ -175,11 +175,11 @@ def test_every_file_and_directory_is_fsynced_before_the_export_is_published(
         real_fsync(fd)
 
     def rename(a: str | Path, b: str | Path) -> None:
-        events.append(("rename", str(b)))
+        events.append(("rename", str(a), str(b)))
         real_rename(a, b)
 
     def replace(a: str | Path, b: str | Path) -> None:
-        events.append(("rename", str(b)))
+        events.append(("rename", str(a), str(b)))
         real_replace(a, b)
 
     monkeypatch.setattr(os, "fsync", fsync)
@@ -189,18 +189,19 @@ def test_every_file_and_directory_is_fsynced_before_the_export_is_published(
     monkeypatch.undo()
 
     trees = str(tree.parent)
-    publish = events.index(("rename", str(tree)))
-    synced_before = {p for e, p in events[:publish] if e == "fsync"}
-    staged = {p.rsplit("/tree/", 1)[1] for p in synced_before if "/tree/" in p}
+    (publish,) = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(tree)]
+    staging = events[publish][1]
+    synced_before = {e[1] for e in events[:publish] if e[0] == "fsync"}
+    staged = {p[len(staging) + 1 :] for p in synced_before if p.startswith(staging + "/")}
     on_disk = {
         str(p.relative_to(tree))
         for p in tree.rglob("*")
         if not p.is_symlink()  # a symlink lives in its directory, fsynced too
     }
-    assert on_disk and on_disk <= staged
-    assert any(p.endswith("/tree") for p in synced_before)  # the top directory itself
+    assert len(on_disk) > 5 and on_disk <= staged
+    assert staging in synced_before  # the top directory itself
     mfst = str(export.manifest_path(tree))
-    written = events.index(("rename", mfst))
+    (written,) = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] == mfst]
     assert publish < written  # the manifest last...
     assert ("fsync", trees) in events[publish:written]  # ...after the rename is durable
     assert events[-1] == ("fsync", trees)  # and itself made durable

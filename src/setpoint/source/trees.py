@@ -123,10 +123,13 @@ class TreeStore:
         Never half a tree: files and directories are fsynced before the rename,
         the manifest written last; an old ``dest`` is swapped out only then.
         """
-        tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.trees_dir))
+        # Staged beside its final name: a rename within one directory needs no write
+        # permission on the (read-only) tree itself, one to another directory does.
+        staging = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=self.trees_dir))
+        archive = staging.with_name(staging.name + ".tar")
+        old = self.trees_dir / f"{TMP_PREFIX}old-{sha}-{os.getpid()}"
         try:
-            archive = tmp / "tree.tar"
-            staging = tmp / "tree"
+            staging.chmod(0o755)  # as git archive's own directories (0700 from mkdtemp)
             listing = self._run(["ls-tree", "-r", "-t", "-l", "-z", "--full-tree", sha], sha)
             entries = export.parse_listing(listing)
             tree = export.tree_id(entries)
@@ -152,14 +155,16 @@ class TreeStore:
             # From here until the new manifest is written, dest counts as unfinished.
             manifest.unlink(missing_ok=True)
             if dest.exists() or dest.is_symlink():
-                dest.rename(tmp / "old")  # removed with tmp, once the new tree is in place
+                export.remove_tree(old)
+                dest.rename(old)  # removed below, once the new tree is in place
             staging.rename(dest)
             export.fsync_dir(self.trees_dir)
             export.write_manifest(manifest, sha, tree, listing)
             st = manifest.stat()
             self._verified[sha] = (st.st_dev, st.st_ino)
         finally:
-            export.remove_tree(tmp)
+            for leftover in (staging, archive, old):
+                export.remove_tree(leftover)
 
     def _run(self, args: Sequence[str], sha: str) -> bytes:
         return self._git(args, what=f"export commit {sha}")
