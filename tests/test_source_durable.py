@@ -162,24 +162,17 @@ def test_pass_applies_the_committed_content_after_a_torn_export(
 # -- durable writes ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["syncfs", "fsync-each"])
-def test_the_export_is_made_durable_before_it_is_published(
-    tmp_path: Path, repo: GitRepo, monkeypatch: pytest.MonkeyPatch, how: str
+def test_every_file_and_directory_is_fsynced_before_the_export_is_published(
+    tmp_path: Path, repo: GitRepo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     src = fresh(tmp_path, repo)
     sha = src.fetch()
     events: list[tuple[str, ...]] = []
     real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
-    real_syncfs = export._SYNCFS
-    assert real_syncfs is not None  # Linux with glibc or musl
 
     def fsync(fd: int) -> None:
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
-
-    def syncfs(fd: int) -> int:
-        events.append(("syncfs", os.readlink(f"/proc/self/fd/{fd}")))
-        return real_syncfs(fd)
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))  # once done
 
     def rename(a: str | Path, b: str | Path) -> None:
         events.append(("rename", str(a), str(b)))
@@ -192,26 +185,21 @@ def test_the_export_is_made_durable_before_it_is_published(
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "rename", rename)
     monkeypatch.setattr(os, "replace", replace)
-    monkeypatch.setattr(export, "_SYNCFS", syncfs if how == "syncfs" else None)
     tree = src.tree(sha)
     monkeypatch.undo()
 
     trees = str(tree.parent)
     (publish,) = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] == str(tree)]
     staging = events[publish][1]
-    if how == "syncfs":
-        # One flush of the whole file system the staged tree is on, before the rename.
-        assert ("syncfs", staging) in events[:publish]
-    else:
-        synced = {e[1] for e in events[:publish] if e[0] == "fsync"}
-        staged = {p[len(staging) + 1 :] for p in synced if p.startswith(staging + "/")}
-        on_disk = {
-            str(p.relative_to(tree))
-            for p in tree.rglob("*")
-            if not p.is_symlink()  # a symlink lives in its directory, fsynced too
-        }
-        assert len(on_disk) > 5 and on_disk <= staged
-        assert staging in synced  # the top directory itself
+    synced = {e[1] for e in events[:publish] if e[0] == "fsync"}
+    staged = {p[len(staging) + 1 :] for p in synced if p.startswith(staging + "/")}
+    on_disk = {
+        str(p.relative_to(tree))
+        for p in tree.rglob("*")
+        if not p.is_symlink()  # a symlink lives in its directory, fsynced too
+    }
+    assert len(on_disk) > 5 and on_disk == staged
+    assert staging in synced  # the top directory itself
     mfst = str(export.manifest_path(tree))
     (written,) = [i for i, e in enumerate(events) if e[0] == "rename" and e[2] == mfst]
     assert publish < written  # the manifest last...

@@ -150,7 +150,7 @@ class TreeStore:
                     f"source {self.source}: the export of {sha} differs from what git holds: "
                     f"{problem}"
                 )
-            export.sync_tree(staging)
+            export.fsync_tree(staging)
             manifest = export.manifest_path(dest)
             # From here until the new manifest is written, dest counts as unfinished.
             manifest.unlink(missing_ok=True)
