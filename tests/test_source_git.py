@@ -14,7 +14,7 @@ import pytest
 
 from conftest import GIT_ENV, GitRepo
 from setpoint.model.errors import SourceError
-from setpoint.source import GitSource, normalize_url, redact_url
+from setpoint.source import GitSource, export, normalize_url, redact_url
 from setpoint.source import git as gitmod
 
 MISSING_SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -350,8 +350,10 @@ def test_two_sources_share_one_cache_dir(tmp_path: Path, git_repo: GitRepo, bare
         t.join()
     assert errors == []
     left = sorted(p.name for p in (tmp_path / "cache" / "trees").iterdir())
-    assert len(left) <= 2
-    assert set(left) <= set(shas)  # no temp dirs left behind
+    trees = [n for n in left if not n.endswith(".manifest")]
+    assert len(trees) <= 2
+    assert set(trees) <= set(shas)  # no temp dirs left behind
+    assert sorted(n for n in left if n.endswith(".manifest")) == [f"{t}.manifest" for t in trees]
     assert (a.tree(shas[0]) / "n").read_text() == "0"
 
 
@@ -376,7 +378,10 @@ def test_tree_gc_keeps_the_most_recently_used(
     trees = tmp_path / "cache" / "trees"
 
     def kept() -> set[str]:
-        return {p.name for p in trees.iterdir()}
+        names = {p.name for p in trees.iterdir()}
+        shas = {n for n in names if not n.endswith(".manifest")}
+        assert names - shas == {f"{s}.manifest" for s in shas}  # removed together
+        return shas
 
     src.tree(shas[0])
     src.tree(shas[1])
@@ -412,7 +417,7 @@ def test_leftovers_of_a_killed_export_are_cleaned(
     old.chmod(0o555)
 
     tree = src.tree(sha)
-    assert sorted(p.name for p in trees.iterdir()) == [sha]
+    assert sorted(p.name for p in trees.iterdir()) == [sha, f"{sha}.manifest"]
     assert (tree / "hosts/web/motd.yaml").is_file()
     assert Path("/etc").is_dir()  # the symlink was removed, not followed
 
@@ -442,7 +447,7 @@ def test_failed_export_leaves_nothing(
     def boom(_root: Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(gitmod, "_make_read_only", boom)
+    monkeypatch.setattr(export, "make_read_only", boom)
     with pytest.raises(SourceError, match="disk full"):
         src.tree(sha)
     assert list((tmp_path / "cache" / "trees").iterdir()) == []

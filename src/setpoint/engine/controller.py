@@ -353,7 +353,9 @@ class Controller:
         """After a git failure: re-clone the mirror if ``git fsck`` finds it damaged."""
         try:
             repaired = self.sources[source].repair()
-        except (SourceError, OSError):
+        except (SourceError, OSError) as exc:
+            # The check could not run (fsck timed out, no git...): no verdict, mirror kept.
+            log.warning("source %s: %s", source, exc)
             return False
         if repaired:
             self.db.append(

@@ -13,34 +13,42 @@ the URL (credentials masked), the ref and the tail of git's own error output.
 
 On disk, under ``cache_dir``::
 
-    lock             flock(2)ed while the mirror or the trees are changed
-    repo.git/        bare mirror holding only the refs we fetched
-    trees/<sha>/     read-only export of one commit's tree (exact committed bytes)
-    trees/.tmp-*     an export or a removal in progress (or killed: cleaned next time)
+    lock                  flock(2)ed while the mirror or the trees are changed
+    auth/                 0700: credential helper and 0600 secret of a URL with credentials
+    repo.git/             bare mirror holding only the refs we fetched
+    trees/<sha>/          read-only export of one commit's tree (exact committed bytes)
+    trees/<sha>.manifest  git's listing of that tree, written last (see :mod:`.export`)
+    trees/.tmp-*          an export or a removal in progress (or killed: cleaned next time)
+
+A damaged mirror (``git fsck`` reports corruption) is deleted and cloned again;
+a check that could not run (timeout, no git) keeps it. Exports are never
+touched by that: each is checked against its manifest before use.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import re
-import shutil
 import signal
-import stat
 import subprocess
 import tarfile
-import tempfile
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 from setpoint.model.errors import SourceError
+from setpoint.source import export
+from setpoint.source.credentials import install_helper, remove_helper, split_credentials
+from setpoint.source.trees import TMP_PREFIX as _TMP_PREFIX
+from setpoint.source.trees import TreeStore
+
+log = logging.getLogger("setpoint.source")
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _ABBREV_SHA_RE = re.compile(r"^[0-9a-f]{4,39}$")
-_TMP_PREFIX = ".tmp-"
 
 # The repository's own .gitattributes must not change what we export: the tree
 # we render is exactly what was committed. This file has the highest precedence.
@@ -50,8 +58,8 @@ _ATTRIBUTES = (
 )
 
 # Options for every git command. Hooks off (a mirror needs none); gc in the
-# foreground so no detached git outlives our timeout; no credential helper
-# (credentials come from the URL, ssh keys or the environment).
+# foreground so no detached git outlives our timeout; no credential helper but
+# our own (credentials come from the URL through it, or from ssh keys).
 _GIT_OPTS = (
     "-c", "core.hooksPath=/dev/null",
     "-c", "gc.autoDetach=false",
@@ -185,22 +193,34 @@ class GitSource:
         *,
         keep_trees: int = 3,
         timeout: float = 120.0,
+        fsck_timeout: float | None = None,
     ) -> None:
         if keep_trees < 1:
             raise ValueError("keep_trees must be at least 1 (the tree just asked for)")
         self.name = name
         self.url = normalize_url(url)
+        try:
+            # git gets the URL without user info; the credentials go through a helper.
+            self._git_url, self._credentials = split_credentials(self.url)
+        except SourceError as exc:
+            raise SourceError(f"source {name}: {exc}") from None
         check_ref(ref)
         self.ref = ref
         self.cache_dir = Path(cache_dir)
         self.repo_dir = self.cache_dir / "repo.git"
         self.trees_dir = self.cache_dir / "trees"
+        self.auth_dir = self.cache_dir / "auth"
         self.keep_trees = keep_trees
         self.timeout = timeout
+        # fsck reads every object: on a big mirror it may need longer than a fetch.
+        self.fsck_timeout = timeout if fsck_timeout is None else fsck_timeout
         self._env = git_env()
+        self._credential_opts: tuple[str, ...] = ()
         self._lock = threading.Lock()
         self._repo_ready = False
-        self._last_use_ns = 0
+        self._trees = TreeStore(
+            name, self.trees_dir, keep_trees, self._git, self._rev_parse, lambda: self._url
+        )
         self.local_ref: str | None = None  # the mirror's ref for ``ref`` after a fetch
         # The full remote ref name last resolved by ls-remote: lets the fetch that
         # follows a poll skip a second round trip (webhook-to-converged latency).
@@ -256,8 +276,11 @@ class GitSource:
     def tree(self, sha: str) -> Path:
         """A read-only directory holding the files of commit ``sha`` exactly as committed.
 
-        Exported on first use into ``trees/<sha>`` and reused afterwards. Symlinks
-        stay symlinks (their targets are not checked: that is the renderer's
+        Exported on first use into ``trees/<sha>`` and reused afterwards, once it
+        was checked (the first time in this process) against its manifest and
+        the mirror's tree id; a damaged or unfinished export is exported again,
+        replacing the old one only once the new one is complete. Symlinks stay
+        symlinks (their targets are not checked: that is the renderer's
         confinement job). Only the ``keep_trees`` most recently used trees are
         kept; the one returned is never removed by this call, but a tree returned
         earlier may be, once ``keep_trees`` newer ones were asked for.
@@ -266,52 +289,50 @@ class GitSource:
         with self._lock, self._flocked():
             self._ensure_repo()
             try:
-                self.trees_dir.mkdir(exist_ok=True)
-                self._remove_leftovers()
+                self._trees.clean()
             except OSError as exc:
                 raise SourceError(
                     f"source {self.name}: cannot clean {self.trees_dir}: {exc}"
                 ) from exc
-            dest = self.trees_dir / sha
             try:
-                if not dest.is_dir():
-                    if self._rev_parse(f"{sha}^{{commit}}") != sha:
-                        raise SourceError(
-                            f"source {self.name}: commit {sha} is not in the local mirror of "
-                            f"{self._url} (fetch it first)"
-                        )
-                    self._export(sha, dest)
-                self._mark_used(dest)
-                self._remove_old_trees(keep=dest)
-            except (OSError, tarfile.TarError) as exc:
+                return self._trees.get(sha)
+            except (OSError, tarfile.TarError, ValueError) as exc:
                 raise SourceError(
                     f"source {self.name}: cannot export commit {sha} into {self.trees_dir}: {exc}"
                 ) from exc
-            return dest
 
     def repair(self) -> bool:
-        """Check the mirror (``git fsck``); if it is damaged, delete it and return True.
+        """Check the mirror (``git fsck``); if it is corrupt, delete it and return True.
 
         Called after a fetch or an export failed: a mirror with missing or corrupt
         objects makes every later fetch or export fail, so it is thrown away and
-        the next :meth:`fetch` clones afresh. Exported trees are kept (they are
-        complete copies). False when the mirror is sound (the failure was elsewhere).
+        the next :meth:`fetch` clones afresh. Exported trees are kept (each is
+        checked against its manifest before use). False when fsck finds the mirror
+        sound (the failure was elsewhere). Raises :class:`SourceError`, keeping the
+        mirror, when the check itself could not be made (timeout, no git, killed):
+        that says nothing about the mirror, and re-cloning a big one costs a lot.
         """
         with self._lock, self._flocked():
             if not self.repo_dir.exists():
                 return False
+            args = ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"]
             try:
-                self._git(
-                    ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"],
-                    what="check the mirror",
-                )
+                rc, out, err = self._run(args, what="check the mirror", timeout=self.fsck_timeout)
+            except SourceError as exc:
+                raise SourceError(f"{exc}; the mirror is kept, not re-cloned") from None
+            if rc == 0:
                 return False
-            except SourceError:
-                pass
+            report = self._stderr_tail(out + b"\n" + err)
+            if not _is_corruption(rc, report):
+                raise SourceError(
+                    f"source {self.name}: git fsck exited with {rc} without reporting damage "
+                    f"({report or 'no output'}); the mirror is kept, not re-cloned"
+                )
+            log.warning("source %s: the mirror is corrupt (%s); deleting it", self.name, report)
             doomed = self.cache_dir / f"{_TMP_PREFIX}corrupt-{os.getpid()}"
-            _remove_tree(doomed)
+            export.remove_tree(doomed)
             self.repo_dir.rename(doomed)
-            _remove_tree(doomed)
+            export.remove_tree(doomed)
             self._repo_ready = False
             return True
 
@@ -359,7 +380,7 @@ class GitSource:
         # Name the peeled entries explicitly: with patterns, git only lists what matches.
         patterns = candidates + [f"{c}^{{}}" for c in candidates if c != "HEAD"]
         out = self._git(
-            ["ls-remote", self.url, *patterns],
+            ["ls-remote", self._git_url, *patterns],
             what=f"cannot reach {self._url}",
             network=True,
         )
@@ -402,7 +423,7 @@ class GitSource:
         # auto-followed: we store only what we asked for.
         args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules"]
         self._git(
-            [*args, self.url, *refspecs],
+            [*args, self._git_url, *refspecs],
             what=f"cannot fetch {self.ref!r} from {self._url}",
             network=True,
         )
@@ -439,56 +460,6 @@ class GitSource:
         # Also keeps anything option-like out of git's argument list.
         if not SHA_RE.match(sha):
             raise SourceError(f"source {self.name}: {sha!r} is not a full 40-hex commit sha")
-
-    # -- trees -----------------------------------------------------------------
-
-    def _export(self, sha: str, dest: Path) -> None:
-        """Export ``sha`` into ``dest`` via a temp dir and one rename: never half a tree."""
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=self.trees_dir))
-        try:
-            archive = tmp / "tree.tar"
-            staging = tmp / "tree"
-            self._git(
-                ["archive", "--format=tar", f"--output={archive}", sha],
-                what=f"export commit {sha}",
-            )
-            with tarfile.open(archive) as tar:
-                # The "tar" filter refuses members that would land outside the
-                # directory (absolute, "..", or through a symlink extracted
-                # earlier), so a hostile tree cannot write elsewhere. It keeps
-                # symlinks as they are and drops setuid/setgid bits.
-                tar.extractall(staging, filter="tar")
-            _make_read_only(staging)
-            staging.rename(dest)
-        finally:
-            _remove_tree(tmp)
-
-    def _mark_used(self, tree: Path) -> None:
-        # The directory's mtime records its last use (the tree itself is read-only
-        # and never changes); strictly increasing so the order is never a tie.
-        now = max(time.time_ns(), self._last_use_ns + 1)
-        self._last_use_ns = now
-        os.utime(tree, ns=(now, now))
-
-    def _remove_old_trees(self, keep: Path) -> None:
-        others = [
-            p
-            for p in self.trees_dir.iterdir()
-            if p != keep and SHA_RE.match(p.name) and p.is_dir() and not p.is_symlink()
-        ]
-        others.sort(key=lambda p: p.stat().st_mtime_ns, reverse=True)
-        for old in others[self.keep_trees - 1 :]:
-            # Rename first so the tree disappears at once; if the removal is
-            # interrupted, the leftover is cleaned by the next call.
-            doomed = self.trees_dir / f"{_TMP_PREFIX}old-{old.name}-{os.getpid()}"
-            old.rename(doomed)
-            _remove_tree(doomed)
-
-    def _remove_leftovers(self) -> None:
-        # Safe: we hold the flock, so no export or removal is running elsewhere.
-        for p in self.trees_dir.iterdir():
-            if p.name.startswith(_TMP_PREFIX):
-                _remove_tree(p)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -533,16 +504,35 @@ class GitSource:
             tmp = attributes.with_name(f"attributes.{os.getpid()}.tmp")
             tmp.write_text(_ATTRIBUTES)
             tmp.replace(attributes)
+        if self._credentials is not None:
+            helper = install_helper(self.auth_dir, self._credentials)
+            self._credential_opts = ("-c", f"credential.helper={helper}")
+        else:
+            remove_helper(self.auth_dir)  # from a URL that had credentials before
         self._repo_ready = True
 
     def _git(
         self, args: Sequence[str], *, what: str, network: bool = False, bare: bool = True
     ) -> bytes:
         """Run git on the mirror; return stdout or raise SourceError naming ``what`` failed."""
-        cmd = ["git", *_GIT_OPTS]
+        rc, out, err = self._run(args, what=what, bare=bare)
+        if rc != 0:
+            tail = self._stderr_tail(err)
+            prefix = f"source {self.name}: {what}"
+            if not network:
+                prefix += f" (git {args[0]} exited with {rc})"
+            raise SourceError(f"{prefix}: {tail}" if tail else prefix)
+        return out
+
+    def _run(
+        self, args: Sequence[str], *, what: str, bare: bool = True, timeout: float | None = None
+    ) -> tuple[int, bytes, bytes]:
+        """Run git; (exit status, stdout, stderr). SourceError when it could not run to its end."""
+        cmd = ["git", *_GIT_OPTS, *self._credential_opts]
         if bare:
             cmd.append(f"--git-dir={self.repo_dir}")
         cmd += args
+        limit = self.timeout if timeout is None else timeout
         try:
             # Own session: on timeout we kill git's whole group (ssh, remote helpers).
             proc = subprocess.Popen(
@@ -559,50 +549,41 @@ class GitSource:
                 f"source {self.name}: git is not installed (no git on PATH)"
             ) from None
         try:
-            out, err = proc.communicate(timeout=self.timeout)
+            out, err = proc.communicate(timeout=limit)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             raise SourceError(
-                f"source {self.name}: {what}: git {args[0]} timed out after {self.timeout:g}s"
+                f"source {self.name}: {what}: git {args[0]} timed out after {limit:g}s"
             ) from None
-        if proc.returncode != 0:
-            tail = self._stderr_tail(err)
-            prefix = f"source {self.name}: {what}"
-            if not network:
-                prefix += f" (git {args[0]} exited with {proc.returncode})"
-            raise SourceError(f"{prefix}: {tail}" if tail else prefix)
-        return out
+        if proc.returncode < 0:
+            raise SourceError(
+                f"source {self.name}: {what}: git {args[0]} was killed by signal "
+                f"{-proc.returncode}"
+            )
+        return proc.returncode, out, err
 
     def _stderr_tail(self, err: bytes, lines: int = 8, chars: int = 2000) -> str:
+        # git never gets the credentials now; masked anyway, should a URL hold them.
         text = err.decode("utf-8", "replace").replace(self.url, self._url)
         kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
         return " | ".join(kept)[-chars:]
 
 
-def _make_read_only(root: Path) -> None:
-    """Drop write permission below ``root`` (symlinks untouched: chmod would follow them)."""
-    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
-        for name in (*filenames, *dirnames):
-            path = os.path.join(dirpath, name)
-            mode = os.lstat(path).st_mode
-            if not stat.S_ISLNK(mode):
-                os.chmod(path, stat.S_IMODE(mode) & ~0o222)
-    os.chmod(root, stat.S_IMODE(os.lstat(root).st_mode) & ~0o222)
+# fsck's own findings (exit 1-127 is a bit mask of the kinds of damage found),
+# or its fatal errors that mean unreadable objects: anything else (out of memory,
+# cannot fork...) says nothing about the mirror.
+_CORRUPTION_RE = re.compile(
+    r"missing (blob|tree|commit|tag)|broken link|corrupt|bad object|hash mismatch"
+    r"|sha1 mismatch|inflate|unable to (read|unpack|parse)|invalid (object|sha1|tree|commit)"
+    r"|is empty|not a git repository|bad (tree|commit|tag|blob)|packfile",
+    re.IGNORECASE,
+)
 
 
-def _remove_tree(path: Path) -> None:
-    """``rm -rf`` for our read-only trees: give directories back write permission first."""
-    if not path.exists() and not path.is_symlink():
-        return
-    if path.is_dir() and not path.is_symlink():
-        for dirpath, dirnames, _files in os.walk(path):
-            os.chmod(dirpath, 0o700)
-            # os.walk does not descend into symlinked dirs; keep them out of chmod too.
-            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
-        shutil.rmtree(path)
-    else:
-        path.unlink()
+def _is_corruption(rc: int, report: str) -> bool:
+    """Whether fsck exiting with ``rc`` and printing ``report`` found a corrupt mirror."""
+    return 0 < rc < 128 or bool(_CORRUPTION_RE.search(report))
 
 
 def _local_ref(name: str) -> str:
