@@ -1,0 +1,130 @@
+"""The write-back commands: ``set``, ``promote``, ``update-versions``, ``explain``.
+
+Thin shells over :mod:`setpoint.writeback`; registered on the ``setpoint`` app
+by :func:`register` (called from :mod:`setpoint.cli`). Exit status of the write
+commands: 0 committed (and pushed with --push), 1 error, 3 nothing to change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from setpoint.model.errors import SetpointError
+
+if TYPE_CHECKING:
+    from setpoint.writeback.transaction import Landed
+
+NOTHING_CHANGED = 3
+
+WbConfig = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--config", "-c", help="The agent's config: write to this stack's source."),
+]
+WbStack = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--stack", help="The stack in --config (needed when it has several)."),
+]
+WbRepo = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--repo", help="Git URL or local path of the repository to commit to."),
+]
+WbBranch = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--branch",
+        help="Branch the commit lands on. Default: the source's ref, or the "
+        "remote's default branch.",
+    ),
+]
+WbPath = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--path",
+        help="The stack's directory in the repository. Default: the "
+        "stack's path, or the repository root.",
+    ),
+]
+WbMessage = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--message", "-m", help="Commit subject (the body always lists each change)."),
+]
+WbAuthor = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--author", help="Commit author 'Name <email>'. Default: git config user.*"),
+]
+WbPush = Annotated[
+    bool,
+    typer.Option("--push", help="Push the commit. Without it: a dry run showing the commit."),
+]
+WbSign = Annotated[
+    bool, typer.Option("--sign", help="Sign the commit (git's own signing config, ssh or gpg).")
+]
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+def _report(landed: Landed, url: str) -> None:
+    if landed.commit is None:
+        typer.echo("nothing to change: every field already has that value")
+        raise typer.Exit(NOTHING_CHANGED)
+    for c in landed.changes:
+        typer.echo(f"  {c}")
+    if landed.pushed:
+        retried = f" after {landed.tries} tries" if landed.tries > 1 else ""
+        typer.echo(f"committed {landed.commit[:12]} and pushed to {url}{retried}")
+    else:
+        typer.echo(landed.shown.rstrip())
+        typer.echo("dry run: not pushed (give --push to land this commit)")
+
+
+def set_(
+    resource: Annotated[str, typer.Argument(help="The resource, Kind/name (e.g. Release/api).")],
+    assignments: Annotated[
+        list[str], typer.Argument(help="FIELD=VALUE, FIELD a dotted path (spec.version=1.4.3).")
+    ],
+    config: WbConfig = None,
+    stack: WbStack = None,
+    repo: WbRepo = None,
+    branch: WbBranch = None,
+    path: WbPath = None,
+    message: WbMessage = None,
+    author: WbAuthor = None,
+    push: WbPush = False,
+    sign: WbSign = False,
+) -> None:
+    """Change fields of one resource in Git: edit where declared, validate, commit, push."""
+    from setpoint.writeback.gitwork import Author
+    from setpoint.writeback.setfield import FieldSetter, parse_assignments, subject
+    from setpoint.writeback.transaction import commit_message, land, target_from
+
+    try:
+        target = target_from(config, stack, repo, branch, path)
+        pairs = parse_assignments(assignments)
+        setter = FieldSetter(target.path, resource, pairs)
+        who = Author.parse(author) if author else None
+        landed = land(
+            target,
+            setter,
+            lambda ch: commit_message(subject(resource, pairs), ch, target.path, message),
+            author=who,
+            sign=sign,
+            push=push,
+        )
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    _report(landed, target.url)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "set",
+        epilog="Example: setpoint set Release/api spec.version=1.4.3 spec.sha256=... "
+        "--repo git@git.example:ops/infra.git --path envs/staging --push\n\n"
+        "Exit status: 0 committed (pushed with --push), 1 error, 3 nothing to change.",
+    )(set_)
