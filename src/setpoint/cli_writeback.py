@@ -71,7 +71,7 @@ def _fail(exc: BaseException) -> typer.Exit:
 
 def _report(landed: Landed, url: str) -> None:
     if landed.commit is None:
-        typer.echo("nothing to change: every field already has that value")
+        typer.echo("nothing to change: every field already has its value")
         raise typer.Exit(NOTHING_CHANGED)
     for c in landed.changes:
         typer.echo(f"  {c}")
@@ -121,6 +121,46 @@ def set_(
     _report(landed, target.url)
 
 
+def promote(
+    from_: Annotated[str, typer.Option("--from", help="Stack path to copy from (envs/staging).")],
+    to: Annotated[str, typer.Option("--to", help="Stack path to copy to (envs/prod).")],
+    resources: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(help="Releases to promote (Release/NAME). Default: every Release."),
+    ] = None,
+    config: WbConfig = None,
+    stack: WbStack = None,
+    repo: WbRepo = None,
+    branch: WbBranch = None,
+    message: WbMessage = None,
+    author: WbAuthor = None,
+    push: WbPush = False,
+    sign: WbSign = False,
+) -> None:
+    """Copy Release versions (version, url, sha256) from one overlay to another, one commit."""
+    from setpoint.writeback.gitwork import Author
+    from setpoint.writeback.promote import Promotion, subject
+    from setpoint.writeback.transaction import commit_message, land, target_from
+
+    try:
+        target = target_from(config, stack, repo, branch, to)
+        promotion = Promotion(from_, to, tuple(resources or ()))
+        who = Author.parse(author) if author else None
+        landed = land(
+            target,
+            promotion,
+            lambda ch: commit_message(subject(from_, to, ch), ch, to, message),
+            author=who,
+            sign=sign,
+            push=push,
+        )
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    for rid in promotion.skipped:
+        typer.echo(f"skipped {rid}: not declared in {to}")
+    _report(landed, target.url)
+
+
 def register(app: typer.Typer) -> None:
     app.command(
         "set",
@@ -128,3 +168,8 @@ def register(app: typer.Typer) -> None:
         "--repo git@git.example:ops/infra.git --path envs/staging --push\n\n"
         "Exit status: 0 committed (pushed with --push), 1 error, 3 nothing to change.",
     )(set_)
+    app.command(
+        epilog="Example: setpoint promote --from envs/staging --to envs/prod Release/api "
+        "--repo git@git.example:ops/infra.git --push\n\n"
+        "Exit status: 0 committed (pushed with --push), 1 error, 3 nothing to change.",
+    )(promote)

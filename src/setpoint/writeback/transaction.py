@@ -159,7 +159,9 @@ def commit_message(subject: str, changes: list[Change], path: str, custom: str |
     return "\n".join(lines) + "\n"
 
 
-def edit_field(tree: Path, file: str, doc: int, path: FieldPath, value: str) -> tuple[Any, int]:
+def edit_field(
+    tree: Path, file: str, doc: int, path: FieldPath, value: str, *, string: bool = False
+) -> tuple[Any, int]:
     """Set ``path`` in document ``doc`` of ``file`` to ``value``; return (old value, line).
 
     The file changes only between the marks of the scalar replaced (or where a
@@ -184,7 +186,7 @@ def edit_field(tree: Path, file: str, doc: int, path: FieldPath, value: str) -> 
         if not isinstance(parent, MappingNode):
             where = dotted(path[:found]) or "the document"
             raise EditError(f"{file}: cannot add {dotted(path)}: {where} is not a mapping")
-        edits = [insert_path(text, parent, path[found:], value, file)]
+        edits = [insert_path(text, parent, path[found:], value, file, string=string)]
     new_text = apply_edits(text, edits)
     before, after = load_all(text), load_all(new_text)
     written = get_in(after[doc], path) if doc < len(after) else None

@@ -123,12 +123,13 @@ def _single(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def scalar_text(value: str, old: ScalarNode | None) -> str:
+def scalar_text(value: str, old: ScalarNode | None, *, string: bool = False) -> str:
     """How to write ``value`` where ``old`` was (None: a new key), keeping type and style.
 
     A string stays a string; a number or boolean stays plain when ``value`` has
     that type too, and is written quoted otherwise (validation then says whether
-    the kind accepts it).
+    the kind accepts it). A new key is written plain unless that would make a
+    float of it (or, with ``string``, anything but a string).
     """
     style = old.style if old is not None else None
     if style == "'":
@@ -137,8 +138,7 @@ def scalar_text(value: str, old: ScalarNode | None) -> str:
         return _double(value)
     plain = _plain_tag(value)
     if old is None:
-        # A new key: plain unless that makes a float of it (1.10 -> 1.1) or breaks it.
-        ok = plain is not None and plain != "tag:yaml.org,2002:float"
+        ok = plain == STR_TAG if string else plain not in (None, "tag:yaml.org,2002:float")
         return value if ok else _double(value)
     want = STR_TAG if style in ("|", ">") else str(old.tag)
     return value if plain == want else _double(value)
@@ -195,7 +195,9 @@ def _line_start_after(text: str, index: int) -> int:
     return len(text) if nl < 0 else nl + 1
 
 
-def insert_path(text: str, mapping: MappingNode, path: Path, value: str, file: str) -> Edit:
+def insert_path(
+    text: str, mapping: MappingNode, path: Path, value: str, file: str, *, string: bool = False
+) -> Edit:
     """Add ``path`` (keys below ``mapping``, the last one set to ``value``) to a block mapping."""
     if mapping.flow_style or not mapping.value:
         raise EditError(
@@ -213,7 +215,9 @@ def insert_path(text: str, mapping: MappingNode, path: Path, value: str, file: s
     for depth, part in enumerate(path[:-1]):
         lines.append(" " * (col + depth * step) + f"{part}:")
     depth = len(path) - 1
-    lines.append(" " * (col + depth * step) + f"{path[-1]}: {scalar_text(value, None)}")
+    lines.append(
+        " " * (col + depth * step) + f"{path[-1]}: {scalar_text(value, None, string=string)}"
+    )
     last_value = mapping.value[-1][1]
     at = _line_start_after(text, int(last_value.end_mark.index))
     block = "\n".join(lines) + "\n"
@@ -264,3 +268,61 @@ def dump_value(value: Any) -> str:
     y.default_flow_style = True
     y.dump(value, buf)
     return buf.getvalue().strip().removesuffix("...").strip()
+
+
+def _mapping_lines(tree: dict[str, Any], indent: int) -> list[str]:
+    lines = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            lines.append(" " * indent + f"{key}:")
+            lines.extend(_mapping_lines(value, indent + 2))
+        else:
+            lines.append(" " * indent + f"{key}: {scalar_text(str(value), None, string=True)}")
+    return lines
+
+
+def append_patch(text: str, file: str, kind: str, name: str, patch: dict[str, Any]) -> str:
+    """Add ``{target: {kind, name}, patch: ...}`` to the ``patches`` of an Overlay file.
+
+    The entry goes after the last existing one (same indentation), or into a new
+    ``patches:`` key at the end of the document; leaf values are written as strings.
+    """
+    nodes = compose(text, file)
+    if len(nodes) != 1 or not isinstance(nodes[0], MappingNode) or nodes[0].flow_style:
+        raise EditError(f"{file}: an overlay file holds one block-style Overlay document")
+    top = nodes[0]
+    seq = child(top, "patches")
+    target = f"target: {{kind: {kind}, name: {name}}}"
+    if isinstance(seq, SequenceNode) and seq.value and not seq.flow_style:
+        first = seq.value[0]
+        dash = text.rfind("-", 0, first.start_mark.index)
+        col = dash - (text.rfind("\n", 0, dash) + 1)
+        at = _line_start_after(text, int(seq.value[-1].end_mark.index))
+        prefix = ""
+    elif seq is None or (isinstance(seq, SequenceNode) and not seq.value):
+        col = int(top.value[0][0].start_mark.column) + 2
+        if seq is None:
+            at = _line_start_after(text, int(top.value[-1][1].end_mark.index))
+            prefix = " " * (col - 2) + "patches:\n"
+        else:  # "patches: []": the empty flow list becomes a block list
+            end = int(seq.end_mark.index)
+            text = text[: seq.start_mark.index].rstrip(" ") + text[end:]
+            at = _line_start_after(text, int(seq.start_mark.index) - 1)
+            prefix = ""
+    else:
+        raise EditError(
+            f"{file}:{line_of(seq)}: patches is not a block list; add the patch by hand once"
+        )
+    lines = [" " * col + "- " + target, " " * (col + 2) + "patch:"]
+    lines += _mapping_lines(patch, col + 4)
+    block = prefix + "\n".join(lines) + "\n"
+    if at == len(text) and text and not text.endswith("\n"):
+        block = "\n" + block
+    new_text = text[:at] + block + text[at:]
+    before, after = load_all(text), load_all(new_text)
+    entry = {"target": {"kind": kind, "name": name}, "patch": patch}
+    expected = dict(before[0])
+    expected["patches"] = [*(before[0].get("patches") or []), entry]
+    if after != [expected]:
+        raise EditError(f"{file}: adding a patch for {kind}/{name} would change more than that")
+    return new_text
