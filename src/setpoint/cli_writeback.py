@@ -73,6 +73,11 @@ def _report(landed: Landed, url: str) -> None:
     if landed.commit is None:
         typer.echo("nothing to change: every field already has its value")
         raise typer.Exit(NOTHING_CHANGED)
+    _show(landed, url)
+
+
+def _show(landed: Landed, url: str) -> None:
+    assert landed.commit is not None
     for c in landed.changes:
         typer.echo(f"  {c}")
     if landed.pushed:
@@ -161,6 +166,45 @@ def promote(
     _report(landed, target.url)
 
 
+def update_versions(
+    config: WbConfig = None,
+    stack: WbStack = None,
+    repo: WbRepo = None,
+    branch: WbBranch = None,
+    path: WbPath = None,
+    message: WbMessage = None,
+    author: WbAuthor = None,
+    push: WbPush = False,
+    sign: WbSign = False,
+) -> None:
+    """Commit the newest version each Release's versionPolicy allows (checked by SHA-256)."""
+    from setpoint.writeback.gitwork import Author
+    from setpoint.writeback.transaction import commit_message, land, target_from
+    from setpoint.writeback.versions import VersionUpdate, subject
+
+    try:
+        target = target_from(config, stack, repo, branch, path)
+        update = VersionUpdate(target.path)
+        who = Author.parse(author) if author else None
+        landed = land(
+            target,
+            update,
+            lambda ch: commit_message(subject(ch), ch, target.path, message),
+            author=who,
+            sign=sign,
+            push=push,
+        )
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    for err in update.errors:
+        typer.echo(f"error: {err}", err=True)
+    if update.errors:
+        if landed.commit is not None:
+            _show(landed, target.url)
+        raise typer.Exit(1)
+    _report(landed, target.url)
+
+
 def register(app: typer.Typer) -> None:
     app.command(
         "set",
@@ -173,3 +217,10 @@ def register(app: typer.Typer) -> None:
         "--repo git@git.example:ops/infra.git --push\n\n"
         "Exit status: 0 committed (pushed with --push), 1 error, 3 nothing to change.",
     )(promote)
+    app.command(
+        "update-versions",
+        epilog="Example: setpoint update-versions --config /etc/setpoint/config.yaml "
+        "--stack web --push\n\nExit status: 0 committed (pushed with --push), 1 error "
+        "(an index unreadable, an archive whose SHA-256 does not match: that Release is "
+        "left alone, the others are committed), 3 nothing to change.",
+    )(update_versions)
