@@ -1,4 +1,4 @@
-"""The write-back commands: ``set``, ``promote``, ``update-versions``, ``explain``.
+"""The write-back commands: ``set``, ``promote``, ``update-versions``, and ``explain``.
 
 Thin shells over :mod:`setpoint.writeback`; registered on the ``setpoint`` app
 by :func:`register` (called from :mod:`setpoint.cli`). Exit status of the write
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from setpoint.writeback.transaction import Landed
 
 NOTHING_CHANGED = 3
+NOT_MANAGED = 3
 
 WbConfig = Annotated[
     Optional[Path],  # noqa: UP045
@@ -205,6 +206,30 @@ def update_versions(
     _report(landed, target.url)
 
 
+def explain(
+    target: Annotated[str, typer.Argument(help="A managed path (/etc/motd) or Kind/name.")],
+    state: Annotated[Path, typer.Option("--state", help="The agent's state dir.")] = Path(
+        "/var/lib/setpoint"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Which stack and resource manage TARGET, the commit behind it, its drift history."""
+    import json
+
+    from setpoint.writeback.explain import explain as run
+    from setpoint.writeback.explain import render_text
+
+    try:
+        found = run(state, target)
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(found.to_json(), indent=2))
+    else:
+        typer.echo(render_text(found))
+    raise typer.Exit(0 if found.managed else NOT_MANAGED)
+
+
 def register(app: typer.Typer) -> None:
     app.command(
         "set",
@@ -224,3 +249,7 @@ def register(app: typer.Typer) -> None:
         "(an index unreadable, an archive whose SHA-256 does not match: that Release is "
         "left alone, the others are committed), 3 nothing to change.",
     )(update_versions)
+    app.command(
+        epilog="Example: setpoint explain /etc/motd --state /var/lib/setpoint\n\n"
+        "Exit status: 0 managed, 3 not managed (the nearest managed parent is named), 1 error.",
+    )(explain)
