@@ -566,6 +566,15 @@ def _register_extra() -> None:
 _register_extra()
 
 
+def _register_writeback() -> None:
+    from setpoint.cli_writeback import register
+
+    register(app)
+
+
+_register_writeback()
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,255 @@
+"""The write-back commands: ``set``, ``promote``, ``update-versions``, and ``explain``.
+
+Thin shells over :mod:`setpoint.writeback`; registered on the ``setpoint`` app
+by :func:`register` (called from :mod:`setpoint.cli`). Exit status of the write
+commands: 0 committed (and pushed with --push), 1 error, 3 nothing to change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from setpoint.model.errors import SetpointError
+
+if TYPE_CHECKING:
+    from setpoint.writeback.transaction import Landed
+
+NOTHING_CHANGED = 3
+NOT_MANAGED = 3
+
+WbConfig = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option("--config", "-c", help="The agent's config: write to this stack's source."),
+]
+WbStack = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--stack", help="The stack in --config (needed when it has several)."),
+]
+WbRepo = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--repo", help="Git URL or local path of the repository to commit to."),
+]
+WbBranch = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--branch",
+        help="Branch the commit lands on. Default: the source's ref, or the "
+        "remote's default branch.",
+    ),
+]
+WbPath = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option(
+        "--path",
+        help="The stack's directory in the repository. Default: the "
+        "stack's path, or the repository root.",
+    ),
+]
+WbMessage = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--message", "-m", help="Commit subject (the body always lists each change)."),
+]
+WbAuthor = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--author", help="Commit author 'Name <email>'. Default: git config user.*"),
+]
+WbPush = Annotated[
+    bool,
+    typer.Option("--push", help="Push the commit. Without it: a dry run showing the commit."),
+]
+WbSign = Annotated[
+    bool, typer.Option("--sign", help="Sign the commit (git's own signing config, ssh or gpg).")
+]
+
+
+def _fail(exc: BaseException) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(1)
+
+
+def _report(landed: Landed, url: str) -> None:
+    if landed.commit is None:
+        typer.echo("nothing to change: every field already has its value")
+        raise typer.Exit(NOTHING_CHANGED)
+    _show(landed, url)
+
+
+def _show(landed: Landed, url: str) -> None:
+    assert landed.commit is not None
+    for c in landed.changes:
+        typer.echo(f"  {c}")
+    if landed.pushed:
+        retried = f" after {landed.tries} tries" if landed.tries > 1 else ""
+        typer.echo(f"committed {landed.commit[:12]} and pushed to {url}{retried}")
+    else:
+        typer.echo(landed.shown.rstrip())
+        typer.echo("dry run: not pushed (give --push to land this commit)")
+
+
+def set_(
+    resource: Annotated[str, typer.Argument(help="The resource, Kind/name (e.g. Release/api).")],
+    assignments: Annotated[
+        list[str], typer.Argument(help="FIELD=VALUE, FIELD a dotted path (spec.version=1.4.3).")
+    ],
+    config: WbConfig = None,
+    stack: WbStack = None,
+    repo: WbRepo = None,
+    branch: WbBranch = None,
+    path: WbPath = None,
+    message: WbMessage = None,
+    author: WbAuthor = None,
+    push: WbPush = False,
+    sign: WbSign = False,
+) -> None:
+    """Change fields of one resource in Git: edit where declared, validate, commit, push."""
+    from setpoint.writeback.gitwork import Author
+    from setpoint.writeback.setfield import FieldSetter, parse_assignments, subject
+    from setpoint.writeback.transaction import commit_message, land, target_from
+
+    try:
+        target = target_from(config, stack, repo, branch, path)
+        pairs = parse_assignments(assignments)
+        setter = FieldSetter(target.path, resource, pairs)
+        who = Author.parse(author) if author else None
+        landed = land(
+            target,
+            setter,
+            lambda ch: commit_message(subject(resource, pairs), ch, target.path, message),
+            author=who,
+            sign=sign,
+            push=push,
+        )
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    _report(landed, target.url)
+
+
+def promote(
+    from_: Annotated[str, typer.Option("--from", help="Stack path to copy from (envs/staging).")],
+    to: Annotated[str, typer.Option("--to", help="Stack path to copy to (envs/prod).")],
+    resources: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(help="Releases to promote (Release/NAME). Default: every Release."),
+    ] = None,
+    config: WbConfig = None,
+    stack: WbStack = None,
+    repo: WbRepo = None,
+    branch: WbBranch = None,
+    message: WbMessage = None,
+    author: WbAuthor = None,
+    push: WbPush = False,
+    sign: WbSign = False,
+) -> None:
+    """Copy Release versions (version, url, sha256) from one overlay to another, one commit."""
+    from setpoint.writeback.gitwork import Author
+    from setpoint.writeback.promote import Promotion, subject
+    from setpoint.writeback.transaction import commit_message, land, target_from
+
+    try:
+        target = target_from(config, stack, repo, branch, to)
+        promotion = Promotion(from_, to, tuple(resources or ()))
+        who = Author.parse(author) if author else None
+        landed = land(
+            target,
+            promotion,
+            lambda ch: commit_message(subject(from_, to, ch), ch, to, message),
+            author=who,
+            sign=sign,
+            push=push,
+        )
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    for rid in promotion.skipped:
+        typer.echo(f"skipped {rid}: not declared in {to}")
+    _report(landed, target.url)
+
+
+def update_versions(
+    config: WbConfig = None,
+    stack: WbStack = None,
+    repo: WbRepo = None,
+    branch: WbBranch = None,
+    path: WbPath = None,
+    message: WbMessage = None,
+    author: WbAuthor = None,
+    push: WbPush = False,
+    sign: WbSign = False,
+) -> None:
+    """Commit the newest version each Release's versionPolicy allows (checked by SHA-256)."""
+    from setpoint.writeback.gitwork import Author
+    from setpoint.writeback.transaction import commit_message, land, target_from
+    from setpoint.writeback.versions import VersionUpdate, subject
+
+    try:
+        target = target_from(config, stack, repo, branch, path)
+        update = VersionUpdate(target.path)
+        who = Author.parse(author) if author else None
+        landed = land(
+            target,
+            update,
+            lambda ch: commit_message(subject(ch), ch, target.path, message),
+            author=who,
+            sign=sign,
+            push=push,
+        )
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    for err in update.errors:
+        typer.echo(f"error: {err}", err=True)
+    if update.errors:
+        if landed.commit is not None:
+            _show(landed, target.url)
+        raise typer.Exit(1)
+    _report(landed, target.url)
+
+
+def explain(
+    target: Annotated[str, typer.Argument(help="A managed path (/etc/motd) or Kind/name.")],
+    state: Annotated[Path, typer.Option("--state", help="The agent's state dir.")] = Path(
+        "/var/lib/setpoint"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Which stack and resource manage TARGET, the commit behind it, its drift history."""
+    import json
+
+    from setpoint.writeback.explain import explain as run
+    from setpoint.writeback.explain import render_text
+
+    try:
+        found = run(state, target)
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        typer.echo(json.dumps(found.to_json(), indent=2))
+    else:
+        typer.echo(render_text(found))
+    raise typer.Exit(0 if found.managed else NOT_MANAGED)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(
+        "set",
+        epilog="Example: setpoint set Release/api spec.version=1.4.3 spec.sha256=... "
+        "--repo git@git.example:ops/infra.git --path envs/staging --push\n\n"
+        "Exit status: 0 committed (pushed with --push), 1 error, 3 nothing to change.",
+    )(set_)
+    app.command(
+        epilog="Example: setpoint promote --from envs/staging --to envs/prod Release/api "
+        "--repo git@git.example:ops/infra.git --push\n\n"
+        "Exit status: 0 committed (pushed with --push), 1 error, 3 nothing to change.",
+    )(promote)
+    app.command(
+        "update-versions",
+        epilog="Example: setpoint update-versions --config /etc/setpoint/config.yaml "
+        "--stack web --push\n\nExit status: 0 committed (pushed with --push), 1 error "
+        "(an index unreadable, an archive whose SHA-256 does not match: that Release is "
+        "left alone, the others are committed), 3 nothing to change.",
+    )(update_versions)
+    app.command(
+        epilog="Example: setpoint explain /etc/motd --state /var/lib/setpoint\n\n"
+        "Exit status: 0 managed, 3 not managed (the nearest managed parent is named), 1 error.",
+    )(explain)
