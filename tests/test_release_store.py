@@ -226,9 +226,11 @@ def test_only_the_full_hash_at_resync_sees_a_change_that_matches_the_record(env:
     # Within the resync interval a pass runs the cheap check only: it cannot see this.
     assert env.sync().converged
     assert f.read_text() == "6.6\n"
-    # A resync interval later (300 s by default) the full hash runs, and restores.
+    # A resync interval later (300 s by default) a full pass hashes, and restores.
     later = time.monotonic() + 300
     releases(env).clock = lambda: later
+    partial = env.sync(only={"Release/app"})  # a partial pass (a watch event) never does
+    assert [o.state for o in partial.outcomes] == ["in_sync"], partial
     result = env.sync()
     assert [o.state for o in result.outcomes] == ["reverted"], result
     assert f.read_text() == "1.0\n"

@@ -129,11 +129,18 @@ def fsync_tree(root: Path) -> None:
 
 
 def _walk(root: Path) -> dict[str, os.stat_result]:
+    """Every entry under ``root`` (links not followed): rel path → lstat."""
     out: dict[str, os.stat_result] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
-            full = os.path.join(dirpath, name)
-            out[os.path.relpath(full, root)] = os.lstat(full)
+    todo = [""]
+    while todo:
+        rel_dir = todo.pop()
+        with os.scandir(root / rel_dir if rel_dir else root) as it:
+            for entry in it:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                st = entry.stat(follow_symlinks=False)
+                out[rel] = st
+                if stat.S_ISDIR(st.st_mode):
+                    todo.append(rel)
     return out
 
 
