@@ -559,8 +559,8 @@ class ServiceProvider:
             with contextlib.suppress(FileNotFoundError):
                 (self._dir(name) / RECORD).unlink()
         _kept, failures = collect_orphans(self.state_dir)
-        if failures:  # said, not hidden: the leftovers are removed at a later prune
-            done += f"; could not remove release files: {'; '.join(failures)}"
+        if failures:  # said, not hidden: tried again when a release or service is next pruned
+            done += f"; could not remove release files (kept): {'; '.join(failures)}"
         return done
 
 
