@@ -1,14 +1,22 @@
-"""The provider contract, for every kind of the default registry served by FilesystemProvider.
+"""The provider contract, for every kind of the default registry.
 
 From several starting states, ``apply(plan(read()))`` must converge: the next
 ``plan(read())`` is a NOOP (idempotence), and a second apply cycle changes nothing on
-disk (same lstat, mtime and inode for every entry under the root).
+disk (same lstat, mtime and inode for every entry under the root, or the release store).
+File, Directory and Symlink run on a temp root; Release on real archives served from
+``file://`` and from an HTTP server on 127.0.0.1; Service with real processes (the same
+process keeps running through the second cycle). ``test_every_kind_has_contract_cases``
+fails when a kind is registered without cases here.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -18,6 +26,12 @@ from setpoint.providers.base import Target
 from setpoint.providers.fs import FilesystemProvider
 from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.registry import default_registry
+from setpoint.providers.release import ReleaseProvider
+from setpoint.providers.release_store import leftovers
+from setpoint.providers.service import ServiceProvider
+from setpoint.providers.service_proc import RECORD, read_json, start_time, write_json_atomic
+from setpoint.providers.service_spec import ReleaseSpec, ServiceSpec
+from svc_support import kill_recorded, sha, tar_gz, zip_bytes
 
 IS_ROOT = os.geteuid() == 0
 LOC = Location("t.yaml", 1)
@@ -179,3 +193,192 @@ def test_converges_and_is_idempotent(kind: str, spec_name: str, state: str, root
     assert again.is_noop, again.summary()
     assert snapshot(root) == before
     assert not [p for p in before if p.endswith(".setpoint-tmp")]
+
+
+# -- Release ------------------------------------------------------------------------------
+
+OLD_ARCHIVE = tar_gz({"version.txt": "1\n", "bin/run.sh": "#!/bin/sh\necho 1\n"})
+ARCHIVES: dict[str, tuple[str, bytes]] = {
+    "tar.gz": ("app-2.tar.gz", tar_gz({"version.txt": "2\n", "bin/run.sh": "#!/bin/sh\n"})),
+    "zip": ("app-2.zip", zip_bytes({"version.txt": "2\n", "lib/a.py": "x = 1\n"})),
+    "single-file": ("tool", b"#!/bin/sh\necho tool 2\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def http_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Serves ARCHIVES from 127.0.0.1 (the same bytes as the file:// cases)."""
+    served = tmp_path_factory.mktemp("www")
+    for name, data in ARCHIVES.values():
+        (served / name).write_bytes(data)
+    handler = partial(SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def _release(url: str, data: bytes, version: str = "2", **kw: object) -> Resource:
+    spec = ReleaseSpec(version=version, url=url, sha256=sha(data), **kw)
+    return Resource("Release", "app", spec, LOC, digest="x")
+
+
+RELEASE_SPECS: dict[str, Callable[[str], Resource]] = {
+    "tar.gz": lambda http: _release("file:///dist/app-2.tar.gz", ARCHIVES["tar.gz"][1]),
+    "zip": lambda http: _release("file:///dist/app-2.zip", ARCHIVES["zip"][1]),
+    "single-file": lambda http: _release("file:///dist/tool", ARCHIVES["single-file"][1]),
+    "http": lambda http: _release(f"{http}/app-2.tar.gz", ARCHIVES["tar.gz"][1]),
+    "keep-1": lambda http: _release("file:///dist/app-2.tar.gz", ARCHIVES["tar.gz"][1], keep=1),
+}
+
+
+def _install_old(p: ReleaseProvider) -> None:
+    old = _release("file:///dist/app-1.tar.gz", OLD_ARCHIVE, version="1")
+    p.apply(old, p.plan(old, p.read(old)))
+
+
+def _release_older_current(p: ReleaseProvider, res: Resource, store: Path) -> None:
+    _install_old(p)
+
+
+def _release_tampered(p: ReleaseProvider, res: Resource, store: Path) -> None:
+    p.apply(res, p.plan(res, p.read(res)))
+    tree = store / "current"
+    for f in [x for x in tree.rglob("*") if x.is_file()]:
+        f.write_bytes(f.read_bytes() + b"tampered")
+    (tree / "added").write_text("not released")
+
+
+def _release_current_elsewhere(p: ReleaseProvider, res: Resource, store: Path) -> None:
+    _install_old(p)
+    old_link = os.readlink(store / "current")
+    p.apply(res, p.plan(res, p.read(res)))
+    os.unlink(store / "current")
+    os.symlink(old_link, store / "current")  # e.g. a rollback by hand
+
+
+def _release_leftovers(p: ReleaseProvider, res: Resource, store: Path) -> None:
+    _install_old(p)
+    (store / "versions/.tmp-2-crashed/bin").mkdir(parents=True)
+    (store / "versions/.trash-1-crashed").mkdir()
+    (store / "archives/.2.part").write_bytes(b"half")
+    (store / ".current.1234").symlink_to("versions/nowhere")
+
+
+RELEASE_STATES: dict[str, Callable[[ReleaseProvider, Resource, Path], None]] = {
+    "absent": lambda p, res, store: None,
+    "older-current": _release_older_current,
+    "tampered": _release_tampered,
+    "current-elsewhere": _release_current_elsewhere,
+    "leftovers": _release_leftovers,
+}
+
+
+@pytest.mark.parametrize("state", RELEASE_STATES)
+@pytest.mark.parametrize("spec_name", RELEASE_SPECS)
+def test_release_converges_and_is_idempotent(
+    spec_name: str, state: str, root: Path, tmp_path: Path, http_base: str
+) -> None:
+    provider = default_registry().providers(Target(root=root, state_dir=tmp_path / "state"))
+    p = provider["Release"]
+    assert isinstance(p, ReleaseProvider)
+    (root / "dist").mkdir()
+    (root / "dist/app-1.tar.gz").write_bytes(OLD_ARCHIVE)
+    for name, data in ARCHIVES.values():
+        (root / "dist" / name).write_bytes(data)
+    res = RELEASE_SPECS[spec_name](http_base)
+    store = tmp_path / "state/releases/app"
+    RELEASE_STATES[state](p, res, store)
+
+    first = p.plan(res, p.read(res))
+    p.apply(res, first)
+    second = p.plan(res, p.read(res))
+    assert second.is_noop, f"not idempotent after {first.summary()}: {second.summary()}"
+    before = snapshot(store)
+    p.apply(res, second)
+    again = p.plan(res, p.read(res))
+    assert again.is_noop, again.summary()
+    assert snapshot(store) == before
+    assert p.health(res) == ("Healthy", "version 2 in place")
+    assert leftovers(store) == []
+    assert not p.drain_events({res.id})  # no removal failed
+    assert sorted(os.listdir(store / "versions"))[-1].startswith("2-")
+    if spec_name == "keep-1":
+        assert len(os.listdir(store / "versions")) == 1
+
+
+# -- Service ------------------------------------------------------------------------------
+
+SLEEP = "import time; time.sleep(120)"
+
+
+def _service(**kw: object) -> Resource:
+    kw.setdefault("command", [sys.executable, "-c", SLEEP])
+    spec = ServiceSpec(stop={"graceSeconds": 5}, **kw)  # type: ignore[arg-type]
+    return Resource("Service", "c", spec, LOC, digest="x")
+
+
+SERVICE_SPECS: dict[str, Callable[[], Resource]] = {
+    "argv": lambda: _service(),
+    "shell": lambda: _service(command=[f"exec {sys.executable} -c '{SLEEP}'"], shell=True),
+    "env-and-dir": lambda: _service(env={"A": "1", "TOKEN": "s3cret"}, workingDir="/t"),
+    "exec-readiness": lambda: _service(
+        readiness={"exec": {"command": ["/bin/true"]}, "periodSeconds": 0.05}
+    ),
+}
+
+
+def _service_other_config(p: ServiceProvider, res: Resource, state: Path) -> None:
+    other = _service(env={"OTHER": "1"})
+    p.apply(other, p.plan(other, p.read(other)))
+
+
+def _service_stale_record(p: ServiceProvider, res: Resource, state: Path) -> None:
+    # A record from an earlier agent whose pid now belongs to someone else (pid 1,
+    # another start time): never signalled, and the service is started anew.
+    d = state / "services/c"
+    d.mkdir(parents=True)
+    write_json_atomic(d / RECORD, {"pid": 1, "started": 1, "digest": "old", "config": {}})
+
+
+SERVICE_STATES: dict[str, Callable[[ServiceProvider, Resource, Path], None]] = {
+    "absent": lambda p, res, state: None,
+    "other-config": _service_other_config,
+    "stale-record": _service_stale_record,
+}
+
+
+@pytest.mark.parametrize("state", SERVICE_STATES)
+@pytest.mark.parametrize("spec_name", SERVICE_SPECS)
+def test_service_converges_and_is_idempotent(
+    spec_name: str, state: str, root: Path, tmp_path: Path
+) -> None:
+    state_dir = tmp_path / "state"
+    p = default_registry().providers(Target(root=root, state_dir=state_dir))["Service"]
+    assert isinstance(p, ServiceProvider)
+    (root / "t").mkdir()
+    res = SERVICE_SPECS[spec_name]()
+    try:
+        SERVICE_STATES[state](p, res, state_dir)
+        first = p.plan(res, p.read(res))
+        p.apply(res, first)
+        second = p.plan(res, p.read(res))
+        assert second.is_noop, f"not idempotent after {first.summary()}: {second.summary()}"
+        record = state_dir / "services/c" / RECORD
+        pid, before = read_json(record)["pid"], record.read_bytes()  # type: ignore[index]
+        p.apply(res, second)
+        again = p.plan(res, p.read(res))
+        assert again.is_noop, again.summary()
+        assert record.read_bytes() == before and start_time(pid) is not None  # same process
+        assert p.health(res)[0] == "Healthy"
+        assert "s3cret" not in first.summary()
+    finally:
+        p.delete("Service", "service:c")
+        kill_recorded(state_dir)
+
+
+def test_every_kind_has_contract_cases() -> None:
+    covered = set(SPECS) | {"Release": RELEASE_SPECS, "Service": SERVICE_SPECS}.keys()
+    assert set(default_registry().kinds) == covered

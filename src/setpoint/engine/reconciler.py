@@ -86,6 +86,10 @@ class Reconciler:
         self._health_of = {k: getattr(p, "health", None) for k, p in self.providers.items()}
         self._desired_hooks = [h for p in unique if (h := getattr(p, "set_desired", None))]
         self._drains = [d for p in unique if (d := getattr(p, "drain_events", None))]
+        # PassAware.begin_pass (providers/base.py): told whether a pass is full or partial.
+        self._pass_hooks: list[Callable[[bool, float], None]] = [
+            h for p in unique if (h := getattr(p, "begin_pass", None))
+        ]
         self._by_id: tuple[Desired, dict[str, Resource]] | None = None
 
     @property
@@ -245,6 +249,8 @@ class Reconciler:
             d = self._declared = (desired, self.inventory.version, set(desired.paths) | set(owners))
         target.declared = d[2]
         self._bind_desired(desired)
+        for begin_pass in self._pass_hooks:
+            begin_pass(full, stack.resync)
         blocked: set[str] = set()
         deps = desired.ordered.deps
         order = desired.ordered.order

@@ -170,6 +170,19 @@ class EventSource(Protocol):
     def drain_events(self, resources: Collection[str]) -> list[ProviderEvent]: ...
 
 
+class PassAware(Protocol):
+    """Optional provider capability: told when a pass of a stack starts.
+
+    The engine calls ``begin_pass(full, resync)`` before reading any resource of the
+    pass: ``full`` is False for a partial pass (only some resources, e.g. after a watch
+    event); ``resync`` is the stack's resync interval in seconds. A provider with a costly
+    deep check (hashing whole release trees) runs it once per resync interval and a cheap
+    one in between.
+    """
+
+    def begin_pass(self, full: bool, resync: float) -> None: ...
+
+
 class RegistryError(SetpointError):
     pass
 

@@ -1,16 +1,20 @@
 """Readiness and liveness probes of the Service kind: http, tcp or exec, once.
 
 ``run_probe(spec, cwd, env)`` returns ``(ok, message)``; it never raises. Used by the
-service supervisor (:mod:`setpoint.providers.service`).
+service supervisor (:mod:`setpoint.providers.service`). The message reaches the status
+and the journal: an http probe's URL is shown redacted (:mod:`setpoint.model.redact`),
+and ``user:password@`` in it is sent as a Basic ``Authorization`` header.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import socket
 import subprocess
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
+from setpoint.model.redact import redact_text, redact_url
 from setpoint.providers.service_spec import ProbeSpec
 
 
@@ -19,7 +23,10 @@ def run_probe(
 ) -> tuple[bool, str]:
     try:
         if spec.http is not None:
-            return _http(spec.http.url, spec.http.status, spec.timeoutSeconds)
+            try:
+                return _http(spec.http.url, spec.http.status, spec.timeoutSeconds)
+            except (OSError, http.client.HTTPException, ValueError) as err:
+                return False, f"probe failed: {redact_text(str(err), spec.http.url)}"
         if spec.tcp is not None:
             with socket.create_connection(
                 (spec.tcp.host, spec.tcp.port), timeout=spec.timeoutSeconds
@@ -47,15 +54,19 @@ def run_probe(
 def _http(url: str, want: int | None, timeout: float) -> tuple[bool, str]:
     parts = urlsplit(url)
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.netloc, timeout=timeout)
+    conn = cls(parts.netloc.rpartition("@")[2], timeout=timeout)
+    headers = {"User-Agent": "setpoint-probe"}
+    if parts.username is not None:
+        cred = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
     try:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
-        conn.request("GET", path, headers={"User-Agent": "setpoint-probe"})
+        conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
         resp.read(64 * 1024)
         ok = resp.status == want if want is not None else 200 <= resp.status < 400
-        return ok, f"GET {url} → {resp.status}"
+        return ok, f"GET {redact_url(url)} → {resp.status}"
     finally:
         conn.close()

@@ -98,15 +98,36 @@ def decide(
 
 def config_fields(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[FieldChange, ...]:
     """What differs between two run configurations, as plan fields (env values hidden)."""
-    out = []
+    out: list[FieldChange] = []
     for key in ("argv", "env", "cwd", "user", "release_dir", "restart_on"):
         if old.get(key) != new.get(key):
             label = {"restart_on": "restartOn", "release_dir": "release"}.get(key, key)
             o, n = old.get(key), new.get(key)
-            if key in ("env", "restart_on"):
+            if key == "env":
+                out += env_fields(o or {}, n or {})
+                continue
+            if key == "restart_on":
                 o, n = ("(old)" if o else None), "(declared)"
             out.append(FieldChange(label, _s(o), _s(n)))
     return tuple(out)
+
+
+def env_fields(old: Mapping[str, str], new: Mapping[str, str]) -> list[FieldChange]:
+    """One field per variable added, removed or changed: its name and size, never its value.
+
+    Every env value is treated as a secret (tokens and passwords are passed this way);
+    ``SETPOINT_RELEASE`` is left out: the ``release`` field shows that change.
+    """
+    out = []
+    for name in sorted((set(old) | set(new)) - {"SETPOINT_RELEASE"}):
+        o, n = old.get(name), new.get(name)
+        if o != n:
+            out.append(FieldChange("env", _hidden(name, o), _hidden(name, n)))
+    return out
+
+
+def _hidden(name: str, value: str | None) -> str | None:
+    return None if value is None else f"{name}=(hidden, {len(value.encode())} bytes)"
 
 
 def _s(value: Any) -> str | None:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from setpoint.model.fields import STRICT, AbsPath, Owner, ResourceId
+from setpoint.model.redact import redact_url
 
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -71,14 +72,15 @@ class ReleaseSpec(BaseModel):
         if not isinstance(value, str):
             raise ValueError("url must be a string")
         parts = urlsplit(value)
+        shown = redact_url(value)  # an error is shown: never with its password or token
         if parts.scheme not in ("file", "http", "https"):
-            raise ValueError(f"url {value!r} must start with file://, http:// or https://")
+            raise ValueError(f"url {shown!r} must start with file://, http:// or https://")
         if parts.scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path):
-            raise ValueError(f"url {value!r}: a file URL is file:///absolute/path")
-        if parts.scheme != "file" and not parts.netloc:
-            raise ValueError(f"url {value!r} has no host")
+            raise ValueError(f"url {shown!r}: a file URL is file:///absolute/path")
+        if parts.scheme != "file" and not parts.hostname:
+            raise ValueError(f"url {shown!r} has no host")
         if not parts.path.rstrip("/").rpartition("/")[2]:
-            raise ValueError(f"url {value!r} does not name a file")
+            raise ValueError(f"url {shown!r} does not name a file")
         return value
 
 
@@ -91,8 +93,8 @@ class HttpProbe(BaseModel):
     @classmethod
     def _url(cls, value: str) -> str:
         parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"probe url {value!r} must be http://host[:port]/path")
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"probe url {redact_url(value)!r} must be http://host[:port]/path")
         return value
 
 
