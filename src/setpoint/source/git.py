@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from setpoint.model.errors import SourceError
+from setpoint.model.redact import redact_url as redact
 from setpoint.source import export
 from setpoint.source.credentials import install_helper, remove_helper, split_credentials
 from setpoint.source.trees import TMP_PREFIX as _TMP_PREFIX
@@ -136,17 +137,7 @@ def normalize_url(url: str) -> str:
 
 def redact_url(url: str) -> str:
     """``url`` with a password (or, for http(s), the whole user part, often a token) masked."""
-    match = re.match(r"^([a-z][a-z0-9+.-]*://)([^/@]*)@", url, re.IGNORECASE)
-    if not match:
-        return url
-    scheme, userinfo = match.groups()
-    if ":" in userinfo:
-        masked = userinfo.split(":", 1)[0] + ":***"
-    elif scheme.lower().startswith("http"):
-        masked = "***"
-    else:
-        return url
-    return scheme + masked + url[match.end(2) :]
+    return redact(url, query=False)
 
 
 def check_ref(ref: str) -> None:
