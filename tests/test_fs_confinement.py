@@ -12,6 +12,7 @@ walk and the component walk. Not one byte may be written, read or removed outsid
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -226,3 +227,20 @@ def test_prune_through_a_flipping_parent_never_removes_outside(
 
         _race(scene, SHORT_SECONDS, step, monkeypatch)
         scene.assert_outside_intact()
+
+
+def test_openat2_refuses_a_symlink_anywhere_and_dotdot_above_the_start(tmp_path: Path) -> None:
+    (tmp_path / "real/sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    start = os.open(tmp_path, fs_walk.DIR_FLAGS)
+    try:
+        fd = fs_walk.OPENAT2(start, "real/sub", fs_walk.DIR_FLAGS)
+        if fd is None:
+            pytest.skip("openat2 is not available here (kernel or seccomp): the walk is used")
+        os.close(fd)
+        for rel, code in (("link/sub", errno.ELOOP), ("link", errno.ELOOP), ("..", errno.EXDEV)):
+            with pytest.raises(OSError) as info:
+                fs_walk.OPENAT2(start, rel, fs_walk.DIR_FLAGS)
+            assert info.value.errno == code, rel
+    finally:
+        os.close(start)

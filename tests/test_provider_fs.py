@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from setpoint.model import Action, Change, Location, ProviderError, Resource
+from setpoint.providers import fs_walk
 from setpoint.providers.base import Target
 from setpoint.providers.fs import FilesystemProvider, FsState
 from setpoint.providers.fs_common import DIFF_INPUT_LIMIT, DIFF_OUTPUT_LIMIT, os_error
@@ -41,6 +42,15 @@ def dir_res(path: str, name: str = "d", **kw: object) -> Resource:
 def link_res(path: str, to: str, name: str = "l", **kw: object) -> Resource:
     spec = SymlinkSpec(path=path, target=to, **kw)
     return Resource("Symlink", name, spec=spec, location=LOC)
+
+
+@pytest.fixture(autouse=True, params=["openat2", "walk"])
+def walk_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with both ways of reaching a path: openat2 (where the kernel has
+    it) and the component-by-component walk that replaces it under seccomp or old kernels."""
+    if request.param == "walk":
+        monkeypatch.setattr(fs_walk.OPENAT2, "enabled", False)
+    return str(request.param)
 
 
 @pytest.fixture

@@ -3,7 +3,10 @@
 Registered for those kinds by :func:`setpoint.providers.registry.default_registry`; the
 engine calls it only through the :class:`~setpoint.providers.base.Provider` protocol.
 Reading lives in :mod:`~setpoint.providers.fs_read`, deciding in
-:mod:`~setpoint.providers.fs_plan`, writing in :mod:`~setpoint.providers.fs_apply`.
+:mod:`~setpoint.providers.fs_plan`, writing in :mod:`~setpoint.providers.fs_apply`;
+all of them reach a path through :mod:`~setpoint.providers.fs_walk` (directory
+descriptors opened from the root; a symlink in the chain is refused unless a Symlink
+resource declares it), never through a path string the kernel would resolve.
 
 Example::
 

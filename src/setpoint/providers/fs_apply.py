@@ -9,6 +9,14 @@ state or the new one, never half of either (and the temporary is unlinked on any
 Directory fsyncs are batched: every directory whose entries changed is added to
 ``Target.touched_dirs`` and the engine calls ``Target.fsync_touched()`` once per pass.
 Attribute-only changes are made in place, so an unchanged file keeps its mtime and inode.
+
+Every operation is relative to a descriptor of the parent directory that
+:mod:`setpoint.providers.fs_walk` opened afresh, without following a symlink (missing
+parents are made by that walk, mode 0755): ``openat``/``mkdirat``/``renameat``/
+``unlinkat``/``symlinkat``, ``fchown``/``fchmod`` on ``O_NOFOLLOW`` descriptors, and
+``shutil.rmtree(dir_fd=...)`` (descriptor-based: never follows a symlink inside). A
+directory swapped for a symlink mid-apply is therefore never written through.
+Replacing a non-empty directory needs ``force: true`` on the File or Symlink.
 """
 
 from __future__ import annotations

@@ -195,6 +195,7 @@ def _walk(target: Target, root_fd: int, dirpath: str, path: str, create: bool) -
     names = [""]  # the declared-style path of each
     todo = dirpath.split("/")[::-1]
     hops = made = 0
+    via = ""  # the last declared symlink followed, for messages
     try:
         while todo:
             name = todo.pop()
@@ -203,8 +204,8 @@ def _walk(target: Target, root_fd: int, dirpath: str, path: str, create: bool) -
             if name == "..":
                 if len(stack) == 1:
                     raise ProviderError(
-                        f"refusing to reach {path}: a Symlink declared on its way leads "
-                        "outside the target root",
+                        f"refusing to reach {path}: the Symlink {via} declared on its way "
+                        "leads outside the target root",
                         transient=False,
                     )
                 os.close(stack.pop())
@@ -230,6 +231,7 @@ def _walk(target: Target, root_fd: int, dirpath: str, path: str, create: bool) -
                     if text is None:
                         todo.append(name)
                     else:
+                        via = here
                         if text.startswith("/"):  # declared absolute: from the root
                             while len(stack) > 1:
                                 os.close(stack.pop())
