@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -175,6 +176,9 @@ def test_converges_and_is_idempotent(kind: str, spec_name: str, state: str, root
     provider = default_registry().providers(target)[kind]
     res = SPECS[kind][spec_name]()
     assert res.kind == kind
+    if state == "dir-with-entries" and kind != "Directory":
+        # Replacing a non-empty directory needs force: true (test_provider_fs checks the refusal).
+        res = replace(res, spec=res.spec.model_copy(update={"force": True}))
     declared_path = provider.claims(res)[0]
     target.declared = {declared_path}
     host = Path(target.host_path(declared_path))

@@ -6,17 +6,20 @@ import errno
 import hashlib
 import os
 import pwd
+import re
 import stat
 from pathlib import Path
 
 import pytest
 
-from setpoint.model import Action, Change, ConfinementError, Location, ProviderError, Resource
+from setpoint.model import Action, Change, Location, ProviderError, Resource
+from setpoint.providers import fs_walk
 from setpoint.providers.base import Target
 from setpoint.providers.fs import FilesystemProvider, FsState
 from setpoint.providers.fs_common import DIFF_INPUT_LIMIT, DIFF_OUTPUT_LIMIT, os_error
 from setpoint.providers.fs_plan import link_text
 from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.fs_walk import SymlinkInPath
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="chown to another uid needs root")
@@ -36,8 +39,18 @@ def dir_res(path: str, name: str = "d", **kw: object) -> Resource:
     return Resource("Directory", name, spec=spec, location=LOC, digest="x")
 
 
-def link_res(path: str, to: str, name: str = "l") -> Resource:
-    return Resource("Symlink", name, spec=SymlinkSpec(path=path, target=to), location=LOC)
+def link_res(path: str, to: str, name: str = "l", **kw: object) -> Resource:
+    spec = SymlinkSpec(path=path, target=to, **kw)
+    return Resource("Symlink", name, spec=spec, location=LOC)
+
+
+@pytest.fixture(autouse=True, params=["openat2", "walk"])
+def walk_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with both ways of reaching a path: openat2 (where the kernel has
+    it) and the component-by-component walk that replaces it under seccomp or old kernels."""
+    if request.param == "walk":
+        monkeypatch.setattr(fs_walk.OPENAT2, "enabled", False)
+    return str(request.param)
 
 
 @pytest.fixture
@@ -252,15 +265,61 @@ def test_unknown_group_is_a_permanent_error(prov: FilesystemProvider) -> None:
     assert not info.value.transient and "no group named" in str(info.value)
 
 
-def test_directory_in_place_of_file_is_replaced(prov: FilesystemProvider, root: Path) -> None:
+def test_directory_in_place_of_file_is_replaced_with_force(
+    prov: FilesystemProvider, root: Path
+) -> None:
     (root / "etc/motd/sub").mkdir(parents=True)
     (root / "etc/motd/sub/x").write_text("x")
-    res = file_res("/etc/motd", b"m\n")
+    res = file_res("/etc/motd", b"m\n", force=True)
     change = plan(prov, res)
     assert change.action is Action.REPLACE
     assert fields(change)["type"] == ("directory", "regular file")
+    assert change.reason == (
+        "a directory holding 1 entry is where a regular file is declared; force: removes it"
+    )
     converge(prov, res)
     assert (root / "etc/motd").read_bytes() == b"m\n"
+
+
+@pytest.mark.parametrize("kind", ["File", "Symlink"])
+def test_non_empty_directory_is_not_replaced_without_force(
+    prov: FilesystemProvider, root: Path, kind: str
+) -> None:
+    data = root / "srv/data"
+    (data / "sub").mkdir(parents=True)
+    for i in range(11):
+        (data / f"f{i}").write_text("precious")
+    res = file_res("/srv/data", b"x") if kind == "File" else link_res("/srv/data", "/elsewhere")
+    change = plan(prov, res)
+    assert change.action is Action.REPLACE
+    assert change.reason == (
+        f"a directory holding 12 entries is where a "
+        f"{'regular file' if kind == 'File' else 'symlink'} is declared; apply will refuse "
+        "(a non-empty directory is replaced only with force: true)"
+    )
+    with pytest.raises(ProviderError) as info:
+        prov.apply(res, change)
+    assert str(info.value) == (
+        "/srv/data is a directory holding 12 entries; setpoint replaces a non-empty "
+        f"directory only with force: true on {res.id}"
+    )
+    assert not info.value.transient
+    assert sorted(p.name for p in data.iterdir()) == sorted(["sub", *(f"f{i}" for i in range(11))])
+    assert temps(root) == []
+
+
+@pytest.mark.parametrize("kind", ["File", "Symlink"])
+def test_empty_directory_is_replaced_without_force(
+    prov: FilesystemProvider, root: Path, kind: str
+) -> None:
+    (root / "srv/empty").mkdir(parents=True)
+    res = file_res("/srv/empty", b"x") if kind == "File" else link_res("/srv/empty", "rel")
+    change = converge(prov, res)
+    assert change.action is Action.REPLACE
+    assert change.reason == (
+        f"a directory is where a {'regular file' if kind == 'File' else 'symlink'} is declared"
+    )
+    assert not (root / "srv/empty").is_dir()
 
 
 def test_symlink_in_place_of_file_is_replaced_not_followed(
@@ -333,20 +392,80 @@ def test_parent_symlink_escape_is_refused(
     outside.mkdir()
     (root / "etc").symlink_to(outside)
     res = file_res("/etc/passwd", b"evil")
-    with pytest.raises(ConfinementError, match="outside the target root"):
+    with pytest.raises(SymlinkInPath, match="outside the target root") as info:
         prov.read(res)
-    with pytest.raises(ConfinementError):
+    msg = f"refusing to reach /etc/passwd: /etc is a symlink to {outside}, outside the target"
+    assert str(info.value).startswith(msg)
+    assert info.value.transient  # an operator removes it; then the resource converges
+    with pytest.raises(SymlinkInPath, match="/etc is a symlink"):
         prov.apply(res, Change(res.id, Action.CREATE, "/etc/passwd"))
-    with pytest.raises(ConfinementError):
+    with pytest.raises(SymlinkInPath, match="/etc is a symlink"):
         prov.delete("File", "/etc/passwd")
     assert list(outside.iterdir()) == []
 
 
-def test_parent_symlink_inside_root_is_fine(prov: FilesystemProvider, root: Path) -> None:
+def test_undeclared_parent_symlink_inside_root_is_refused(
+    prov: FilesystemProvider, root: Path
+) -> None:
     (root / "real").mkdir()
+    (root / "real/motd").write_text("ok")
     (root / "etc").symlink_to(root / "real")
-    converge(prov, file_res("/etc/motd", b"ok"))
-    assert (root / "real/motd").read_bytes() == b"ok"
+    res = file_res("/etc/motd", b"ok")
+    msg = (
+        f"refusing to reach /etc/motd: /etc is a symlink to {root}/real that no Symlink "
+        "resource declares"
+    )
+    with pytest.raises(SymlinkInPath, match=re.escape(msg)):
+        prov.read(res)  # never read through it either (no diff of what it points to)
+    with pytest.raises(SymlinkInPath, match=re.escape(msg)):
+        prov.apply(res, Change(res.id, Action.UPDATE, "/etc/motd"))
+    assert (root / "real/motd").read_text() == "ok"
+
+
+def test_declared_parent_symlink_is_followed_inside_the_root(
+    prov: FilesystemProvider, target: Target, root: Path
+) -> None:
+    """A Symlink resource of the pass may be on the way, as declared and inside the root."""
+    link = link_res("/srv/app/current", "releases/2")
+    conf = file_res("/srv/app/current/app.conf", b"ok")
+    absolute = file_res("/srv/abs/x.conf", b"abs", name="g")
+    abs_link = link_res("/srv/abs", "/srv/app/releases/2", name="m")
+    target.declared = {"/srv/app/current", "/srv/app/current/app.conf", "/srv/abs"}
+    target.declared |= {"/srv/abs/x.conf"}
+    (root / "srv/app/releases/2").mkdir(parents=True)
+    converge(prov, link)
+    converge(prov, conf)
+    assert (root / "srv/app/releases/2/app.conf").read_bytes() == b"ok"
+    converge(prov, abs_link)
+    converge(prov, absolute)
+    assert (root / "srv/app/releases/2/x.conf").read_bytes() == b"abs"
+    # Not as declared (someone re-pointed it): refused until the Symlink is reverted.
+    os.unlink(root / "srv/app/current")
+    os.symlink("releases/1", root / "srv/app/current")
+    with pytest.raises(SymlinkInPath, match="not to 'releases/2' as its Symlink resource"):
+        prov.read(conf)
+    converge(prov, link)
+    assert plan(prov, conf).is_noop
+    # No longer declared (the next pass): refused like any other symlink.
+    target.declared.discard("/srv/app/current")
+    target.forget_parents()
+    with pytest.raises(SymlinkInPath, match="that no Symlink resource declares"):
+        prov.read(conf)
+
+
+def test_declared_parent_symlink_leading_outside_is_refused(
+    prov: FilesystemProvider, target: Target, root: Path, tmp_path: Path
+) -> None:
+    rel = os.path.relpath(tmp_path / "outside", root / "etc")  # ../../outside
+    (tmp_path / "outside").mkdir()
+    link = link_res("/etc/out", rel)
+    res = file_res("/etc/out/f", b"x")
+    target.declared = {"/etc/out", "/etc/out/f"}
+    converge(prov, link)
+    with pytest.raises(ProviderError, match="leads outside the target root") as info:
+        prov.apply(res, plan(prov, res))
+    assert not info.value.transient
+    assert list((tmp_path / "outside").iterdir()) == []
 
 
 @pytest.mark.skipif(IS_ROOT, reason="root bypasses permission checks")
@@ -526,7 +645,7 @@ def test_symlink_replaces_other_types(prov: FilesystemProvider, root: Path, what
     else:
         (root / "cur/sub").mkdir(parents=True)
         (root / "cur/sub/f").write_text("x")
-    res = link_res("/cur", "rel")
+    res = link_res("/cur", "rel", force=what == "dir")
     assert plan(prov, res).action is Action.REPLACE
     converge(prov, res)
     assert os.readlink(root / "cur") == "rel"

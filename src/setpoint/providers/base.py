@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel
 
-from setpoint.model.errors import ConfinementError, ProviderError, SetpointError
+from setpoint.model.errors import ProviderError, SetpointError
 from setpoint.model.plan import Change
 from setpoint.model.resource import Resource
 
@@ -37,13 +37,19 @@ class Target:
     ``declared`` holds every path any resource declares in this pass (all
     stacks), so that ``Directory.purge`` knows what to keep. ``touched_dirs``
     collects the directories whose entries changed, for one batched fsync.
+    ``links`` maps the path of each declared Symlink to its declared target (kept by
+    the file-system provider): only those symlinks may be followed on the way to a
+    managed path, and only while the path is still declared. ``dir_fds`` caches the
+    directory descriptors the file-system provider opened for reading in this pass
+    (see :mod:`setpoint.providers.fs_walk`).
     """
 
     root: Path
     state_dir: Path | None = None  # the agent's own data (release store, service logs, ...)
     declared: set[str] = field(default_factory=set)
     touched_dirs: set[str] = field(default_factory=set)
-    _safe_parents: dict[str, bool] = field(default_factory=dict, repr=False)
+    links: dict[str, str] = field(default_factory=dict)
+    dir_fds: dict[str, int] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(os.path.realpath(self.root))
@@ -54,30 +60,22 @@ class Target:
             return path
         return str(self.root) + path
 
-    def check_parents(self, path: str) -> None:
-        """Refuse a path whose existing parent chain leads outside the root via a symlink."""
-        parent = os.path.dirname(path)
-        cached = self._safe_parents.get(parent)
-        if cached is True:
-            return
-        host_parent = self.host_path(parent) if parent != "/" else str(self.root)
-        real = os.path.realpath(host_parent)
-        root = str(self.root)
-        ok = real == root or real.startswith(root.rstrip("/") + "/")
-        if not ok:
-            raise ConfinementError(
-                f"{path}: a symlink in its parent chain leads to {real}, outside the target "
-                f"root {root}; refusing to write through it (remove the symlink or declare "
-                "the real path)"
-            )
-        self._safe_parents[parent] = True
-
     def forget_parents(self) -> None:
-        """Drop the parent-chain cache (call at the start of each pass)."""
-        self._safe_parents.clear()
+        """Start of a pass: close the directory descriptors cached by the last one."""
+        self.close_dirs()
+
+    def close_dirs(self) -> None:
+        """Close the cached directory descriptors (they pin directories and mounts)."""
+        fds = self.dir_fds
+        while fds:
+            os.close(fds.popitem()[1])
 
     def fsync_touched(self) -> None:
-        """fsync every directory whose entries changed, once each (batched per pass)."""
+        """fsync every directory whose entries changed, once each (batched per pass).
+
+        The end of a pass: the cached directory descriptors are closed too.
+        """
+        self.close_dirs()
         for d in sorted(self.touched_dirs):
             try:
                 fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)

@@ -3,7 +3,10 @@
 Registered for those kinds by :func:`setpoint.providers.registry.default_registry`; the
 engine calls it only through the :class:`~setpoint.providers.base.Provider` protocol.
 Reading lives in :mod:`~setpoint.providers.fs_read`, deciding in
-:mod:`~setpoint.providers.fs_plan`, writing in :mod:`~setpoint.providers.fs_apply`.
+:mod:`~setpoint.providers.fs_plan`, writing in :mod:`~setpoint.providers.fs_apply`;
+all of them reach a path through :mod:`~setpoint.providers.fs_walk` (directory
+descriptors opened from the root; a symlink in the chain is refused unless a Symlink
+resource declares it), never through a path string the kernel would resolve.
 
 Example::
 
@@ -28,6 +31,7 @@ from setpoint.providers.fs_common import FsState, IdCache, desired_bytes, fs_spe
 from setpoint.providers.fs_plan import plan_directory, plan_file, plan_symlink
 from setpoint.providers.fs_read import declared_ancestors, lstat_or_none, observe
 from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.fs_walk import cached_parent
 from setpoint.providers.fs_watch import FsWatch
 
 __all__ = ["FilesystemProvider", "FsState"]
@@ -68,9 +72,19 @@ class FilesystemProvider:
         spec = fs_spec(resource)
         path = spec.path
         target = self.target
-        target.check_parents(path)  # ConfinementError propagates: the engine reports it
-        host = target.host_path(path)
-        st = lstat_or_none(host, path)
+        if isinstance(spec, SymlinkSpec):
+            # Declared: resources below it may be reached through it (see fs_walk).
+            target.links[path] = spec.target
+        # Walked from the root without following an undeclared symlink (SymlinkInPath
+        # propagates: the engine reports it); the descriptor is cached for the pass.
+        try:
+            dir_fd = cached_parent(target, path)
+        except OSError as err:
+            raise os_error("inspect", path, err) from err
+        if dir_fd is None:
+            return None  # a parent is missing (or not a directory): apply says why
+        name = path.rpartition("/")[2]
+        st = lstat_or_none(dir_fd, name, path)
         if st is None:
             return None
         want_size = None
@@ -87,7 +101,9 @@ class FilesystemProvider:
                     transient=False,
                 )
             purge = (target.declared, self._declared_ancestors())
-        return Observed(resource.id, observe(st, host, path, want_size, purge))
+        count = not isinstance(spec, DirectorySpec)  # a directory it would replace
+        state = observe(st, (dir_fd, name), path, want_size, purge, count)
+        return Observed(resource.id, state)
 
     def plan(self, resource: Resource, observed: Observed | None) -> Change:
         spec = fs_spec(resource)
@@ -110,7 +126,6 @@ class FilesystemProvider:
         if change.action is Action.DELETE:
             self.delete(resource.kind, spec.path)
             return
-        self.target.check_parents(spec.path)
         try:
             if isinstance(spec, FileSpec):
                 fs_apply.apply_file(self.target, self.ids, resource, spec, change)
@@ -123,6 +138,8 @@ class FilesystemProvider:
 
     def delete(self, kind: str, path: str) -> str:
         """Prune: unlink a File/Symlink; rmdir a Directory only when empty."""
+        if kind == "Symlink":
+            self.target.links.pop(path, None)  # no longer declared: never followed again
         return fs_apply.delete(self.target, kind, path)
 
     def watch(self, resources: Sequence[Resource], notify: WatchCallback) -> Watcher:

@@ -37,7 +37,8 @@ class FsState:
     ``content`` holds a regular file's bytes when a File was compared (sizes equal, or
     small enough for a diff); otherwise ``sha256`` holds the digest of a large file.
     ``link`` is the raw ``readlink`` text; ``strays`` the entries of a purging Directory
-    that nothing declares, as declared-style absolute paths.
+    that nothing declares, as declared-style absolute paths; ``entries`` the number of
+    entries of a directory standing where a File or Symlink is declared.
     """
 
     type: str
@@ -49,6 +50,7 @@ class FsState:
     sha256: str | None = None
     link: str | None = None
     strays: tuple[str, ...] = ()
+    entries: int | None = None
 
 
 FsSpec = FileSpec | DirectorySpec | SymlinkSpec

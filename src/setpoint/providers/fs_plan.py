@@ -62,7 +62,7 @@ def _plan_file(resource: Resource, spec: FileSpec, obs: FsState | None, ids: IdC
         diff = _diff(b"", want, path) if len(want) <= DIFF_INPUT_LIMIT and _is_text(want) else None
         return Change(rid, Action.CREATE, path, tuple(fields), diff, "absent")
     if obs.type != FILE:
-        return _replace(rid, path, obs, FILE)
+        return _replace(rid, path, obs, FILE, spec.force)
     fields = []
     diff = None
     # Size first: equal sizes mean the bytes were read and are compared here.
@@ -104,7 +104,7 @@ def plan_symlink(resource: Resource, spec: SymlinkSpec, obs: FsState | None, roo
         fields = (FieldChange("target", None, spec.target),)
         return Change(rid, Action.CREATE, path, fields, reason="absent")
     if obs.type != LINK:
-        return _replace(rid, path, obs, LINK)
+        return _replace(rid, path, obs, LINK, spec.force)
     if obs.link == link_text(spec.target, root):
         return Change(rid, Action.NOOP, path, reason="in sync")
     old = obs.link or ""
@@ -120,15 +120,21 @@ def link_text(target: str, root: str) -> str:
     return target
 
 
-def _replace(rid: str, path: str, obs: FsState, want: str) -> Change:
+def _replace(rid: str, path: str, obs: FsState, want: str, force: bool = False) -> Change:
     old, new = TYPE_WORDS[obs.type], TYPE_WORDS[want]
-    return Change(
-        rid,
-        Action.REPLACE,
-        path,
-        (FieldChange("type", old, new),),
-        reason=f"a {old} is where a {new} is declared",
-    )
+    reason = f"a {old} is where a {new} is declared"
+    n = obs.entries
+    if obs.type == DIR and n:
+        # Shown in the plan so that a dry run already says what apply will do.
+        held = f"holding {n} entr{'y' if n == 1 else 'ies'}"
+        if force:
+            reason = f"a {old} {held} is where a {new} is declared; force: removes it"
+        else:
+            reason = (
+                f"a {old} {held} is where a {new} is declared; apply will refuse "
+                "(a non-empty directory is replaced only with force: true)"
+            )
+    return Change(rid, Action.REPLACE, path, (FieldChange("type", old, new),), reason=reason)
 
 
 def _update_or_noop(rid: str, path: str, fields: list[FieldChange], diff: str | None) -> Change:

@@ -2,8 +2,11 @@
 
 Called by :meth:`setpoint.providers.fs.FilesystemProvider.read`; the :class:`FsState`
 it builds is compared with the declaration by :mod:`setpoint.providers.fs_plan`.
-The leaf is never followed (``lstat``, ``O_NOFOLLOW``); file bytes are read only when
-the sizes match (to compare) or when a diff will be shown.
+Everything is read relative to the descriptor of the path's parent directory that
+:func:`setpoint.providers.fs_walk.cached_parent` opened without following a symlink, so
+a planted symlink can never make the agent read another file (``/etc/shadow``) into a
+diff. The leaf is never followed (``lstat``, ``O_NOFOLLOW``); file bytes are read only
+when the sizes match (to compare) or when a diff will be shown.
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from setpoint.providers.fs_common import (
 
 # O_NONBLOCK: a FIFO swapped in after the lstat must not hang the pass.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_LIST_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 
 
-def lstat_or_none(host: str, path: str) -> os.stat_result | None:
-    """lstat ``host``; None when nothing is there (or a parent is not a directory)."""
+def lstat_or_none(dir_fd: int, name: str, path: str) -> os.stat_result | None:
+    """lstat ``name`` in ``dir_fd``; None when nothing is there (or it vanished)."""
     try:
-        return os.lstat(host)
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except (FileNotFoundError, NotADirectoryError):
         # ENOTDIR: a parent is a file, so the path is absent; apply will say why it
         # cannot create it.
@@ -44,42 +48,54 @@ def lstat_or_none(host: str, path: str) -> os.stat_result | None:
 
 def observe(
     st: os.stat_result,
-    host: str,
+    at: tuple[int, str],
     path: str,
     want_size: int | None,
     purge: tuple[Set[str], Set[str]] | None,
+    count: bool = False,
 ) -> FsState:
-    """Build the FsState of what ``st`` describes.
+    """Build the FsState of what ``st`` describes; ``at`` is (parent descriptor, name).
 
     ``want_size`` is the declared File's size (None for other kinds: no bytes are read);
-    ``purge`` is (declared paths, their ancestors) for a purging Directory.
+    ``purge`` is (declared paths, their ancestors) for a purging Directory; ``count``
+    asks for the number of entries of a directory that a File or Symlink would replace.
     """
+    dir_fd, name = at
     mode = st.st_mode
     if stat.S_ISREG(mode):
         content = digest = None
         if want_size is not None:
             size = st.st_size
             if size == want_size or size <= DIFF_INPUT_LIMIT:
-                content = read_bytes(host, path, size)
+                content = read_bytes(dir_fd, name, path, size)
             else:
-                digest = sha256_file(host, path)
+                digest = sha256_file(dir_fd, name, path)
         return FsState(FILE, stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_size, content, digest)
     if stat.S_ISDIR(mode):
-        strays = dir_strays(host, path, *purge) if purge is not None else ()
-        return FsState(DIR, stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_size, strays=strays)
+        strays = dir_strays(dir_fd, name, path, *purge) if purge is not None else ()
+        entries = len(list_dir(dir_fd, name, path)) if count else None
+        return FsState(
+            DIR,
+            stat.S_IMODE(mode),
+            st.st_uid,
+            st.st_gid,
+            st.st_size,
+            strays=strays,
+            entries=entries,
+        )
     if stat.S_ISLNK(mode):
         try:
-            link = os.readlink(host)
+            link = os.readlink(name, dir_fd=dir_fd)
         except OSError as err:
             raise os_error("read the symlink", path, err) from err
         return FsState(LINK, stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_size, link=link)
     return FsState(OTHER, stat.S_IMODE(mode), st.st_uid, st.st_gid, st.st_size)
 
 
-def read_bytes(host: str, path: str, size: int) -> bytes:
+def read_bytes(dir_fd: int, name: str, path: str, size: int) -> bytes:
     """All bytes of a regular file, without following a symlink at the leaf."""
     try:
-        fd = os.open(host, _READ_FLAGS)
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError as err:
         raise _read_error(path, err) from err
     try:
@@ -99,11 +115,11 @@ def read_bytes(host: str, path: str, size: int) -> bytes:
         os.close(fd)
 
 
-def sha256_file(host: str, path: str) -> str:
+def sha256_file(dir_fd: int, name: str, path: str) -> str:
     """SHA-256 of a large file, streamed (its bytes are not kept)."""
     h = hashlib.sha256()
     try:
-        fd = os.open(host, _READ_FLAGS)
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
     except OSError as err:
         raise _read_error(path, err) from err
     try:
@@ -122,18 +138,29 @@ def _read_error(path: str, err: OSError) -> ProviderError:
     return os_error("read", path, err)
 
 
-def dir_strays(host: str, path: str, declared: Set[str], ancestors: Set[str]) -> tuple[str, ...]:
+def dir_strays(
+    dir_fd: int, name: str, path: str, declared: Set[str], ancestors: Set[str]
+) -> tuple[str, ...]:
     """Entries of a purging directory that no resource declares (nor holds a declared path)."""
-    try:
-        names = os.listdir(host)
-    except OSError as err:
-        raise os_error("list", path, err) from err
+    names = list_dir(dir_fd, name, path)
     prefix = path + "/"
     return tuple(
         sorted(
             p for p in (prefix + name for name in names) if p not in declared and p not in ancestors
         )
     )
+
+
+def list_dir(dir_fd: int, name: str, path: str) -> list[str]:
+    """The entry names of directory ``name`` in ``dir_fd`` (a symlink there is refused)."""
+    try:
+        fd = os.open(name, _LIST_FLAGS, dir_fd=dir_fd)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise os_error("list", path, err) from err
 
 
 def declared_ancestors(declared: Set[str]) -> frozenset[str]:

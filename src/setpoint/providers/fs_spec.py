@@ -29,6 +29,9 @@ class FileSpec(_Common):
     group: Owner | None = None
     # A secret: its content (diffs, digests) is never shown in plans, the journal or logs.
     sensitive: bool = False
+    # Replace a non-empty directory standing at ``path`` (Puppet's force): off by default,
+    # so that a typo in a path cannot wipe a data directory. An empty one always goes.
+    force: bool = False
 
     @field_validator("content", "source", mode="before")
     @classmethod
@@ -59,6 +62,7 @@ class SymlinkSpec(_Common):
     """A symbolic link. An absolute ``target`` is placed under the target root, like ``path``."""
 
     target: str
+    force: bool = False  # as File.force: replace a non-empty directory at ``path``
 
     @field_validator("target", mode="before")
     @classmethod
