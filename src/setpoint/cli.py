@@ -119,6 +119,20 @@ def validate(directory: Annotated[Path, typer.Argument(help="Directory of manife
     typer.echo(f"{len(resources)} resource(s) valid")
 
 
+@app.command(epilog="Example: setpoint render envs/prod --labels role=web,env=prod")
+def render(
+    directory: Annotated[Path, typer.Argument(help="Stack directory (an overlay or manifests).")],
+    labels: Annotated[
+        str, typer.Option("--labels", help="The host's labels: KEY=VALUE,KEY=VALUE.")
+    ] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the resources a host with these labels gets (overlays, patches, templates applied)."""
+    from setpoint.cli_render import run_render
+
+    run_render(directory, labels, as_json)
+
+
 def _joined(directory: Path, e: ManifestError) -> str:
     return f"{directory / e.file}:{e.line}: {e.message}"
 

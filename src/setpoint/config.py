@@ -126,6 +126,8 @@ class AgentConfig(_Model):
     listen: str = Field(default=DEFAULT_LISTEN, pattern=LISTEN_RE)
     # The shared secret for POST /hooks/git; without it every webhook call is refused.
     webhook_secret_file: Path | None = Field(default=None, alias="webhookSecretFile")
+    # This host's labels: overlay entry selectors, patch targets and templates see them.
+    labels: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("root", "state", mode="after")
     @classmethod

@@ -22,7 +22,7 @@ from setpoint.engine.reconciler import Reconciler
 from setpoint.model.errors import SetpointError, SourceError
 from setpoint.providers.base import Registry, Target
 from setpoint.providers.registry import default_registry
-from setpoint.render import Limits, RenderCache
+from setpoint.render import Host, Limits, RenderCache
 from setpoint.source import GitSource
 from setpoint.source.verify import (
     HistoryRewrittenError,
@@ -57,6 +57,7 @@ class Controller:
         self.reconciler = Reconciler(
             self.db, registry or default_registry(), self.target, cache=cache
         )
+        self.reconciler.desired.set_host(Host(labels=config.labels))
         # 0700: the state dir may be 0711 (services running as other users reach their
         # releases through it), and the list of sources is nobody else's business.
         caches = Path(config.state) / "sources"
