@@ -341,17 +341,20 @@ class _Run:
             rel = relative(self.tree_real, e.template_real)
             self.inputs.add(rel)
             text = self._template_text(e.template_real, rel, d.id)
-            where = (rel, 1, 1)  # errors at the line inside the template file
+            origin = f"{rel}:1"
         else:
             text = str(getattr(d.spec, "template", ""))
-            where = _inline_origin(e, text)
+            origin = f"{d.location} (inline)"
         try:
             out = self.templates.render(text, context)
         except TemplateFailure as exc:
-            file, first, key_line = where
+            # Where the template starts is looked up only now: it costs a re-parse.
+            file, first, key_line = (
+                (rel, 1, 1) if e.template_real is not None else _inline_origin(e, text)
+            )
             line = first + exc.line - 1 if exc.line else key_line
             raise ManifestError(file, line, f"{d.id}: {exc.message}") from None
-        return out.data, out.reads_secrets, f"{where[0]}:{where[2]}"
+        return out.data, out.reads_secrets, origin
 
     def _template_text(self, real: str, rel: str, rid: str) -> str:
         hit = self._texts.get(real)
