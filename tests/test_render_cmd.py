@@ -21,7 +21,8 @@ def fleet_repo(git_repo) -> None:
         "base/files.yaml": manifest("File", "motd", path="/etc/motd", content="base\n"),
         "base/conf.yaml": manifest("File", "conf", path="/etc/app.conf",
                                    templateSource="app.conf.j2"),
-        "base/app.conf.j2": "role={{ labels.role }}\nport={{ vars.port }}\n  indented\n",
+        "base/app.conf.j2": "role={{ labels.role | default('any') }}\n"
+        "port={{ vars.port }}\n  indented\n",
         "base/bin.yaml": manifest("File", "bin", path="/bin/blob", source="blob.bin"),
         "base/blob.bin": b"\x00\xff\x01",
         "envs/prod/setpoint.yaml": OV + "resources:\n  - ../../base\n"
@@ -84,3 +85,11 @@ def test_render_masks_secret_derived_content(tmp_path: Path):
     text = render_yaml(rendered) + json.dumps(render_json(rendered))
     assert "hunter2" not in text
     assert "(sensitive, 14 bytes)" in text and "content masked: sensitive (from secrets)" in text
+
+
+def test_validate_checks_an_overlay_that_builds_on_a_base_outside_it(git_repo):
+    fleet_repo(git_repo)
+    assert "2 resource(s) valid" in cli("validate", git_repo.path / "envs/prod", check=0).stdout
+    git_repo.write("envs/prod/setpoint.yaml", OV + "resources: [../../base]\nbogus: 1\n")
+    out = cli("validate", git_repo.path / "envs/prod", check=1)
+    assert f"{git_repo.path}/envs/prod/setpoint.yaml:4: Overlay: bogus: unknown field" in out.stdout

@@ -24,7 +24,7 @@ from setpoint.engine.agent import Agent
 from setpoint.engine.controller import Controller
 from setpoint.engine.desired import order_stack
 from setpoint.engine.outcome import PassResult
-from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
+from setpoint.model.errors import ManifestErrors, SetpointError
 from setpoint.providers.base import Target
 from setpoint.providers.registry import default_registry
 from setpoint.render import load_stack
@@ -108,12 +108,15 @@ def validate(directory: Annotated[Path, typer.Argument(help="Directory of manife
     registry = default_registry()
     if not directory.is_dir():
         raise _fail(SetpointError(f"{directory} is not a directory"))
+    from setpoint.cli_render import repo_and_path, shown_path
+
+    tree, subdir = repo_and_path(directory)  # an overlay may build on ../base
     try:
-        resources = load_stack(directory, ".", registry)
+        resources = load_stack(tree, subdir, registry)
         order_stack("", resources, registry.providers(Target(Path("/"))))
     except ManifestErrors as exc:
         for e in exc.errors:
-            typer.echo(f"{_joined(directory, e)}", err=False)
+            typer.echo(f"{shown_path(directory, tree, subdir, e.file)}:{e.line}: {e.message}")
         typer.echo(f"{len(exc.errors)} error(s)", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{len(resources)} resource(s) valid")
@@ -131,10 +134,6 @@ def render(
     from setpoint.cli_render import run_render
 
     run_render(directory, labels, as_json)
-
-
-def _joined(directory: Path, e: ManifestError) -> str:
-    return f"{directory / e.file}:{e.line}: {e.message}"
 
 
 def _one_pass(

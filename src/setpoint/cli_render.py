@@ -34,12 +34,24 @@ _CONTENT_FIELDS = ("content", "source", "template", "templateSource")
 
 
 def repo_and_path(directory: Path) -> tuple[Path, str]:
-    """(repository root, DIR relative to it): the nearest parent holding ``.git``."""
+    """(repository root, DIR relative to it): the nearest parent holding ``.git``.
+
+    Outside a repository: ``(directory, ".")``, unchanged.
+    """
     here = directory.resolve()
     for candidate in (here, *here.parents):
         if (candidate / ".git").exists():
             return candidate, here.relative_to(candidate).as_posix() or "."
-    return here, "."
+    return directory, "."
+
+
+def shown_path(directory: Path, tree: Path, subdir: str, file: str) -> Path:
+    """A repository path as the operator spelled DIR (``tree/file`` if outside DIR)."""
+    if subdir == ".":
+        return directory / file
+    if file == subdir or file.startswith(subdir + "/"):
+        return directory / file[len(subdir) + 1 :]
+    return tree / file
 
 
 def run_render(directory: Path, labels_text: str, as_json: bool) -> None:
@@ -57,7 +69,7 @@ def run_render(directory: Path, labels_text: str, as_json: bool) -> None:
         rendered = render_stack(tree, subdir, default_registry(), host=Host(labels))
     except ManifestErrors as exc:
         for e in exc.errors:
-            typer.echo(f"{tree / e.file}:{e.line}: {e.message}")
+            typer.echo(f"{shown_path(directory, tree, subdir, e.file)}:{e.line}: {e.message}")
         typer.echo(f"{len(exc.errors)} error(s)", err=True)
         raise typer.Exit(1) from None
     except SetpointError as exc:

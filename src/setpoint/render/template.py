@@ -108,7 +108,8 @@ class Templates:
 
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, UndefinedError):
-        return f"undefined in template: {exc.message}; define it in vars or varFiles"
+        hint = "define it (vars, varFiles) or guard it with | default(...)"
+        return f"undefined in template: {exc.message}; {hint}"
     if isinstance(exc, SecurityError):
         return f"refused by the template sandbox: {exc.message}"
     text = str(exc).strip().splitlines()
