@@ -213,3 +213,19 @@ def test_a_secret_templated_file_never_reaches_plan_journal_or_state(git_repo, r
     for path in state_dir.rglob("*"):
         if path.is_file() and "sources" not in path.parts:  # the git cache holds ciphertext
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_var_and_secret_files_are_never_manifests_and_bad_paths_are_errors(tmp_path):
+    tree = make_tree(tmp_path)
+    templated(tree, "{{ vars.a }}{{ secrets.s.b }}",
+              "resources: [.]\nvarFiles: [v.yaml]\nsecretFiles: {s: s.enc.yaml}\n")
+    put(tree, "o/v.yaml", "a: 1\n")
+    put(tree, "o/s.enc.yaml", "ENC:" + json.dumps({"b": 2}))
+    assert content(tree) == b"12"
+    templated(tree, "x", "resources: [t.yaml]\nvarFiles:\n  - ../../outside.yaml\n  - gone.yaml\n")
+    with pytest.raises(ManifestErrors) as exc:
+        render(tree)
+    errs = exc.value.errors
+    assert [(e.file, e.line) for e in errs] == [("o/setpoint.yaml", 5), ("o/setpoint.yaml", 6)]
+    assert "leads outside the repository" in errs[0].message
+    assert "cannot read varFiles 'gone.yaml'" in errs[1].message
