@@ -162,7 +162,8 @@ def test_unknown_spec_field_with_suggestion(tree: Path, registry: Registry) -> N
 def test_model_level_error_at_spec_line(tree: Path, registry: Registry) -> None:
     put(tree, "a.yaml", file_doc("a", "/a", "content: x\n  source: y"))
     e = one(tree, registry)
-    assert (e.line, e.message) == (5, "File/a: spec: exactly one of content or source must be set")
+    one_of = "exactly one of content, source, template or templateSource must be set"
+    assert (e.line, e.message) == (5, f"File/a: spec: {one_of}")
 
 
 def test_list_item_error_at_item_line(tree: Path, registry: Registry) -> None:

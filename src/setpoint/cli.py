@@ -26,7 +26,7 @@ from setpoint.engine.controller import Controller
 from setpoint.engine.desired import order_stack
 from setpoint.engine.orphans import ForgetResult, release
 from setpoint.engine.outcome import PassResult
-from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
+from setpoint.model.errors import ManifestErrors, SetpointError
 from setpoint.providers.base import Target
 from setpoint.providers.registry import default_registry
 from setpoint.render import load_stack
@@ -110,19 +110,32 @@ def validate(directory: Annotated[Path, typer.Argument(help="Directory of manife
     registry = default_registry()
     if not directory.is_dir():
         raise _fail(SetpointError(f"{directory} is not a directory"))
+    from setpoint.cli_render import repo_and_path, shown_path
+
+    tree, subdir = repo_and_path(directory)  # an overlay may build on ../base
     try:
-        resources = load_stack(directory, ".", registry)
+        resources = load_stack(tree, subdir, registry)
         order_stack("", resources, registry.providers(Target(Path("/"))))
     except ManifestErrors as exc:
         for e in exc.errors:
-            typer.echo(f"{_joined(directory, e)}", err=False)
+            typer.echo(f"{shown_path(directory, tree, subdir, e.file)}:{e.line}: {e.message}")
         typer.echo(f"{len(exc.errors)} error(s)", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"{len(resources)} resource(s) valid")
 
 
-def _joined(directory: Path, e: ManifestError) -> str:
-    return f"{directory / e.file}:{e.line}: {e.message}"
+@app.command(epilog="Example: setpoint render envs/prod --labels role=web,env=prod")
+def render(
+    directory: Annotated[Path, typer.Argument(help="Stack directory (an overlay or manifests).")],
+    labels: Annotated[
+        str, typer.Option("--labels", help="The host's labels: KEY=VALUE,KEY=VALUE.")
+    ] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the resources a host with these labels gets (overlays, patches, templates applied)."""
+    from setpoint.cli_render import run_render
+
+    run_render(directory, labels, as_json)
 
 
 def _one_pass(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from setpoint.engine.inventory import InventoryView
 from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
 from setpoint.model.resource import Resource
 from setpoint.providers.base import Provider, Registry, Target
-from setpoint.render import RenderCache
+from setpoint.render import Host, RenderCache
 
 TreeIdFor = Callable[[str, str], str | None]
 """(commit sha, stack path) -> the Git tree id of that path at that commit, or None."""
@@ -62,6 +62,15 @@ class DesiredCache:
         self._tree_ids: dict[tuple[str, str], str | None] = {}
         self._conflicts_ok: tuple[Desired, int, str] | None = None
         self.renders = 0  # stacks actually rendered (for tests and benchmarks)
+        self.host = Host()  # this host's labels and secret keys, given to every render
+
+    def set_host(self, host: Host) -> None:
+        """Render for ``host`` from now on (other labels or keys: nothing cached is reused)."""
+        if host.cache_key != self.host.cache_key:
+            self._by_commit.clear()
+            self._by_tree.clear()
+            self._conflicts_ok = None
+        self.host = host
 
     def get(
         self,
@@ -85,12 +94,13 @@ class DesiredCache:
             _put(self._by_commit, key, hit)
         if hit is None:
             self.renders += 1
-            resources = self.cache.get_or_load(sha, tree, stack.path, self.registry)
+            rendered = self.cache.get_or_render(sha, tree, stack.path, self.registry, self.host)
+            resources = list(rendered.resources)
             if self.target is not None:
                 check_purges(resources, self.target)
             hit = order_stack(sha, resources, self.providers)
             _put(self._by_commit, key, hit)
-            if tkey is not None and _self_contained(tree, stack.path, resources):
+            if tkey is not None and _self_contained(tree, stack.path, rendered.inputs):
                 _put(self._by_tree, tkey, hit)
         self._check_conflicts(stack, hit, view)
         return hit
@@ -209,23 +219,20 @@ def _put(cache: dict[tuple[str, str, str], Desired], key: tuple[str, str, str], 
     cache[key] = v
 
 
-def _self_contained(tree: Path, path: str, resources: Sequence[Resource]) -> bool:
+def _self_contained(tree: Path, path: str, inputs: Collection[str]) -> bool:
     """True when the rendered stack depends on nothing outside ``path`` of the tree.
 
-    Then the tree id of ``path`` identifies the rendered stack exactly. Not so if a
-    File's ``source`` lies outside the path, or a symlink inside the path (which
-    may lead elsewhere in the repository).
+    Then the tree id of ``path`` identifies the rendered stack exactly. Not so if
+    the render read a file outside the path (a File's ``source``, an overlay's
+    base, vars, secrets or templates), or a symlink inside the path (which may
+    lead elsewhere in the repository).
     """
     base = posixpath.normpath(path or ".")
     if base == ".":
         return True
     prefix = base + "/"
-    for r in resources:
-        source = getattr(r.spec, "source", None)
-        if isinstance(source, str):
-            where = posixpath.normpath(posixpath.join(posixpath.dirname(r.location.file), source))
-            if not where.startswith(prefix):
-                return False
+    if any(p != base and not p.startswith(prefix) for p in inputs):
+        return False
     for dirpath, dirnames, filenames in os.walk(tree / base):
         for name in (*dirnames, *filenames):
             if os.path.islink(os.path.join(dirpath, name)):

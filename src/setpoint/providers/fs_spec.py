@@ -19,11 +19,15 @@ class _Common(BaseModel):
 
 
 class FileSpec(_Common):
-    """A regular file. Exactly one of ``content`` (inline text) or ``source``
-    (a file in the repository, relative to the manifest) is set."""
+    """A regular file. Exactly one of ``content`` (inline text), ``source`` (a file
+    in the repository, relative to the manifest), ``template`` (inline Jinja2) or
+    ``templateSource`` (a Jinja2 file in the repository, relative to the manifest)
+    is set; templates are rendered per host by :mod:`setpoint.render.template`."""
 
     content: str | None = None
     source: str | None = None
+    template: str | None = None
+    templateSource: str | None = None
     mode: Mode = "0644"
     owner: Owner | None = None
     group: Owner | None = None
@@ -33,7 +37,7 @@ class FileSpec(_Common):
     # so that a typo in a path cannot wipe a data directory. An empty one always goes.
     force: bool = False
 
-    @field_validator("content", "source", mode="before")
+    @field_validator("content", "source", "template", "templateSource", mode="before")
     @classmethod
     def _strings_only(cls, value: Any) -> Any:
         if value is not None and not isinstance(value, str):
@@ -42,10 +46,14 @@ class FileSpec(_Common):
 
     @model_validator(mode="after")
     def _one_of(self) -> FileSpec:
-        if (self.content is None) == (self.source is None):
-            raise ValueError("exactly one of content or source must be set")
-        if self.source is not None and (not self.source or "\0" in self.source):
-            raise ValueError("source must be a non-empty path relative to the manifest")
+        given = (self.content, self.source, self.template, self.templateSource)
+        if sum(v is not None for v in given) != 1:
+            raise ValueError(
+                "exactly one of content, source, template or templateSource must be set"
+            )
+        for name, path in (("source", self.source), ("templateSource", self.templateSource)):
+            if path is not None and (not path or "\0" in path):
+                raise ValueError(f"{name} must be a non-empty path relative to the manifest")
         return self
 
 

@@ -1,34 +1,38 @@
-"""Load a stack's manifests from a revision's tree into validated resources.
+"""The "validate" stage: manifest files → validated declarations, every error at file:line.
 
-Role: :func:`load_stack` is the renderer's entry point, called by the engine
-(through :class:`~setpoint.render.cache.RenderCache`) and by the CLI's
-``validate``/``plan`` commands. It returns resources or raises
-:class:`~setpoint.model.errors.ManifestErrors` holding *every* problem found,
-each at ``file:line``.
+Role: :func:`load_manifests` parses the manifest files the assemble stage picked
+(or a plain directory walk), lets the pipeline edit each raw document (overlay
+patches and labels), validates it, and resolves the repository files it names.
+Called by :mod:`setpoint.render.pipeline` (the engine and the CLI go through
+:func:`setpoint.render.load_stack` / :func:`setpoint.render.render_stack`).
 
-How a stack is read:
+How files are read:
 
-1. Every ``*.yaml`` / ``*.yml`` below ``tree/subdir`` is found in sorted
+1. Every ``*.yaml`` / ``*.yml`` below a plain directory is found in sorted
    order (directories whose name starts with ``.``, such as ``.git`` and
    ``.github``, are skipped; symlinked directories are not followed) and
    parsed; each YAML document is one resource, empty documents are skipped.
    ``Location.line`` is the line of the document's first key (normally
    ``apiVersion:``).
-2. Every ``File`` ``source`` is resolved relative to the directory of its
-   manifest and must stay inside the tree (symlinks included).
-3. Files that some ``File`` uses as its ``source`` are *not* manifests, even
-   when named ``*.yaml``: their resources and their errors are dropped. (Every
-   reference counts, including one from a file that is itself dropped; a
-   ``File`` whose source is its own manifest keeps that manifest.)
-4. Sources are read (binary-safe, size-capped) into ``Resource.blob``; inline
-   ``content`` becomes ``content.encode()``.
-5. Stack checks: duplicate ids, two resources claiming one ``spec.path``, and
-   ``dependsOn`` naming an id the stack does not declare. (Dependency cycles
-   are the engine's to find.)
+2. Documents of kind ``Overlay`` or ``Fleet`` configure setpoint: they are never
+   resources. An Overlay met here is still checked, and the files it names
+   (``varFiles``, ``secretFiles``) are not manifests.
+3. Every ``File`` ``source`` and ``templateSource`` is resolved relative to the
+   directory of its manifest and must stay inside the tree (symlinks included).
+4. Files that some ``File`` uses as its ``source`` or ``templateSource``, or an
+   overlay names as vars or secrets, are *not* manifests, even when named
+   ``*.yaml``: their resources and their errors are dropped. (Every reference
+   counts, including one from a file that is itself dropped; a ``File`` whose
+   source is its own manifest keeps that manifest.)
+5. :func:`blob_of` reads sources (binary-safe, size-capped); inline ``content``
+   becomes ``content.encode()``. Templates are the template stage's.
+6. :func:`stack_checks`: duplicate ids, two resources claiming one
+   ``spec.path``, and ``dependsOn`` naming an id the stack does not declare.
+   (Dependency cycles are the engine's to find.)
 
 Errors about a whole file (unreadable, too big, not UTF-8) are reported at
-line 1 (the offending line when known); a bad ``subdir`` at line 0 (file =
-``subdir``). A missing ``tree`` raises :class:`~setpoint.model.errors.SourceError`
+line 1 (the offending line when known); a bad stack path at line 0 (file =
+the path). A missing ``tree`` raises :class:`~setpoint.model.errors.SourceError`
 (the checkout is gone; nothing is wrong with the manifests). Only the C YAML
 loader is used: without libyaml a plain :class:`SetpointError` is raised.
 """
@@ -38,10 +42,10 @@ from __future__ import annotations
 import gc
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 from yaml.nodes import Node, ScalarNode
 
@@ -54,7 +58,13 @@ from setpoint.render.files import (
     read_regular,
     read_walked,
     relative,
-    walk_manifests,
+)
+from setpoint.render.overlay import (
+    NOT_RESOURCE_KINDS,
+    OVERLAY_KIND,
+    Chain,
+    parse_overlay,
+    referenced_files,
 )
 from setpoint.render.validate import SOURCE_KINDS, Declared, validate_document
 from setpoint.render.yamlnodes import (
@@ -83,15 +93,17 @@ DEFAULT_LIMITS = Limits()
 
 
 @dataclass
-class _Parsed:
+class Parsed:
     """Phase-1 result for one manifest file."""
 
     rel: str
     real: str
     data: bytes = b""
-    entries: list[_Entry] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
     failed_ids: set[str] = field(default_factory=set)  # ids of documents that did not validate
     errors: list[ManifestError] = field(default_factory=list)
+    chain: Chain = ()  # the overlays this file was included through, innermost first
+    refs: list[str] = field(default_factory=list)  # real paths an Overlay document here names
     _roots: list[Node] | None = None
 
     def line(self, doc: int, path: tuple[str | int, ...], default: int) -> int:
@@ -101,81 +113,86 @@ class _Parsed:
         then is cheaper than looking up lines for every resource up front, or
         keeping every node tree (far more memory than the stack's bytes).
         """
+        root = self.root(doc)
+        return default if root is None else locate(root, path, default)[0]
+
+    def root(self, doc: int) -> Node | None:
+        """The node tree of document ``doc`` (parsed again on first use)."""
         if self._roots is None:
             self._roots = []
             # A syntax error was reported already; the documents before it are kept.
             with suppress(NodeError):
                 for root in compose_documents(self.data):
                     self._roots.append(root)
-        if doc < len(self._roots):
-            return locate(self._roots[doc], path, default)[0]
-        return default
+        return self._roots[doc] if doc < len(self._roots) else None
 
 
 @dataclass
-class _Entry:
+class Entry:
     """A validated document plus its resolved source (real path), before blobs are read."""
 
     declared: Declared
-    file: _Parsed
+    file: Parsed
     source_real: str | None = None
+    template_real: str | None = None  # a File's templateSource
+    patched: tuple[str, ...] = ()  # ``file:line`` of each overlay patch applied
+
+    @property
+    def chain(self) -> Chain:
+        return self.file.chain
 
     def line(self, *path: str | int) -> int:
         return self.file.line(self.declared.doc, path, self.declared.location.line)
 
 
-def load_stack(
-    tree: Path, subdir: str, registry: Registry, *, limits: Limits = DEFAULT_LIMITS
-) -> list[Resource]:
-    """Load every manifest under ``tree/subdir`` (``subdir`` relative to ``tree``, "." allowed).
+Edit = Callable[[dict[Any, Any], Chain], tuple[dict[Any, Any], tuple[str, ...]]]
+"""(raw document, its overlay chain) -> (edited document, ``file:line`` of each patch applied)."""
 
-    Returns the resources sorted by ``(location.file, location.line)``.
-    Raises :class:`ManifestErrors` with all errors found, not just the first.
 
-    Example::
+@dataclass
+class Loaded:
+    """What :func:`load_manifests` found: declarations kept, and every error."""
 
-        resources = load_stack(Path("/var/lib/setpoint/rev/abc123"), "hosts/web", registry)
+    entries: list[Entry]
+    errors: list[ManifestError]
+    failed_ids: set[str]  # ids of documents that did not validate
+    files: list[str]  # repository paths of the manifests read
+
+
+def load_manifests(
+    tree_real: str,
+    files: Iterable[tuple[str, Chain]],
+    registry: Registry,
+    limits: Limits,
+    *,
+    edit: Edit | None = None,
+    not_manifests: Iterable[str] = (),
+) -> Loaded:
+    """Parse and validate ``files`` (walked paths below ``tree_real``, each with its chain).
+
+    ``not_manifests`` are real paths that are never manifests (files the
+    assembled overlays name). Every error is collected, none raised.
     """
     require_libyaml()
-    tree_real = os.path.realpath(tree)
-    start = _start_dir(tree_real, subdir)
-    problems: list[tuple[str, str]] = []
     with _gc_paused():
         parsed = [
-            _parse_file(tree_real, path, registry, limits)
-            for path in walk_manifests(tree_real, start, problems)
+            _parse_file(tree_real, path, chain, registry, limits, edit) for path, chain in files
         ]
-    errors = [ManifestError(where, 1, reason) for where, reason in problems]
 
     # A manifest that is some File's source is content, not a manifest. A File whose
     # source is its own manifest does not count: dropping it would silently lose it.
-    referenced = {
-        e.source_real for p in parsed for e in p.entries if e.source_real not in (None, p.real)
-    }
+    referenced = set(not_manifests)
+    for p in parsed:
+        referenced.update(p.refs)
+        for e in p.entries:
+            for real in (e.source_real, e.template_real):
+                if real is not None and real != p.real:
+                    referenced.add(real)
     kept = [p for p in parsed if p.real not in referenced]
-
-    pairs: list[tuple[Resource, _Entry]] = []
+    errors = [e for p in kept for e in p.errors]
     failed_ids = {rid for p in kept for rid in p.failed_ids}
-    blobs: dict[str, bytes] = {}  # one read per source file, however many Files use it
-    for p in kept:
-        errors.extend(p.errors)
-        for entry in p.entries:
-            d = entry.declared
-            try:
-                blob = _blob(entry, blobs, limits)
-            except ReadError as exc:
-                msg = f"{d.id}: spec.source: {exc.message}"
-                errors.append(ManifestError(p.rel, entry.line("spec", "source"), msg))
-                failed_ids.add(d.id)
-                continue
-            digest = Resource.compute_digest(d.kind, d.spec, blob)
-            res = Resource(d.kind, d.name, d.spec, d.location, d.labels, blob, digest)
-            pairs.append((res, entry))
-    pairs.sort(key=lambda pair: pair[0].location)
-    errors.extend(_stack_checks(pairs, failed_ids))
-    if errors:
-        raise ManifestErrors(errors)
-    return [res for res, _ in pairs]
+    entries = [e for p in kept for e in p.entries]
+    return Loaded(entries, errors, failed_ids, [p.rel for p in kept])
 
 
 _gc_lock = threading.Lock()
@@ -208,7 +225,8 @@ def _gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def _start_dir(tree_real: str, subdir: str) -> str:
+def start_dir(tree_real: str, subdir: str) -> str:
+    """The real directory of the stack path ``subdir``; ManifestErrors/SourceError if unusable."""
     def fail(message: str) -> ManifestErrors:
         return ManifestErrors([ManifestError(subdir or ".", 0, message)])
 
@@ -226,15 +244,17 @@ def _start_dir(tree_real: str, subdir: str) -> str:
     return real
 
 
-def _parse_file(tree_real: str, path: str, registry: Registry, limits: Limits) -> _Parsed:
+def _parse_file(
+    tree_real: str, path: str, chain: Chain, registry: Registry, limits: Limits, edit: Edit | None
+) -> Parsed:
     rel = relative(tree_real, path)
     try:
         real, data = read_walked(tree_real, path, limits.max_manifest_bytes, "manifest")
     except ReadError as exc:
         # Keep the real path: a too-big or odd file that is some File's source is
         # dropped with its error like any other source (step 3).
-        return _Parsed(rel, os.path.realpath(path), errors=[ManifestError(rel, 1, exc.message)])
-    out = _Parsed(rel, real, data)
+        return Parsed(rel, os.path.realpath(path), errors=[ManifestError(rel, 1, exc.message)])
+    out = Parsed(rel, real, data, chain=chain)
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -247,7 +267,7 @@ def _parse_file(tree_real: str, path: str, registry: Registry, limits: Limits) -
     try:
         for doc, root in enumerate(compose_documents(data)):
             if not is_empty(root):
-                _parse_document(out, doc, root, tree_real, manifest_dir, registry, limits)
+                _parse_document(out, doc, root, tree_real, manifest_dir, registry, limits, edit)
     except NodeError as exc:
         out.errors.append(ManifestError(rel, exc.line, exc.message))
     except Exception as exc:  # the parser must never take the agent down
@@ -256,17 +276,25 @@ def _parse_file(tree_real: str, path: str, registry: Registry, limits: Limits) -
 
 
 def _parse_document(
-    out: _Parsed,
+    out: Parsed,
     doc: int,
     root: Node,
     tree_real: str,
     manifest_dir: str,
     registry: Registry,
     limits: Limits,
+    edit: Edit | None,
 ) -> None:
     line = line_of(root)
+    patched: tuple[str, ...] = ()
     try:
         value = build(root, max_nodes=limits.max_nodes, max_depth=limits.max_depth)
+        kind = value.get("kind") if isinstance(value, dict) else None
+        if kind in NOT_RESOURCE_KINDS:
+            _not_a_resource(out, root, value, tree_real)
+            return
+        if edit is not None and out.chain and isinstance(value, dict):
+            value, patched = edit(value, out.chain)
         outcome = validate_document(root, value, out.rel, doc, registry)
     except NodeError as exc:
         out.errors.append(ManifestError(out.rel, exc.line, f"{_label(root)}: {exc.message}"))
@@ -275,13 +303,29 @@ def _parse_document(
         msg = f"{_label(root)}: cannot load document: {_describe(exc)}"
         out.errors.append(ManifestError(out.rel, line, msg))
         return
+    if patched:
+        # Lines are the manifest's; the value checked is the patched one.
+        note = f" (after patches at {', '.join(patched)})"
+        outcome.errors = [ManifestError(e.file, e.line, e.message + note) for e in outcome.errors]
     out.errors.extend(outcome.errors)
     d = outcome.declared
     if d is None:
         if outcome.resource_id is not None:
             out.failed_ids.add(outcome.resource_id)
         return
-    entry = _Entry(d, out)
+    entry = Entry(d, out, patched=patched)
+    template_source = getattr(d.spec, "templateSource", None) if d.kind in SOURCE_KINDS else None
+    if isinstance(template_source, str):
+        what = f"templateSource {template_source!r}"
+        try:
+            path = os.path.join(manifest_dir, template_source)
+            entry.template_real = confine(tree_real, path, what)
+        except ReadError as exc:
+            src_line = locate(root, ("spec", "templateSource"), line)[0]
+            msg = f"{d.id}: spec.templateSource: {exc.message}"
+            out.errors.append(ManifestError(out.rel, src_line, msg))
+            out.failed_ids.add(d.id)
+            return
     if d.source is not None:
         what = f"source {d.source!r}"
         try:
@@ -296,7 +340,18 @@ def _parse_document(
     out.entries.append(entry)
 
 
-def _blob(entry: _Entry, cache: dict[str, bytes], limits: Limits) -> bytes | None:
+def _not_a_resource(out: Parsed, root: Node, value: dict[Any, Any], tree_real: str) -> None:
+    """An Overlay or Fleet document: not a resource. An Overlay is checked for its references."""
+    if value.get("kind") != OVERLAY_KIND:
+        return  # a Fleet is read by the select stage, from its own path
+    overlay, errors = parse_overlay(root, value, out.rel)
+    out.errors.extend(errors)
+    if overlay is not None:
+        out.refs.extend(real for real, _what, _line in referenced_files(tree_real, overlay))
+
+
+def blob_of(entry: Entry, cache: dict[str, bytes], limits: Limits) -> bytes | None:
+    """A File's bytes from its ``source`` or inline ``content`` (None for templates)."""
     d = entry.declared
     if entry.source_real is not None:
         blob = cache.get(entry.source_real)
@@ -310,9 +365,10 @@ def _blob(entry: _Entry, cache: dict[str, bytes], limits: Limits) -> bytes | Non
     return content.encode() if isinstance(content, str) else None
 
 
-def _stack_checks(
-    pairs: list[tuple[Resource, _Entry]], failed_ids: set[str]
+def stack_checks(
+    pairs: list[tuple[Resource, Entry]], failed_ids: set[str]
 ) -> list[ManifestError]:
+    """Duplicate ids, one ``spec.path`` claimed twice, ``dependsOn`` naming no declared id."""
     errors: list[ManifestError] = []
     by_id: dict[str, Resource] = {}
     by_path: dict[str, Resource] = {}
