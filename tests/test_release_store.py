@@ -188,7 +188,13 @@ def test_unpacked_files_and_dirs_are_fsynced_before_current_switches(
     synced = {e[len("fsync ") :] for e in events[:switch] if e.startswith("fsync ")}
     tree = os.path.realpath(store(env) / "current")
     # The tree was fsynced under its temporary name, before the rename that published it.
-    tmp_names = {p.rsplit("/.tmp-", 1)[1].split("/", 1)[0] for p in synced if "/.tmp-" in p}
+    # (Only the release store's: the git cache stages its exports under .tmp- names too.)
+    versions = os.path.dirname(tree) + "/"
+    tmp_names = {
+        p.rsplit("/.tmp-", 1)[1].split("/", 1)[0]
+        for p in synced
+        if p.startswith(versions) and "/.tmp-" in p
+    }
     (tmp,) = tmp_names
     tmp_root = f"{os.path.dirname(tree)}/.tmp-{tmp}"
     for rel in ("a/b/c.txt", "top.txt", "version.txt", "a/b", "a", ""):
