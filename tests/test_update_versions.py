@@ -89,7 +89,6 @@ def test_already_newest_is_nothing_to_change(remote: Remote, tmp_path: Path) -> 
     assert "nothing to change" in update(remote, 3)
 
 
-@pytest.mark.xfail(reason="needs versionPolicy in ReleaseSpec (merge)", strict=True)
 def test_the_agent_accepts_a_release_with_a_version_policy(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "api.yaml").write_text(manifest(tmp_path, index(tmp_path, VERSIONS)))

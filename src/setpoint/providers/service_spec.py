@@ -33,6 +33,29 @@ def check_signal(value: Any) -> str:
     return name
 
 
+class VersionPolicy(BaseModel):
+    """Where ``setpoint update-versions`` looks for newer versions (Git only; never the host)."""
+
+    model_config = STRICT
+    semver: str  # a range in Flux's grammar (setpoint.model.semver)
+    index: str  # a JSON list of {version, url, sha256}: file:// or https://
+
+    @field_validator("semver")
+    @classmethod
+    def _range(cls, value: str) -> str:
+        from setpoint.model.semver import Range
+
+        Range.parse(value)  # ValueError names what is wrong with the range
+        return value
+
+    @field_validator("index")
+    @classmethod
+    def _index(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("file", "https"):
+            raise ValueError("index must be a file:// or https:// URL")
+        return value
+
+
 class ReleaseSpec(BaseModel):
     """An artefact at a version: downloaded, verified against ``sha256``, unpacked once.
 
@@ -47,6 +70,7 @@ class ReleaseSpec(BaseModel):
     format: Literal["auto", "tar.gz", "tar", "zip", "file"] = "auto"
     keep: int = Field(default=3, ge=1, le=100)
     dependsOn: list[ResourceId] = Field(default_factory=list)
+    versionPolicy: VersionPolicy | None = None
 
     @field_validator("version", mode="before")
     @classmethod
