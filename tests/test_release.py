@@ -194,8 +194,8 @@ def test_release_is_ordered_after_the_file_that_ships_it(env: Env) -> None:
 
 def test_the_example_release_is_reproducible_and_declared_with_its_sha256(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parent.parent
-    archive = repo / "examples/hosts/demo/files/hello-1.0.tar.gz"
-    declared = yaml.safe_load_all((repo / "examples/hosts/demo/service.yaml").read_text())
+    archive = repo / "examples/apps/hello/files/hello-1.0.tar.gz"
+    declared = yaml.safe_load_all((repo / "examples/apps/hello/service.yaml").read_text())
     release = next(d for d in declared if d["kind"] == "Release")
     assert release["spec"]["sha256"] == sha(archive.read_bytes())
     copy = tmp_path / "examples"
@@ -203,5 +203,5 @@ def test_the_example_release_is_reproducible_and_declared_with_its_sha256(tmp_pa
     subprocess.run(
         [sys.executable, str(copy / "releases/build.py")], check=True, capture_output=True
     )
-    assert (copy / "hosts/demo/files/hello-1.0.tar.gz").read_bytes() == archive.read_bytes()
-    cli("validate", repo / "examples/hosts/demo", check=0)
+    assert (copy / "apps/hello/files/hello-1.0.tar.gz").read_bytes() == archive.read_bytes()
+    cli("validate", repo / "examples/roles/worker", check=0)

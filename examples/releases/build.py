@@ -1,10 +1,10 @@
 """Build the example release archive reproducibly and print its sha256.
 
-    python examples/releases/build.py   # writes examples/hosts/demo/files/hello-<VERSION>.tar.gz
+    python examples/releases/build.py   # writes examples/apps/hello/files/hello-<VERSION>.tar.gz
 
 The archive holds ``hello/VERSION`` and ``hello/server.py`` with fixed owners and
 times, so the same sources always give the same bytes (and the same sha256, which
-the ``Release`` in examples/hosts/demo/service.yaml declares).
+the ``Release`` in examples/apps/hello/service.yaml declares).
 """
 
 import gzip
@@ -23,6 +23,6 @@ with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tf:
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = len(data), 0o644, 0
         tf.addfile(info, io.BytesIO(data))
-out = here.parent / "hosts/demo/files" / f"hello-{version}.tar.gz"
+out = here.parent / "apps/hello/files" / f"hello-{version}.tar.gz"
 out.write_bytes(gzip.compress(raw.getvalue(), mtime=0))
 print(out, hashlib.sha256(out.read_bytes()).hexdigest())

@@ -24,6 +24,7 @@ from typing import Any
 import typer
 import yaml
 
+from setpoint.facts import gather, host_labels
 from setpoint.model.errors import ManifestErrors, SetpointError
 from setpoint.model.resource import Resource, dump_spec
 from setpoint.providers.registry import default_registry
@@ -66,7 +67,10 @@ def run_render(directory: Path, labels_text: str, as_json: bool) -> None:
         raise typer.Exit(1)
     tree, subdir = repo_and_path(directory)
     try:
-        rendered = render_stack(tree, subdir, default_registry(), host=Host(labels))
+        # As the agent sees this host: its facts, then the given labels (which may
+        # override a fact to render for another machine, e.g. setpoint.io/cpus=8).
+        host = Host(host_labels(labels, gather()) | labels)
+        rendered = render_stack(tree, subdir, default_registry(), host=host)
     except ManifestErrors as exc:
         for e in exc.errors:
             typer.echo(f"{shown_path(directory, tree, subdir, e.file)}:{e.line}: {e.message}")

@@ -1,7 +1,7 @@
 """hello: the example service shipped as a release archive (see examples/releases/build.py).
 
 Serves its version and its configuration on the address of ``listen`` in
-``$SETPOINT_ROOT/srv/app/config.ini`` (the File ``app-config`` of hosts/demo):
+``$SETPOINT_ROOT/srv/app/config.ini`` (the File ``app-config`` of apps/hello):
 
     GET /        -> "hello <version>, workers=<n>"
     GET /health  -> 200 "ok" (the readiness probe)
