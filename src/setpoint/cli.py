@@ -19,6 +19,7 @@ from typing import Annotated, Optional
 import typer
 
 from setpoint.cli_output import print_history, print_plan, print_status, result_json
+from setpoint.cli_secrets import secrets_app
 from setpoint.config import LISTEN_RE, AgentConfig, config_from_flags, load_config
 from setpoint.engine.agent import Agent
 from setpoint.engine.controller import Controller
@@ -418,6 +419,9 @@ def logs(
         raise _fail(SetpointError(f"cannot read the logs of {service}: {exc}")) from None
     if not found:
         raise _fail(SetpointError(f"no logs for service {service!r} in {state}/services"))
+
+
+app.add_typer(secrets_app, name="secrets")  # setpoint secrets encrypt|decrypt
 
 
 def main() -> None:
