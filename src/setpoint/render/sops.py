@@ -493,8 +493,10 @@ def _parse_recipient(text: str, path: str) -> tuple[str, Any]:
     try:
         return text, pyrage.x25519.Recipient.from_str(text)
     except pyrage.RecipientError:
+        # Echo it only if it looks public: a private key pasted by mistake must not be shown.
+        shown = repr(text) if text.startswith("age1") else "a recipient not starting with age1"
         raise SopsError(
             path,
-            f"{text!r} is not an age X25519 recipient",
-            "pass the public key age-keygen prints (age1...)",
+            f"{shown} is not an age X25519 recipient",
+            "pass the public key age-keygen prints (age1...), never the private key",
         ) from None
