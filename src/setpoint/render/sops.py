@@ -69,10 +69,13 @@ _REPAIR = "restore it from Git history, or encrypt the plaintext again (setpoint
 class SopsError(SetpointError):
     """A SOPS file (or age key source) cannot be used; ``file`` names it."""
 
-    def __init__(self, file: str, reason: str, hint: str = "") -> None:
+    def __init__(self, file: str, reason: str | None = None, hint: str = "") -> None:
+        if reason is None:  # SopsError("whole message"), as other SetpointErrors are made
+            file, reason = "", file
         self.file = file
         self.reason = reason
-        super().__init__(f"{file}: {reason}" + (f"; {hint}" if hint else ""))
+        where = f"{file}: " if file else ""
+        super().__init__(f"{where}{reason}" + (f"; {hint}" if hint else ""))
 
 
 class Identity:
