@@ -16,7 +16,6 @@ from typing import Annotated, Optional
 import typer
 
 from setpoint.model.errors import SetpointError
-from setpoint.render.sops import decrypt_to_bytes, encrypt, load_identities
 
 secrets_app = typer.Typer(
     help="Encrypt and decrypt SOPS secret files (YAML, JSON, dotenv) with age keys.",
@@ -75,6 +74,8 @@ def encrypt_cmd(
     ] = None,
 ) -> None:
     """Encrypt a plaintext YAML, JSON or dotenv file in place, as sops does."""
+    from setpoint.render.sops import encrypt  # the crypto libraries load only when used
+
     recipients = [r.strip() for r in age.split(",") if r.strip()]
     plain = _read(file)
     try:
@@ -103,6 +104,8 @@ def decrypt_cmd(
     ] = None,
 ) -> None:
     """Print a SOPS file decrypted (after checking its MAC), for operators."""
+    from setpoint.render.sops import decrypt_to_bytes, load_identities
+
     data = _read(file)
     try:
         identities = load_identities(age_key_file)
