@@ -20,6 +20,7 @@ from typing import Annotated, Optional
 import typer
 
 from setpoint.cli_output import print_history, print_plan, print_status, result_json
+from setpoint.cli_secrets import secrets_app
 from setpoint.config import LISTEN_RE, AgentConfig, config_from_flags, load_config
 from setpoint.engine.agent import Agent
 from setpoint.engine.controller import Controller
@@ -112,9 +113,13 @@ def validate(directory: Annotated[Path, typer.Argument(help="Directory of manife
         raise _fail(SetpointError(f"{directory} is not a directory"))
     from setpoint.cli_render import repo_and_path, shown_path
 
+    from setpoint.facts import gather
+    from setpoint.render import Host
+
     tree, subdir = repo_and_path(directory)  # an overlay may build on ../base
     try:
-        resources = load_stack(tree, subdir, registry)
+        # Templates see this host's facts, as the agent's would (`render --labels` for more).
+        resources = load_stack(tree, subdir, registry, host=Host(gather()))
         order_stack("", resources, registry.providers(Target(Path("/"))))
     except ManifestErrors as exc:
         for e in exc.errors:
@@ -131,11 +136,21 @@ def render(
         str, typer.Option("--labels", help="The host's labels: KEY=VALUE,KEY=VALUE.")
     ] = "",
     as_json: JsonOpt = False,
+    age_key_file: Annotated[
+        Optional[Path],  # noqa: UP045 (typer reads the annotation at run time)
+        typer.Option(
+            "--age-key-file",
+            help="age identities for secretFiles (else SOPS_AGE_KEY_FILE / SOPS_AGE_KEY).",
+        ),
+    ] = None,
 ) -> None:
-    """Print the resources a host with these labels gets (overlays, patches, templates applied)."""
+    """Print the resources a host with these labels gets (overlays, patches, templates applied).
+
+    Values derived from secrets are masked.
+    """
     from setpoint.cli_render import run_render
 
-    run_render(directory, labels, as_json)
+    run_render(directory, labels, as_json, age_key_file)
 
 
 def _one_pass(
@@ -586,6 +601,8 @@ def _register_writeback() -> None:
 
 
 _register_writeback()
+
+app.add_typer(secrets_app, name="secrets")  # setpoint secrets encrypt|decrypt
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from setpoint.model.errors import ManifestErrors, SetpointError
 from setpoint.model.resource import Resource, dump_spec
 from setpoint.providers.registry import default_registry
 from setpoint.render import Host, Rendered, render_stack
+from setpoint.render.decrypt import host_keys
 from setpoint.render.selector import parse_labels
 
 _CONTENT_FIELDS = ("content", "source", "template", "templateSource")
@@ -55,7 +56,9 @@ def shown_path(directory: Path, tree: Path, subdir: str, file: str) -> Path:
     return tree / file
 
 
-def run_render(directory: Path, labels_text: str, as_json: bool) -> None:
+def run_render(
+    directory: Path, labels_text: str, as_json: bool, key_file: Path | None = None
+) -> None:
     """The ``render`` command: print the rendered resources, or every error (exit 1)."""
     try:
         labels = parse_labels(labels_text)
@@ -67,9 +70,14 @@ def run_render(directory: Path, labels_text: str, as_json: bool) -> None:
         raise typer.Exit(1)
     tree, subdir = repo_and_path(directory)
     try:
+        keys = host_keys(key_file)
+    except SetpointError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    try:
         # As the agent sees this host: its facts, then the given labels (which may
         # override a fact to render for another machine, e.g. setpoint.io/cpus=8).
-        host = Host(host_labels(labels, gather()) | labels)
+        host = Host(host_labels(labels, gather()) | labels, keys=keys)
         rendered = render_stack(tree, subdir, default_registry(), host=host)
     except ManifestErrors as exc:
         for e in exc.errors:

@@ -134,6 +134,13 @@ class LimitsConfig(_Model):
     max_depth: int = Field(default=64, gt=0, alias="maxDepth")
 
 
+class DecryptionConfig(_Model):
+    """How the agent decrypts SOPS ``secretFiles`` (see render/sops.py)."""
+
+    # An age identity file (age-keygen's format), root-only; used with SOPS_AGE_KEY(_FILE).
+    age_key_file: Path | None = Field(default=None, alias="ageKeyFile")
+
+
 class AgentConfig(_Model):
     root: Path = Path("/")
     state: Path = Path(DEFAULT_STATE)
@@ -150,6 +157,8 @@ class AgentConfig(_Model):
     listen: str = Field(default=DEFAULT_LISTEN, pattern=LISTEN_RE)
     # The shared secret for POST /hooks/git; without it every webhook call is refused.
     webhook_secret_file: Path | None = Field(default=None, alias="webhookSecretFile")
+    # SOPS secrets: the age key file; SOPS_AGE_KEY_FILE / SOPS_AGE_KEY are read as well.
+    decryption: DecryptionConfig = DecryptionConfig()
 
     @field_validator("root", "state", mode="after")
     @classmethod
@@ -226,6 +235,7 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> AgentCon
         if key in raw and isinstance(raw[key], str) and not raw[key].startswith("/"):
             raw[key] = str((path.parent / raw[key]).resolve())
     _resolve_verify_files(raw, path.parent)
+    _resolve_decryption_file(raw, path.parent)
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -243,6 +253,14 @@ def _resolve_verify_files(raw: dict[Any, Any], base: Path) -> None:
             path = sub.get(key) if isinstance(sub, dict) else None
             if isinstance(sub, dict) and isinstance(path, str) and not path.startswith("/"):
                 sub[key] = str((base / path).resolve())
+
+
+def _resolve_decryption_file(raw: dict[Any, Any], base: Path) -> None:
+    """A relative ``decryption.ageKeyFile`` is taken relative to the config file."""
+    dec = raw.get("decryption")
+    key = dec.get("ageKeyFile") if isinstance(dec, dict) else None
+    if isinstance(dec, dict) and isinstance(key, str) and not key.startswith("/"):
+        dec["ageKeyFile"] = str((base / key).resolve())
 
 
 def config_from_flags(

@@ -37,6 +37,7 @@ from setpoint.model.errors import ManifestErrors, SetpointError, SourceError
 from setpoint.providers.base import Registry, Target
 from setpoint.providers.registry import default_registry
 from setpoint.render import Host, Limits, RenderCache
+from setpoint.render.decrypt import host_keys
 from setpoint.source import GitSource
 from setpoint.source.verify import (
     HistoryRewrittenError,
@@ -117,7 +118,8 @@ class Controller:
         if self.fleet is not None:
             self.config = with_stacks(config, self.fleet.stacks)
             self._removing = {s.name: s for s in self.fleet.removing}
-        self.reconciler.desired.set_host(Host(labels=self.labels))
+        keys = host_keys(config.decryption.age_key_file)
+        self.reconciler.desired.set_host(Host(labels=self.labels, keys=keys))
         # 0700: the state dir may be 0711 (services running as other users reach their
         # releases through it), and the list of sources is nobody else's business.
         caches = Path(config.state) / "sources"

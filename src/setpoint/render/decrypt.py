@@ -18,8 +18,9 @@ the message names the file and the overlay line, never key material.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from setpoint.model.errors import ManifestError, SetpointError
@@ -36,6 +37,24 @@ class Keys:
 
     decrypt: Decrypt
     fingerprint: str
+
+
+def host_keys(key_file: Path | None, env: Mapping[str, str] | None = None) -> Keys | None:
+    """This host's keys: ``decryption.ageKeyFile`` and SOPS_AGE_KEY(_FILE), or None.
+
+    The SOPS module (pyrage, cryptography) is imported only when a key is configured,
+    so hosts without secrets never pay for it. A key file that cannot be read or
+    parsed raises :class:`SetpointError` naming it (never its content).
+    """
+    env = os.environ if env is None else env
+    if key_file is None and "SOPS_AGE_KEY" not in env and "SOPS_AGE_KEY_FILE" not in env:
+        return None
+    from setpoint.render import sops
+
+    ids = sops.load_identities(key_file, env)
+    if not ids:
+        return None
+    return Keys(lambda data, path: sops.decrypt(data, path, ids), sops.fingerprint(ids))
 
 
 def decrypt_overlay(
