@@ -349,7 +349,7 @@ def test_parent_symlink_inside_root_is_fine(prov: FilesystemProvider, root: Path
     assert (root / "real/motd").read_bytes() == b"ok"
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root bypasses permission checks")
+@pytest.mark.nonroot(reason="root bypasses permission checks")
 def test_permission_denied_is_transient(prov: FilesystemProvider, root: Path) -> None:
     (root / "ro").mkdir(mode=0o555)
     res = file_res("/ro/x", b"x")
@@ -358,7 +358,7 @@ def test_permission_denied_is_transient(prov: FilesystemProvider, root: Path) ->
     assert info.value.transient and temps(root) == []
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root can open any directory")
+@pytest.mark.nonroot(reason="root can open any directory")
 def test_mode_fixed_on_a_dir_the_agent_cannot_open(prov: FilesystemProvider, root: Path) -> None:
     (root / "wo").mkdir(mode=0o300)
     os.chmod(root / "wo", 0o300)
