@@ -57,10 +57,19 @@ def blocked(targets: list[Path], uid: int, gids: set[int]) -> dict[Path, set[str
     return out
 
 
+def _bind(src: Path, dst: Path) -> None:
+    subprocess.run(["mount", "--no-canonicalize", "--rbind", str(src), str(dst)], check=True)
+
+
 def shadow(closed: dict[Path, set[str]], scratch: Path) -> None:
     """Mount over each closed directory one that lets the user through to ``names``."""
+    # The scratch dir may lie below a directory shadowed first (pytest's 0700 temp dirs):
+    # reach it through a descriptor opened before any mount, and keep mount(8) from
+    # resolving that /proc path back to the hidden name.
+    fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
+    base = Path(f"/proc/{os.getpid()}/fd/{fd}")
     for n, d in enumerate(sorted(closed, key=lambda p: len(p.parts))):  # outermost first
-        stand_in = scratch / f"shadow-{n}"
+        stand_in = base / f"shadow-{n}"
         stand_in.mkdir(mode=0o711)
         os.chmod(stand_in, 0o711)  # noqa: S103 - pass through, as the real one must
         for name in sorted(closed[d]):
@@ -72,13 +81,13 @@ def shadow(closed: dict[Path, set[str]], scratch: Path) -> None:
                 dst.mkdir()
             else:
                 dst.touch()
-            subprocess.run(["mount", "--rbind", str(src), str(dst)], check=True)
-        subprocess.run(["mount", "--rbind", str(stand_in), str(d)], check=True)
+            _bind(src, dst)
+        _bind(stand_in, d)
 
 
 def as_user(args: argparse.Namespace) -> int:
-    if os.readlink("/proc/self/ns/mnt") == os.readlink("/proc/1/ns/mnt"):
-        # Shadowing /root in the host's namespace would hide it from everyone.
+    if os.readlink("/proc/self/ns/mnt") == os.readlink(f"/proc/{os.getppid()}/ns/mnt"):
+        # Shadowing /root in the caller's namespace would hide it from everyone there.
         print("as-user mounts: run it under `unshare --mount --propagation private`",
               file=sys.stderr)
         return 2
