@@ -5,8 +5,11 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 python=${PYTHON:-python3}
-if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-  echo "setpoint needs Python 3.11 or newer ($python is $("$python" --version 2>&1))" >&2
+# 3.11.4: tarfile's extraction filters (the same check as setpoint.python_problem).
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11, 4))' 2>/dev/null; then
+  echo "setpoint needs Python 3.11.4 or newer ($python is $("$python" --version 2>&1 || echo missing)):" \
+    "tarfile's extraction filters, which keep a release archive or an exported Git tree" \
+    "from writing outside its directory, came in 3.11.4. Use a newer one: PYTHON=python3.12 $0" >&2
   exit 1
 fi
 command -v git >/dev/null || { echo "git is required (apt-get install git)" >&2; exit 1; }

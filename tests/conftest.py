@@ -1,13 +1,24 @@
-"""Shared fixtures: real Git repositories in temp dirs, temp target roots and state dirs."""
+"""Shared fixtures: real Git repositories in temp dirs, temp target roots and state dirs.
+
+Also the privilege rules of the suite. A test that needs an unprivileged user is marked
+``@pytest.mark.nonroot(reason=...)`` and skips as root; ``scripts/test.sh`` run as root
+(CI) runs the rest as root and these as the user ``setpoint-test``. A test that needs
+root skips with a reason containing "needs root". With ``SETPOINT_CI_NO_SKIPS=1`` (set by
+scripts/test.sh when ``CI=true``) a skip whose reason says "needs root" or "non-root" is
+a failure: CI runs both kinds, so such a skip means a test silently stopped running.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from _pytest.reports import TestReport
 
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "setpoint tests",
@@ -16,6 +27,46 @@ GIT_ENV = {
     "GIT_COMMITTER_EMAIL": "tests@setpoint.invalid",
     "GIT_CONFIG_NOSYSTEM": "1",
 }
+
+
+# The phrases of privilege skips: the two runs of scripts/test.sh leave none of them.
+PRIVILEGE_SKIP = re.compile(r"needs root|non-root")
+
+
+def ci_no_skips() -> bool:
+    return os.environ.get("SETPOINT_CI_NO_SKIPS") == "1"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.geteuid() != 0:
+        return
+    for item in items:
+        mark = item.get_closest_marker("nonroot")
+        if mark is not None:
+            why = mark.kwargs.get("reason", "")
+            item.add_marker(
+                pytest.mark.skip(
+                    reason=f"needs a non-root user ({why}); "
+                    "scripts/test.sh runs these as setpoint-test"
+                )
+            )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report: TestReport = outcome.get_result()
+    if not (report.skipped and ci_no_skips()) or hasattr(report, "wasxfail"):
+        return
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if PRIVILEGE_SKIP.search(reason):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped in CI (SETPOINT_CI_NO_SKIPS=1), but CI runs root and non-root tests "
+            f"both, so this must run: {reason}"
+        )
 
 
 class GitRepo:

@@ -468,7 +468,7 @@ def test_declared_parent_symlink_leading_outside_is_refused(
     assert list((tmp_path / "outside").iterdir()) == []
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root bypasses permission checks")
+@pytest.mark.nonroot(reason="root bypasses permission checks")
 def test_permission_denied_is_transient(prov: FilesystemProvider, root: Path) -> None:
     (root / "ro").mkdir(mode=0o555)
     res = file_res("/ro/x", b"x")
@@ -477,7 +477,7 @@ def test_permission_denied_is_transient(prov: FilesystemProvider, root: Path) ->
     assert info.value.transient and temps(root) == []
 
 
-@pytest.mark.skipif(IS_ROOT, reason="root can open any directory")
+@pytest.mark.nonroot(reason="root can open any directory")
 def test_mode_fixed_on_a_dir_the_agent_cannot_open(prov: FilesystemProvider, root: Path) -> None:
     (root / "wo").mkdir(mode=0o300)
     os.chmod(root / "wo", 0o300)

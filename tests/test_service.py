@@ -22,7 +22,7 @@ import pytest
 from conftest import GitRepo
 from helpers import cli, docs, manifest, start_agent, wait_for
 from setpoint.providers.base import ProviderEvent
-from setpoint.providers.service_proc import Handle, start_time, write_json_atomic
+from setpoint.providers.service_proc import Handle, log_files, start_time, write_json_atomic
 from setpoint.providers.service_spec import ServiceSpec
 from setpoint.providers.service_supervisor import Stopping, Supervisor
 from setpoint.state import StateDB
@@ -307,7 +307,13 @@ def test_crash_loop_backs_off_exponentially(env: Env) -> None:
 
 
 def test_logs_are_rotated_and_shown_by_the_cli(env: Env) -> None:
-    cmd = "i=0; while [ $i -lt 400 ]; do echo line-$i-xxxxxxxxxxxxxxxx; i=$((i+1)); done; sleep 60"
+    log = env.state / "services/chatty/output.log"
+    # Three bursts of numbered lines; after each of the first two (5 KiB > maxBytes) the
+    # writer waits for the rotation to empty output.log, so two rotations happen.
+    burst = 'while [ $i -lt {} ]; do echo line-$i-xxxxxxxxxxxxxxxx; i=$((i+1)); done; '
+    wait = f'while [ -s "{log}" ]; do sleep 0.05; done; '
+    cmd = "i=0; " + burst.format(200) + wait + burst.format(400) + wait
+    cmd += burst.format(410) + "sleep 60"
     env.commit(
         {
             "m/s.yaml": manifest(
@@ -321,12 +327,15 @@ def test_logs_are_rotated_and_shown_by_the_cli(env: Env) -> None:
     )
     env.sync()
     logs = env.state / "services/chatty"
-    wait_for(lambda: (logs / "output.log.1").exists(), timeout=10, what="a rotation")
+    wait_for(lambda: "line-409-" in log.read_text(), timeout=10, what="the last burst")
+    files = log_files(env.state, "chatty")
+    assert [p.name for p in files] == ["output.log.2", "output.log.1", "output.log"]
     for p in logs.glob("output.log*"):
         assert p.stat().st_mode & 0o077 == 0
+    lines = "".join(p.read_text() for p in files).splitlines()
+    assert lines == [f"line-{i}-xxxxxxxxxxxxxxxx" for i in range(410)]  # none lost or doubled
     out = cli("logs", "chatty", "--state", env.state, "-n", "5", check=0).stdout
-    assert out.splitlines()[-1].startswith("line-")
-    assert len(out.splitlines()) == 5
+    assert out.splitlines() == lines[-5:]
 
 
 def test_failing_liveness_restarts_the_process(env: Env) -> None:

@@ -7,6 +7,7 @@ formatting lives in :mod:`setpoint.cli_output`.
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ from typing import Annotated, Optional
 
 import typer
 
+import setpoint
 from setpoint.cli_output import print_history, print_plan, print_status, result_json
 from setpoint.cli_secrets import secrets_app
 from setpoint.config import LISTEN_RE, AgentConfig, config_from_flags, load_config
@@ -77,6 +79,33 @@ UnchangedOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
 
+def _version() -> str:
+    """The installed distribution's version; the package's own when run from a checkout."""
+    try:
+        return importlib.metadata.version("setpoint")
+    except importlib.metadata.PackageNotFoundError:
+        return setpoint.__version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"setpoint {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    # No docstring: the group's help stays the one given to typer.Typer above.
+    pass
+
+
 def _config(
     config: Path | None,
     repo: str | None,
@@ -112,7 +141,6 @@ def validate(directory: Annotated[Path, typer.Argument(help="Directory of manife
     if not directory.is_dir():
         raise _fail(SetpointError(f"{directory} is not a directory"))
     from setpoint.cli_render import repo_and_path, shown_path
-
     from setpoint.facts import gather
     from setpoint.render import Host
 

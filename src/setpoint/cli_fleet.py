@@ -30,9 +30,18 @@ SYSTEMD_UNITS = Path("/etc/systemd/system")
 
 def unit_text(program: str, config: Path) -> str:
     """The systemd unit that runs the agent (KillMode=process: services outlive restarts)."""
-    return f"""\
+    return _UNIT.format(program=program, config=config)
+
+
+_UNIT = """\
+# setpoint agent as a system service. Install:
+#   install -m 0644 deploy/systemd/setpoint.service /etc/systemd/system/
+#   systemctl daemon-reload && systemctl enable --now setpoint
+# The agent runs as root: it writes declared files anywhere under `root:` and starts
+# services as their `user:`. Everything below is inherited by the services it supervises,
+# so only options that neither the agent nor a supervised service can trip over are set.
 [Unit]
-Description=setpoint GitOps agent (pulls the desired state from Git and enforces it)
+Description=setpoint GitOps agent (pulls the desired state from Git, reverts drift)
 Wants=network-online.target
 After=network-online.target
 
@@ -41,10 +50,22 @@ Type=simple
 ExecStart={program} agent --config {config}
 Restart=always
 RestartSec=5
-# Only the agent is stopped on restart: the services it supervises keep running
-# and are adopted again by the next agent (see README, "Services").
+# Stop or restart the agent only: the services it supervises keep running and the next
+# agent adopts them (pid + start time, through a pidfd). The default (control-group)
+# would kill every supervised service with it.
 KillMode=process
-TimeoutStopSec=90
+# SIGTERM finishes the pass under way, which may wait for a rollout's readiness
+# (readyTimeout, 60 s by default, and as long again for a rollback).
+TimeoutStopSec=150
+# No sandboxing options, on purpose: supervised services are the agent's children and
+# inherit all of them. NoNewPrivileges would still let root drop to a service's user, but
+# a service could no longer run setuid programs (sudo, ping, postdrop); ProtectSystem /
+# ProtectHome / ProtectKernelModules hide or freeze paths manifests may declare;
+# ProtectClock breaks an NTP service, PrivateTmp/PrivateDevices change the services' /tmp
+# and /dev, RestrictSUIDSGID refuses a declared 4755 file, SystemCallArchitectures=native
+# a 32-bit service. Confine each service by its own `user:` instead.
+# With KillMode=process the services stay in this unit's cgroup: `systemctl status
+# setpoint` lists them, and its resource accounting includes them.
 
 [Install]
 WantedBy=multi-user.target
