@@ -1,9 +1,10 @@
 """Log rotation under a service that keeps writing: no line may be lost.
 
-``service_proc.rotate`` copies ``output.log`` to ``.1`` and then truncates it (the
-process keeps its O_APPEND descriptor). Whatever the service writes between the copy
-and the truncate is in neither file. ``tests/test_service.py`` covers rotation with a
-writer that pauses at each rotation; this test keeps writing.
+``service_proc.rotate`` copies the head of ``output.log`` to ``.1`` and cuts exactly
+that head out of the file (the process keeps its O_APPEND descriptor), so whatever the
+service writes meanwhile stays in ``output.log``; copy-truncate lost it.
+``tests/test_service.py`` covers rotation with a writer that pauses at each rotation;
+this test keeps writing.
 """
 
 from __future__ import annotations
@@ -13,20 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from setpoint.providers.service_proc import log_files, rotate
 
 LINES = 5_000
 WRITER = f"import os\nfor i in range({LINES}):\n    os.write(1, b'line-%d\\n' % i)\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="copy-truncate loses the lines written between the copy and the truncate "
-    "(service_proc.rotate); strict: remove this mark once rotation loses nothing",
-)
 def test_rotation_under_a_continuous_writer_loses_no_line(tmp_path: Path) -> None:
     log = tmp_path / "services/chatty/output.log"
     log.parent.mkdir(parents=True)

@@ -309,10 +309,11 @@ def test_crash_loop_backs_off_exponentially(env: Env) -> None:
 def test_logs_are_rotated_and_shown_by_the_cli(env: Env) -> None:
     log = env.state / "services/chatty/output.log"
     # Three bursts of numbered lines; after each of the first two (5 KiB > maxBytes) the
-    # writer waits for the rotation to empty output.log, so two rotations happen.
+    # writer waits for that rotation (output.log.1, then .2), so two rotations happen.
     burst = 'while [ $i -lt {} ]; do echo line-$i-xxxxxxxxxxxxxxxx; i=$((i+1)); done; '
-    wait = f'while [ -s "{log}" ]; do sleep 0.05; done; '
-    cmd = "i=0; " + burst.format(200) + wait + burst.format(400) + wait
+    wait = 'while [ ! -e "{}" ]; do sleep 0.05; done; '
+    cmd = "i=0; " + burst.format(200) + wait.format(f"{log}.1") + burst.format(400)
+    cmd += wait.format(f"{log}.2")
     cmd += burst.format(410) + "sleep 60"
     env.commit(
         {

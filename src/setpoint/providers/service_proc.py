@@ -13,10 +13,11 @@ recycled under us.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 import threading
@@ -196,10 +197,14 @@ def spawn(
 
 
 def rotate(log_path: Path, max_bytes: int, keep: int) -> bool:
-    """Copy-truncate ``log_path`` into ``.1`` (older ones shift up to ``.keep``) when too big.
+    """Move the head of ``log_path`` into ``.1`` (older ones shift up to ``.keep``) when too big.
 
-    The process keeps its O_APPEND descriptor, so it goes on writing at the new end;
-    this works across agent restarts.
+    The service keeps its O_APPEND descriptor (across agent restarts too), so the file
+    cannot be renamed away from it. Copy-truncate would lose what the service writes
+    between the copy and the truncate; instead the copied head is cut out of the file
+    with ``fallocate(FALLOC_FL_COLLAPSE_RANGE)`` (whole blocks, atomic against appends),
+    so a line written meanwhile stays in ``output.log``. On a file system without it
+    (tmpfs), copy-truncate remains, after a second copy of what arrived during the first.
     """
     try:
         size = os.stat(log_path).st_size
@@ -207,20 +212,62 @@ def rotate(log_path: Path, max_bytes: int, keep: int) -> bool:
         return False
     if size <= max_bytes:
         return False
-    for i in range(keep - 1, 0, -1):
-        older = log_path.with_name(f"{log_path.name}.{i}")
-        if older.exists():
-            os.replace(older, log_path.with_name(f"{log_path.name}.{i + 1}"))
-    with contextlib.suppress(FileNotFoundError):
-        log_path.with_name(f"{log_path.name}.{keep + 1}").unlink()
-    first = log_path.with_name(f"{log_path.name}.1")
-    tmp = first.with_name(first.name + ".tmp")
-    with open(log_path, "rb") as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, first)
-    os.truncate(log_path, 0)
-    return True
+    fd = os.open(log_path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        block = os.fstat(fd).st_blksize or 4096
+        head = size // block * block
+        if head == 0:
+            return False
+        for i in range(keep - 1, 0, -1):
+            older = log_path.with_name(f"{log_path.name}.{i}")
+            if older.exists():
+                os.replace(older, log_path.with_name(f"{log_path.name}.{i + 1}"))
+        with contextlib.suppress(FileNotFoundError):
+            log_path.with_name(f"{log_path.name}.{keep + 1}").unlink()
+        first = log_path.with_name(f"{log_path.name}.1")
+        tmp = first.with_name(first.name + ".tmp")
+        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            copied = _copy_range(fd, out, 0, head)
+            if not _collapse(fd, head):
+                # No COLLAPSE_RANGE here: copy the rest too, then truncate (a small window).
+                copied += _copy_range(fd, out, head, os.fstat(fd).st_size - head)
+                os.ftruncate(fd, 0)
+            os.fchmod(out, 0o600)
+        finally:
+            os.close(out)
+        os.replace(tmp, first)
+        return copied > 0
+    finally:
+        os.close(fd)
+
+
+_FALLOC_FL_COLLAPSE_RANGE = 0x08
+
+
+def _collapse(fd: int, length: int) -> bool:
+    """Remove the first ``length`` bytes of the file (block-aligned); False if unsupported."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    if libc.fallocate(fd, _FALLOC_FL_COLLAPSE_RANGE, 0, length) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+        return False
+    raise OSError(err, os.strerror(err))
+
+
+def _copy_range(src: int, dst: int, start: int, length: int) -> int:
+    done = 0
+    while done < length:
+        chunk = os.pread(src, min(1 << 20, length - done), start + done)
+        if not chunk:
+            break
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+        done += len(chunk)
+    return done
 
 
 def log_files(state_dir: Path, name: str) -> list[Path]:
@@ -281,12 +328,14 @@ def tail_logs(
             size = base.stat().st_size
         except FileNotFoundError:
             size = 0
-        if size < offset:  # rotated: the rest of what we had not seen is in .1
+        if size < offset:  # rotated: the head we had read moved into .1
             first = base.with_name(LOG + ".1")
+            moved = 0
             with contextlib.suppress(FileNotFoundError), open(first, "rb") as f:
                 f.seek(offset)
                 write(f.read())
-            offset = 0
+                moved = os.fstat(f.fileno()).st_size
+            offset = max(0, offset - moved)
         if size > offset:
             with open(base, "rb") as f:
                 f.seek(offset)
