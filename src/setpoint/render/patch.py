@@ -39,6 +39,17 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
+def with_labels(doc: dict[Any, Any], labels: Mapping[str, str]) -> dict[Any, Any]:
+    """``doc`` with an overlay's ``labels`` added to its metadata (theirs win); not modified."""
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        return doc  # validation reports it
+    own = meta.get("labels")
+    if own is not None and not isinstance(own, dict):
+        return doc
+    return {**doc, "metadata": {**meta, "labels": {**(own or {}), **labels}}}
+
+
 @dataclass(frozen=True)
 class PatchRule:
     """One ``patches`` entry of an overlay, with where it is written (for errors)."""

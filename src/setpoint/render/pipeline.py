@@ -70,7 +70,7 @@ from setpoint.render.overlay import (
     merge_values,
     referenced_files,
 )
-from setpoint.render.patch import PatchRule, merge_patch
+from setpoint.render.patch import PatchRule, merge_patch, with_labels
 from setpoint.render.template import SECRETS, TemplateFailure, Templates
 from setpoint.render.yamlnodes import (
     NodeError,
@@ -288,7 +288,7 @@ class _Run:
                     self._matched[id(rule)] += 1
                     applied.append(rule.where)
             if ov.labels:
-                doc = _with_labels(doc, ov.labels)
+                doc = with_labels(doc, ov.labels)
         return doc, tuple(applied)
 
     def unused_patches(self) -> list[ManifestError]:
@@ -397,16 +397,6 @@ def _inline_origin(e: Entry, text: str) -> tuple[str, int, int]:
         file, _, line = e.patched[-1].rpartition(":")
         return file, int(line), int(line)
     return d.location.file, d.location.line, d.location.line
-
-
-def _with_labels(doc: dict[Any, Any], labels: Mapping[str, str]) -> dict[Any, Any]:
-    meta = doc.get("metadata")
-    if not isinstance(meta, dict):
-        return doc  # validation reports it
-    own = meta.get("labels")
-    if own is not None and not isinstance(own, dict):
-        return doc
-    return {**doc, "metadata": {**meta, "labels": {**(own or {}), **labels}}}
 
 
 def _unused(rule: PatchRule) -> ManifestError:

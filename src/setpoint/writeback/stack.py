@@ -28,6 +28,7 @@ import yaml
 from pydantic import ValidationError
 
 from setpoint.model.errors import SetpointError
+from setpoint.render.patch import merge_patch, with_labels
 from setpoint.render.selector import Selector
 from setpoint.writeback.yamledit import Path as FieldPath
 from setpoint.writeback.yamledit import dotted, get_in
@@ -114,7 +115,7 @@ class Doc:
                     yield p, doc
                     doc = merge_patch(doc, p.patch)
             if ov.labels:
-                doc = _with_labels(doc, ov.labels)
+                doc = with_labels(doc, ov.labels)
 
     def effective(self) -> dict[str, Any]:
         doc: dict[str, Any] = dict(self.raw)
@@ -123,7 +124,7 @@ class Doc:
                 if p.targets(doc):
                     doc = merge_patch(doc, p.patch)
             if ov.labels:
-                doc = _with_labels(doc, ov.labels)
+                doc = with_labels(doc, ov.labels)
         return doc
 
     def declaration(self, path: FieldPath) -> Patch | None:
@@ -146,29 +147,6 @@ def _clears(patch: Mapping[str, Any], path: FieldPath) -> bool:
         if not isinstance(value, dict):
             return True  # null deletes it; a scalar replaces the whole parent
     return False
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: a mapping merges key by key (null deletes), anything else replaces."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge_patch(out.get(key), value)
-    return out
-
-
-def _with_labels(doc: dict[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
-    meta = doc.get("metadata")
-    if not isinstance(meta, dict):
-        return doc
-    own = meta.get("labels")
-    if own is not None and not isinstance(own, dict):
-        return doc
-    return {**doc, "metadata": {**meta, "labels": {**(own or {}), **labels}}}
 
 
 @dataclass
