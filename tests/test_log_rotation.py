@@ -16,7 +16,7 @@ from pathlib import Path
 
 from setpoint.providers.service_proc import log_files, rotate
 
-LINES = 5_000
+LINES = 50_000
 WRITER = f"import os\nfor i in range({LINES}):\n    os.write(1, b'line-%d\\n' % i)\n"
 
 
@@ -30,7 +30,7 @@ def test_rotation_under_a_continuous_writer_loses_no_line(tmp_path: Path) -> Non
         os.close(fd)
     rotations = 0
     while writer.poll() is None:  # the supervisor's loop, without its 0.5 s pause
-        rotations += rotate(log, 4096, 100)
+        rotations += rotate(log, 16384, 500)
     assert rotations > 1
     got = "".join(p.read_text() for p in log_files(tmp_path, "chatty")).splitlines()
     assert got == [f"line-{i}" for i in range(LINES)]

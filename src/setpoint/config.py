@@ -150,6 +150,8 @@ class AgentConfig(_Model):
     # under the reserved prefix setpoint.io/ (see setpoint.facts).
     labels: dict[str, str] = Field(default_factory=dict)
     fleet: FleetConfig | None = None
+    # Stacks whose passes may be under way at once (each stack's own passes stay serial).
+    max_concurrent_stacks: int = Field(default=4, ge=1, le=64, alias="maxConcurrentStacks")
     retry: RetryConfig = RetryConfig()
     limits: LimitsConfig = LimitsConfig()
     # The agent's HTTP listener (GET /status, POST /sync, POST /hooks/git): HOST:PORT,

@@ -94,7 +94,12 @@ class Agent:
         self.rng = rng or random.Random()
         self.on_pass = on_pass
         self.stop = asyncio.Event()
-        self._passes = ThreadPoolExecutor(1, thread_name_prefix="setpoint-pass")
+        # Stacks' passes run concurrently, up to maxConcurrentStacks at once; engine code
+        # is serialized by the controller's pass gate, given up only while a provider
+        # waits (a rollout's readiness), so no stack waits for another's rollout.
+        self._passes = ThreadPoolExecutor(
+            self.config.max_concurrent_stacks, thread_name_prefix="setpoint-pass"
+        )
         self._git = ThreadPoolExecutor(1, thread_name_prefix="setpoint-git")
         self._queues = {s.name: _StackQueue(s) for s in self.config.stacks if not s.suspend}
         self._fetched_once = {s.name: asyncio.Event() for s in self.config.sources}
@@ -223,6 +228,11 @@ class Agent:
                     )
                 self._calm_at[result.stack] = now + 1.0
 
+    def _gated(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn`` in a pass thread under the pass gate (it touches engine state)."""
+        with self.controller.gate.hold():
+            return fn(*args)
+
     def _after_full_pass(self, stack: str) -> None:
         """Pass thread: (re)watch what the pass enforced; record whether all is watched."""
         w = self._watches.get(stack)
@@ -244,13 +254,13 @@ class Agent:
             for stack, w in list(self._watches.items()):
                 if not w.unwatched():
                     continue
-                await loop.run_in_executor(self._passes, w.retry)
+                await loop.run_in_executor(self._passes, self._gated, w.retry)
                 missing = w.unwatched()
                 if missing:
                     self.request(stack, missing)
                 else:
                     await loop.run_in_executor(
-                        self._passes, w.report, self.controller.db, self.watch_poll
+                        self._passes, self._gated, w.report, self.controller.db, self.watch_poll
                     )
 
     # -- main -------------------------------------------------------------------------
@@ -410,7 +420,9 @@ class Agent:
                 self.on_pass(result)
             if only is None:
                 resync = loop.time() + jittered(q.cfg.resync, self.rng)
-                await loop.run_in_executor(self._passes, self._after_full_pass, q.cfg.name)
+                await loop.run_in_executor(
+                    self._passes, self._gated, self._after_full_pass, q.cfg.name
+                )
             else:
                 self._count_flaps(result)
             if _retryable(result):
@@ -453,6 +465,11 @@ class Agent:
                         "partial": q.partial_passes,
                         "last": q.last_pass,
                         "queued": q.wake.is_set(),
+                        "waiting": (
+                            w.describe(time.time())
+                            if (w := ctl.waits.get(name)) is not None
+                            else None
+                        ),
                     }
                     for name, q in self._queues.items()
                 },

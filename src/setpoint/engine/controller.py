@@ -16,11 +16,15 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from setpoint.config import AgentConfig, ConfigError, StackConfig
 from setpoint.engine.fleet import FleetChange, FleetView, with_stacks
+from setpoint.engine.gate import FULL, PARTIAL, PassGate
 from setpoint.engine.orphans import (
     ForgetResult,
     Orphan,
@@ -52,6 +56,20 @@ log = logging.getLogger("setpoint.controller")
 
 
 FLEET_JOURNAL = "@fleet"  # journal stack name for Fleet events before any Fleet stack runs
+
+
+@dataclass(frozen=True)
+class Wait:
+    """What a stack's pass waits for, for status: "rollout of Service/app: waiting for
+    readiness, 12 s of 20"."""
+
+    resource: str
+    what: str
+    since: float  # epoch seconds
+    timeout: float
+
+    def describe(self, now: float) -> str:
+        return f"{self.what}, {now - self.since:.0f} s of {self.timeout:g}"
 
 
 class StateLockedError(SetpointError):
@@ -113,6 +131,10 @@ class Controller:
             if config.fleet is not None
             else None
         )
+        self.gate = PassGate()
+        self._local = threading.local()  # the stack whose pass runs on this thread
+        self.waits: dict[str, Wait] = {}  # stack -> what its pass waits for (status)
+        self.target.wait_hook = self._waiting
         # Fleet stacks whose prune failed (retried at each refresh), by name.
         self._removing: dict[str, StackConfig] = {}
         if self.fleet is not None:
@@ -249,7 +271,41 @@ class Controller:
         only: set[str] | None = None,
         event_at: float | None = None,
     ) -> PassResult:
-        """One pass over ``stack`` (only the ``only`` ids, for a watch event at ``event_at``)."""
+        """One pass over ``stack`` (only the ``only`` ids, for a watch event at ``event_at``).
+
+        Safe to call from several threads for different stacks: the pass holds the
+        pass gate (drift-triggered passes first), which it gives up only while a
+        provider waits on the outside world (see :mod:`setpoint.engine.gate`).
+        """
+        self._local.stack = stack
+        try:
+            with self.gate.hold(PARTIAL if only is not None else FULL):
+                return self._reconcile(stack, dry_run=dry_run, only=only, event_at=event_at)
+        finally:
+            self._local.stack = None
+
+    @contextmanager
+    def _waiting(self, resource: str, what: str, timeout: float) -> Iterator[None]:
+        """Target.waiting: let other stacks' passes run while a provider waits."""
+        stack = getattr(self._local, "stack", None)
+        if stack is not None:
+            self.waits[stack] = Wait(resource, what, time.time(), timeout)
+        try:
+            with self.gate.outside():
+                yield
+        finally:
+            if stack is not None:
+                self.waits.pop(stack, None)
+                self.reconciler.resume(stack)
+
+    def _reconcile(
+        self,
+        stack: str,
+        *,
+        dry_run: bool,
+        only: set[str] | None,
+        event_at: float | None,
+    ) -> PassResult:
         cfg = next((s for s in self.config.stacks if s.name == stack), None)
         if cfg is None:  # a Fleet change removed it while the pass was queued
             return PassResult(stack, errors=[f"stack {stack} no longer runs on this host"])
@@ -380,6 +436,11 @@ class Controller:
     # -- the Fleet ------------------------------------------------------------------
 
     def refresh_fleet(self, *, dry_run: bool = False) -> FleetChange | None:
+        """Re-select this host's Fleet stacks (see :meth:`_refresh_fleet`), under the gate."""
+        with self.gate.hold():
+            return self._refresh_fleet(dry_run=dry_run)
+
+    def _refresh_fleet(self, *, dry_run: bool = False) -> FleetChange | None:
         """Re-select this host's Fleet stacks at the fleet source's fetched revision.
 
         Called in the pass thread after a fetch. Stacks the host no longer runs are

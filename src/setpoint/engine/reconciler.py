@@ -78,6 +78,9 @@ class Reconciler:
         self._heads: dict[str, _Head] = {}
         # target.declared, and the (desired state, owners version) it was built from.
         self._declared: tuple[Desired, int, set[str]] | None = None
+        # Per stack, the pass under way's (desired state, declared paths): restored when
+        # a pass resumes after a provider's wait, during which other stacks' passes ran.
+        self._context: dict[str, tuple[Desired, set[str]]] = {}
         # Optional provider hooks, looked up once (the per-resource ones sit on the hot path).
         unique = list({id(p): p for p in self.providers.values()}.values())
         self._effective = {
@@ -248,6 +251,7 @@ class Reconciler:
         if d is None or d[0] is not desired or d[1] != self.inventory.version:
             d = self._declared = (desired, self.inventory.version, set(desired.paths) | set(owners))
         target.declared = d[2]
+        self._context[stack.name] = (desired, d[2])
         self._bind_desired(desired)
         for begin_pass in self._pass_hooks:
             begin_pass(full, stack.resync)
@@ -338,6 +342,19 @@ class Reconciler:
                 return ResourceOutcome(r.id, "drifted", change=change)
         intent = owned is None and change.action is Action.CREATE
         if intent:
+            # Another stack's pass may have run while this one waited (a rollout): the
+            # path must still be free when it is claimed (the render-time check is older).
+            path = next(iter(provider.claims(r)), "")
+            other = self.inventory.owners().get(path) if path else None
+            if other is not None and other.stack != stack.name:
+                return self._failed(
+                    stack,
+                    r,
+                    sha,
+                    f"cannot create {path}: stack {other.stack} claimed it meanwhile "
+                    f"({other.resource}); refused",
+                    dry_run,
+                )
             # Write-ahead: own the path before creating it, so that a crash between the
             # create and its record cannot leave a file that no inventory knows (which
             # prune would then never remove). Digest "" = not applied yet (never drift).
@@ -366,6 +383,20 @@ class Reconciler:
         )
         self.inventory.record_outcome(records=[self._record(stack, r, sha, owned)], entries=entries)
         return ResourceOutcome(r.id, "reverted" if drift else "changed", change=change)
+
+    def resume(self, stack: str) -> None:
+        """A pass of ``stack`` continues after a provider's wait: put its context back.
+
+        Other stacks' passes ran meanwhile and set the target's declared paths, the
+        providers' desired-state binding and the cached directory descriptors.
+        """
+        ctx = self._context.get(stack)
+        if ctx is None:
+            return
+        desired, declared = ctx
+        self.target.declared = declared
+        self.target.forget_parents()
+        self._bind_desired(desired)
 
     def _bind_desired(self, desired: Desired) -> None:
         """Give providers with a ``set_desired`` hook the stack's resources by id.

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -28,6 +29,9 @@ from pydantic import BaseModel
 from setpoint.model.errors import ProviderError, SetpointError
 from setpoint.model.plan import Change
 from setpoint.model.resource import Resource
+
+WaitHook = Callable[[str, str, float], AbstractContextManager[None]]
+"""(resource id, what is awaited, timeout s) -> a context manager around the wait."""
 
 
 @dataclass
@@ -50,6 +54,9 @@ class Target:
     touched_dirs: set[str] = field(default_factory=set)
     links: dict[str, str] = field(default_factory=dict)
     dir_fds: dict[str, int] = field(default_factory=dict, repr=False)
+    # Set by the engine: how a provider's wait on the outside world lets other stacks'
+    # passes run meanwhile (see :meth:`waiting`).
+    wait_hook: WaitHook | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(os.path.realpath(self.root))
@@ -59,6 +66,22 @@ class Target:
         if str(self.root) == "/":
             return path
         return str(self.root) + path
+
+    @contextmanager
+    def waiting(self, resource: str, what: str, timeout: float) -> Iterator[None]:
+        """Wrap a provider's wait on the outside world (readiness, a download).
+
+        ``what`` says what is awaited, for status ("rollout of Service/app: waiting for
+        readiness"); ``timeout`` is the wait's bound in seconds. The engine runs other
+        stacks' passes during the block; the provider must hold no engine state across
+        it (no cached directory descriptor, no per-pass set) and re-read after it.
+        """
+        hook = self.wait_hook
+        if hook is None:
+            yield
+            return
+        with hook(resource, what, timeout):
+            yield
 
     def forget_parents(self) -> None:
         """Start of a pass: close the directory descriptors cached by the last one."""

@@ -343,11 +343,30 @@ class ReleaseProvider:
         shown = redact_url(spec.url)
         tmp = base / "archives" / f".{want}.{uuid.uuid4().hex}.part"
         h = hashlib.sha256()
+        deadline = time.monotonic() + spec.timeoutSeconds
         try:
-            with self._open(spec) as src, open(tmp, "wb") as dst:
+            waiting = self.target.waiting(
+                resource.id, f"download of {resource.id}", spec.timeoutSeconds
+            )
+            with waiting, self._open(spec, deadline) as src, open(tmp, "wb") as dst:
                 os.chmod(tmp, 0o600)
+                size = 0
+                # read1: what has arrived, so a slow drip cannot hold a read past the deadline.
+                read = getattr(src, "read1", src.read)
                 try:
-                    while chunk := src.read(_CHUNK):
+                    while chunk := read(_CHUNK):
+                        size += len(chunk)
+                        if size > spec.maxBytes:
+                            raise ProviderError(
+                                f"cannot download {shown}: larger than maxBytes "
+                                f"({spec.maxBytes} bytes); refused",
+                                transient=False,
+                            )
+                        if time.monotonic() > deadline:
+                            raise ProviderError(
+                                f"cannot download {shown}: not done within timeoutSeconds "
+                                f"({spec.timeoutSeconds:g} s, {size} bytes received)"
+                            )
                         h.update(chunk)
                         dst.write(chunk)
                 except (OSError, http.client.HTTPException, ValueError) as err:
@@ -368,7 +387,7 @@ class ReleaseProvider:
                 tmp.unlink()
         return cached
 
-    def _open(self, spec: ReleaseSpec) -> IO[bytes]:
+    def _open(self, spec: ReleaseSpec, deadline: float) -> IO[bytes]:
         parts = urlsplit(spec.url)
         if parts.scheme == "file":
             path = self.target.host_path(unquote(parts.path))
@@ -377,7 +396,10 @@ class ReleaseProvider:
             except OSError as err:
                 raise ProviderError(f"cannot read {redact_url(spec.url)}: {err.strerror}") from None
         try:
-            resp: IO[bytes] = urllib.request.urlopen(_request(spec.url), timeout=30)  # noqa: S310
+            # Each socket operation is bounded too: a server that stops sending fails the
+            # read (the loop in _archive checks the overall deadline between reads).
+            wait = max(0.1, min(30.0, deadline - time.monotonic()))
+            resp: IO[bytes] = urllib.request.urlopen(_request(spec.url), timeout=wait)  # noqa: S310
             return resp
         except (OSError, http.client.HTTPException, ValueError) as err:
             # ``from None``: the original error (which may quote the URL) is not chained.

@@ -470,18 +470,21 @@ class ServiceProvider:
         if spec.readiness is None:
             return True, "started (no readiness probe)"
         deadline = time.monotonic() + spec.readyTimeout
-        while True:
-            sup = self._sups.get(name)
-            if sup is None:
-                return False, "not supervised"
-            if sup.gave_up:
-                return False, f"{sup.exit} before becoming ready"
-            if sup.ready and sup.running():
-                return True, sup.message
-            if time.monotonic() >= deadline:
-                why = sup.message if sup.running() else (sup.exit or sup.message)
-                return False, f"not ready within {spec.readyTimeout:g}s: {why}"
-            time.sleep(0.02)
+        what = f"rollout of Service/{name}: waiting for readiness"
+        # Other stacks' passes run while this one waits (the engine's pass gate).
+        with self.target.waiting(f"Service/{name}", what, spec.readyTimeout):
+            while True:
+                sup = self._sups.get(name)
+                if sup is None:
+                    return False, "not supervised"
+                if sup.gave_up:
+                    return False, f"{sup.exit} before becoming ready"
+                if sup.ready and sup.running():
+                    return True, sup.message
+                if time.monotonic() >= deadline:
+                    why = sup.message if sup.running() else (sup.exit or sup.message)
+                    return False, f"not ready within {spec.readyTimeout:g}s: {why}"
+                time.sleep(0.02)
 
     def _rollback(self, resource: Resource, spec: ServiceSpec, digest: str, message: str) -> None:
         name = resource.name

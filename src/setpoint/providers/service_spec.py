@@ -71,6 +71,10 @@ class ReleaseSpec(BaseModel):
     keep: int = Field(default=3, ge=1, le=100)
     dependsOn: list[ResourceId] = Field(default_factory=list)
     versionPolicy: VersionPolicy | None = None
+    # Bounds on the download: a slow-drip or endless server fails the resource, never
+    # stalls the pass (other stacks run meanwhile either way).
+    timeoutSeconds: float = Field(default=600.0, gt=0)
+    maxBytes: int = Field(default=2 << 30, gt=0)
 
     @field_validator("version", mode="before")
     @classmethod
