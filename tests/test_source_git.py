@@ -465,3 +465,35 @@ def test_commit_info(tmp_path: Path, git_repo: GitRepo, bare: Path) -> None:
     assert info["author"] == "setpoint tests <tests@setpoint.invalid>"
     assert info["subject"] == "Add motd for web hosts"
     assert datetime.fromisoformat(info["date"]).tzinfo is not None
+
+
+def test_a_slow_fetch_does_not_hold_up_reading_the_fetched_tree(
+    tmp_path: Path, git_repo: GitRepo
+) -> None:
+    first = git_repo.commit({"a.txt": "one\n"})
+    src = GitSource("s", git_repo.url, "main", tmp_path / "cache")
+    assert src.fetch() == first
+    git_repo.commit({"a.txt": "two\n"})
+    inside, release = threading.Event(), threading.Event()
+    real = src._fetch_named
+
+    def slow_fetch(known: str | None) -> str:
+        inside.set()  # the fetch holds the mirror's locks now, as on a slow network
+        release.wait(30)
+        return real(known)
+
+    src._fetch_named = slow_fetch  # type: ignore[method-assign]
+    fetcher = threading.Thread(target=src.fetch)
+    fetcher.start()
+    try:
+        assert inside.wait(10)
+        got: list[Path] = []
+        reader = threading.Thread(target=lambda: got.append(src.tree(first)))
+        reader.start()
+        reader.join(10)  # blocked on the fetch's lock, it would still be waiting
+        assert not reader.is_alive(), "reading the fetched tree waited for the fetch"
+        assert (got[0] / "a.txt").read_text() == "one\n"
+        assert src.tree_id(first) is not None and src.commit_info(first)["sha"] == first
+    finally:
+        release.set()
+        fetcher.join(30)

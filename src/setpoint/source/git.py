@@ -207,7 +207,10 @@ class GitSource:
         self.fsck_timeout = timeout if fsck_timeout is None else fsck_timeout
         self._env = git_env()
         self._credential_opts: tuple[str, ...] = ()
-        self._lock = threading.Lock()
+        # Two locks (each with its flock, for other processes): a fetch, which may wait
+        # on a slow remote, never holds the one a pass needs to read a fetched tree.
+        self._lock = threading.Lock()  # the mirror: fetch, clone, repair
+        self._tree_lock = threading.Lock()  # the exported trees
         self._repo_ready = False
         self._trees = TreeStore(
             name, self.trees_dir, keep_trees, self._git, self._rev_parse, lambda: self._url
@@ -277,8 +280,9 @@ class GitSource:
         earlier may be, once ``keep_trees`` newer ones were asked for.
         """
         self._check_sha(sha)
-        with self._lock, self._flocked():
-            self._ensure_repo()
+        self._ready()
+        # Reading objects while a fetch adds others is safe in git; only exports race.
+        with self._tree_lock, self._flocked("trees.lock"):
             try:
                 self._trees.clean()
             except OSError as exc:
@@ -303,7 +307,7 @@ class GitSource:
         mirror, when the check itself could not be made (timeout, no git, killed):
         that says nothing about the mirror, and re-cloning a big one costs a lot.
         """
-        with self._lock, self._flocked():
+        with self._lock, self._flocked(), self._tree_lock, self._flocked("trees.lock"):
             if not self.repo_dir.exists():
                 return False
             args = ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"]
@@ -338,19 +342,17 @@ class GitSource:
         if rel.startswith(("/", "..")):
             raise SourceError(f"source {self.name}: {path!r} is not a path inside the repository")
         spec = f"{sha}^{{tree}}" if rel == "." else f"{sha}:{rel}"
-        with self._lock:
-            self._ensure_repo()
-            return self._rev_parse(spec)
+        self._ready()
+        return self._rev_parse(spec)
 
     def commit_info(self, sha: str) -> dict[str, str]:
         """``sha``, ``author`` ("Name <email>"), ``date`` (ISO 8601) and ``subject`` of a commit."""
         self._check_sha(sha)
-        with self._lock:
-            self._ensure_repo()
-            out = self._git(
-                ["show", "-s", "--format=%an <%ae>%x00%aI%x00%s", sha],
-                what=f"read commit {sha}",
-            )
+        self._ready()
+        out = self._git(
+            ["show", "-s", "--format=%an <%ae>%x00%aI%x00%s", sha],
+            what=f"read commit {sha}",
+        )
         author, date, subject = out.decode("utf-8", "replace").rstrip("\n").split("\0", 2)
         return {"sha": sha, "author": author, "date": date, "subject": subject}
 
@@ -454,10 +456,16 @@ class GitSource:
 
     # -- plumbing --------------------------------------------------------------
 
+    def _ready(self) -> None:
+        """The mirror exists (for a read): the mirror's lock only the first time."""
+        if not self._repo_ready:
+            with self._lock, self._flocked():
+                self._ensure_repo()
+
     @contextmanager
-    def _flocked(self) -> Iterator[None]:
+    def _flocked(self, name: str = "lock") -> Iterator[None]:
         self.cache_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.cache_dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(self.cache_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
