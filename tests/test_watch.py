@@ -244,3 +244,40 @@ def test_a_burst_of_writes_is_coalesced_and_ends_restored(git_repo, root, run_ag
     wait_for(lambda: not agent.passes()["queued"], what="queue drained")
     passes = agent.passes()["partial"] - before
     assert 1 <= passes < writes / 4, passes
+
+
+def test_a_watch_that_cannot_be_set_up_falls_back_to_polling_and_is_retried() -> None:
+    from setpoint.engine.desired import Desired
+    from setpoint.engine.graph import order_resources
+    from setpoint.engine.watch import StackWatches
+    from setpoint.model.resource import Location, Resource
+
+    class Flaky:
+        """A provider whose watch fails until ``ok`` (engine logic only: no target)."""
+
+        ok = False
+
+        def watch(self, resources: list[Resource], notify: object) -> object:
+            if not self.ok:
+                raise RuntimeError("inotify is unavailable")
+
+            class W:
+                def close(self) -> None:
+                    pass
+
+            return W()
+
+    flaky = Flaky()
+    rs = [
+        Resource(kind="Thing", name=n, spec=None, location=Location("m.yaml", 1))  # type: ignore[arg-type]
+        for n in ("a", "b")
+    ]
+    desired = Desired("0" * 40, order_resources(rs, lambda r: ()))
+    w = StackWatches("s", {"Thing": flaky}, lambda ids: None)  # type: ignore[dict-item]
+    w.update(desired)
+    assert w.unwatched() == {"Thing/a", "Thing/b"}  # polled by the agent meanwhile
+    w.retry()
+    assert w.unwatched() == {"Thing/a", "Thing/b"}
+    flaky.ok = True
+    w.retry()
+    assert w.unwatched() == set()

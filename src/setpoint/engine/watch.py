@@ -48,6 +48,9 @@ class StackWatches:
         self.resources = 0
         self.setup_ms = 0.0
         self._limited = False
+        # Providers whose watch could not be set up, with their resources: polled by the
+        # agent (as unwatched) and tried again at each poll.
+        self._failed: list[tuple[Any, list[Resource]]] = []
 
     def update(self, desired: Desired | None) -> bool:
         """(Re)watch ``desired``'s resources if they changed; True when watches were made."""
@@ -63,12 +66,7 @@ class StackWatches:
             if p is None or not hasattr(p, "watch"):
                 continue
             groups.setdefault(id(p), (p, []))[1].append(r)
-        new: list[tuple[Any, Watcher]] = []
-        for p, rs in groups.values():
-            try:
-                new.append((p, p.watch(rs, self.notify)))
-            except OSError as exc:
-                log.warning("stack %s: cannot watch (%s); relying on polling", self.stack, exc)
+        new, self._failed = self._watch(list(groups.values()))
         old, self._watchers = self._watchers, new
         for _p, w in old:  # the new watches are up before the old ones go: no gap
             w.close()
@@ -80,8 +78,26 @@ class StackWatches:
         )
         return True
 
+    def _watch(
+        self, groups: list[tuple[Any, list[Resource]]]
+    ) -> tuple[list[tuple[Any, Watcher]], list[tuple[Any, list[Resource]]]]:
+        made: list[tuple[Any, Watcher]] = []
+        failed: list[tuple[Any, list[Resource]]] = []
+        for p, rs in groups:
+            try:
+                made.append((p, p.watch(rs, self.notify)))
+            except Exception as exc:  # any failure: those resources are polled instead
+                log.warning(
+                    "stack %s: cannot watch %d resource(s) (%s); polling them instead",
+                    self.stack,
+                    len(rs),
+                    exc,
+                )
+                failed.append((p, rs))
+        return made, failed
+
     def unwatched(self) -> set[str]:
-        out: set[str] = set()
+        out: set[str] = {r.id for _p, rs in self._failed for r in rs}
         for p, w in self._watchers:
             if hasattr(w, "unwatched"):
                 out |= w.unwatched()
@@ -93,6 +109,9 @@ class StackWatches:
         for _p, w in self._watchers:
             if hasattr(w, "retry"):
                 w.retry()
+        if self._failed:
+            made, self._failed = self._watch(self._failed)
+            self._watchers += made
 
     def watch_count(self) -> int:
         return sum(int(getattr(w, "watch_count", 0)) for _p, w in self._watchers)
@@ -101,6 +120,7 @@ class StackWatches:
         for _p, w in self._watchers:
             w.close()
         self._watchers = []
+        self._failed = []
         self._key = None
 
     def report(self, db: StateDB, poll: float) -> None:
