@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,9 @@ import yaml
 
 from setpoint.config import AgentConfig
 from setpoint.engine.controller import Controller
+
+# setpoint's temporary files: ``.NAME.setpoint-<state dir token>.tmp``.
+TMP_RE = re.compile(r"^\..+\.setpoint-[0-9a-f]{8}\.tmp$")
 
 
 def manifest(kind: str, name: str, labels: dict[str, str] | None = None, **spec: Any) -> str:

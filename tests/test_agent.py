@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GitRepo
-from helpers import cli, docs, manifest, start_agent, wait_for
+from helpers import TMP_RE, cli, docs, manifest, start_agent, wait_for
 
 
 def write_config(path: Path, repo: GitRepo, root: Path, state: Path, *, interval: float = 0.3,
@@ -131,5 +131,5 @@ def test_crash_in_the_middle_of_a_large_apply_converges_without_partial_files(
              what="all content right")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    leftovers = [p.name for p in (root / "data").iterdir() if "setpoint-tmp" in p.name]
+    leftovers = [p.name for p in (root / "data").iterdir() if TMP_RE.search(p.name)]
     assert leftovers == []

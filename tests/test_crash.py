@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import GitRepo
-from helpers import manifest, start_agent, wait_for
+from helpers import TMP_RE, manifest, start_agent, wait_for
 from setpoint.model.status import StackStatus
 
 FILES = 160
@@ -131,7 +131,7 @@ def check_no_partial(root: Path, revs: dict[str, int], upto: int) -> None:
     if not data.exists():
         return
     for p in data.iterdir():
-        if p.name.endswith(".setpoint-tmp"):
+        if TMP_RE.search(p.name):
             continue  # the unpublished temp of an interrupted write: never a managed path
         assert p.name.startswith("f") and p.name.endswith(".txt"), p
         i = int(p.name[1:-4])
@@ -232,7 +232,7 @@ def test_sigkill_during_applies_never_leaves_partial_files_or_lost_records(tmp_p
                 files = {
                     p.name
                     for p in (root / "srv/data").iterdir()
-                    if not p.name.endswith(".setpoint-tmp")
+                    if not TMP_RE.search(p.name)
                 }
                 want = {f"f{i}.txt" for i in declared(rev)}
                 last.append(("extra", sorted(files - want), "missing", sorted(want - files)))
@@ -306,3 +306,32 @@ def test_crash_test_runs_in_ci():
         check=False,
     )
     assert out.stdout == "", out.stdout
+
+
+def test_leftover_temporary_files_are_removed_at_the_next_pass_and_only_ours(
+    git_repo: GitRepo, tmp_path: Path
+) -> None:
+    from helpers import one_pass, one_stack
+
+    from setpoint.providers.base import Target
+
+    root, state = tmp_path / "root", tmp_path / "state"
+    (root / "etc").mkdir(parents=True)
+    git_repo.commit({"m/f.yaml": manifest("File", "motd", path="/etc/motd", content="hi\n")})
+    cfg = one_stack(git_repo.url, root, state)
+    one_pass(cfg)
+    token = Target(root, state_dir=state).tmp_token
+    ours = root / f"etc/.motd.setpoint-{token}.tmp"  # what a crash mid-write leaves
+    ours.write_text("half a wri")
+    users = [root / "etc/.motd.setpoint-tmp", root / "etc/.motd.setpoint-0badc0de.tmp"]
+    for p in users:
+        p.write_text("not setpoint's (or another state dir's)\n")
+    result, _status, journal, _inv = one_pass(cfg)
+    assert result.converged
+    assert not ours.exists()
+    assert all(p.read_text().startswith("not setpoint's") for p in users)
+    cleanups = [e for e in journal if e.event == "cleanup"]
+    assert [e.message for e in cleanups] == [
+        f"removed /etc/.motd.setpoint-{token}.tmp, a temporary file left by an interrupted write"
+    ]
+    assert cleanups[0].resource == "File/motd"

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import GitRepo
-from helpers import manifest, one_pass, one_stack, start_agent, wait_for
+from helpers import TMP_RE, manifest, one_pass, one_stack, start_agent, wait_for
 from setpoint.config import AgentConfig
 from setpoint.state import StateDB
 
@@ -334,7 +334,7 @@ def _remount(mnt: Path, opts: str) -> None:
 
 
 def _leftovers(root: Path) -> list[str]:
-    return [p.name for p in root.rglob("*") if "setpoint-tmp" in p.name]
+    return [p.name for p in root.rglob("*") if TMP_RE.search(p.name)]
 
 
 def test_disk_full_leaves_no_partial_file_and_recovers(git_repo, small_fs, state_dir):

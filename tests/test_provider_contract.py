@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TMP_RE
 from setpoint.model import Location, Resource
 from setpoint.providers.base import Target
 from setpoint.providers.fs import FilesystemProvider
@@ -196,7 +197,7 @@ def test_converges_and_is_idempotent(kind: str, spec_name: str, state: str, root
     again = provider.plan(res, provider.read(res))
     assert again.is_noop, again.summary()
     assert snapshot(root) == before
-    assert not [p for p in before if p.endswith(".setpoint-tmp")]
+    assert not [p for p in before if TMP_RE.search(p)]
 
 
 # -- Release ------------------------------------------------------------------------------

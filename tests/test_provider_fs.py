@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import TMP_RE
 from setpoint.model import Action, Change, Location, ProviderError, Resource
 from setpoint.providers import fs_walk
 from setpoint.providers.base import Target
@@ -77,7 +78,7 @@ def converge(prov: FilesystemProvider, res: Resource) -> Change:
 
 
 def temps(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.endswith(".setpoint-tmp")]
+    return [p for p in root.rglob("*") if TMP_RE.search(p.name)]
 
 
 def fields(change: Change) -> dict[str, tuple[str | None, str | None]]:
@@ -379,7 +380,7 @@ def test_stale_temp_is_replaced_and_never_written_through(
 ) -> None:
     victim = tmp_path / "victim"
     victim.write_bytes(b"precious")
-    os.link(victim, root / ".motd.setpoint-tmp")  # a planted hard link
+    os.link(victim, root / f".motd.setpoint-{prov.target.tmp_token}.tmp")  # a planted hard link
     converge(prov, file_res("/motd", b"managed"))
     assert victim.read_bytes() == b"precious"
     assert temps(root) == []

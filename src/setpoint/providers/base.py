@@ -16,6 +16,7 @@ Contract (checked by ``tests/test_provider_contract.py`` for every kind):
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
@@ -60,6 +61,11 @@ class Target:
 
     def __post_init__(self) -> None:
         self.root = Path(os.path.realpath(self.root))
+        # In the names of our temporary files (``.NAME.setpoint-<token>.tmp``): a user's
+        # file of a similar name is never taken for ours, and another agent's (another
+        # state dir) are left to it.
+        where = os.path.realpath(self.state_dir) if self.state_dir is not None else ""
+        self.tmp_token = hashlib.sha256(where.encode()).hexdigest()[:8]
 
     def host_path(self, path: str) -> str:
         """The real path of a declared absolute path under the root (no resolution)."""

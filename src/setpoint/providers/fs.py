@@ -19,15 +19,23 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence, Set
+import os
+from collections.abc import Collection, Iterable, Sequence, Set
 from typing import ClassVar
 
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers import fs_apply
-from setpoint.providers.base import Observed, Target, WatchCallback, Watcher
-from setpoint.providers.fs_common import FsState, IdCache, desired_bytes, fs_spec, os_error
+from setpoint.providers.base import Observed, ProviderEvent, Target, WatchCallback, Watcher
+from setpoint.providers.fs_common import (
+    FsState,
+    IdCache,
+    desired_bytes,
+    fs_spec,
+    is_tmp_name,
+    os_error,
+)
 from setpoint.providers.fs_plan import plan_directory, plan_file, plan_symlink
 from setpoint.providers.fs_read import declared_ancestors, lstat_or_none, observe
 from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
@@ -52,6 +60,66 @@ class FilesystemProvider:
         self._ancestors_of: tuple[set[str], int] | None = None
         self._ancestors: frozenset[str] = frozenset()
         self._watches: list[FsWatch] = []
+        # Full passes sweep each directory they visit (once) for our own temporary
+        # files left by a crash; what was removed is journaled (drain_events).
+        self._sweep = False
+        self._swept: set[str] = set()
+        self._events: list[ProviderEvent] = []
+
+    def begin_pass(self, full: bool, resync: float) -> None:
+        """PassAware: full passes sweep the directories they visit for crash leftovers."""
+        self._sweep = full
+        self._swept = set()
+
+    def drain_events(self, resources: Collection[str]) -> list[ProviderEvent]:
+        """EventSource: the leftovers removed, journaled with the resource that found them."""
+        mine = [e for e in self._events if e.resource in resources]
+        self._events = [e for e in self._events if e.resource not in resources]
+        return mine
+
+    def _sweep_leftovers(self, dir_fd: int, parent: str, rid: str) -> None:
+        """Remove this state dir's temporary files (``.NAME.setpoint-<token>.tmp``).
+
+        Only ours: the token names this state dir, so a user's ``.x.setpoint-tmp``
+        or another agent's temporary file is left alone. Directories never match.
+        """
+        token = self.target.tmp_token
+        try:
+            # The walk's descriptors may be O_PATH (not listable): open "." below it.
+            listing = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            return  # unreadable here: the resource's own read reports what matters
+        try:
+            with os.scandir(listing) as it:  # scans a duplicate of the descriptor
+                names = [
+                    e.name
+                    for e in it
+                    if is_tmp_name(e.name, token) and not e.is_dir(follow_symlinks=False)
+                ]
+        except OSError:
+            return
+        finally:
+            os.close(listing)
+        for name in names:
+            where = f"{parent.rstrip('/')}/{name}"
+            try:
+                os.unlink(name, dir_fd=dir_fd)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                self._events.append(
+                    ProviderEvent(rid, "failure", f"cannot remove the leftover {where}: {err}")
+                )
+                continue
+            self.target.touched_dirs.add(self.target.host_path(parent))
+            self._events.append(
+                ProviderEvent(
+                    rid,
+                    "cleanup",
+                    f"removed {where}, a temporary file left by an interrupted write",
+                    {"path": where},
+                )
+            )
 
     def claims(self, resource: Resource) -> tuple[str, ...]:
         return (fs_spec(resource).path,)
@@ -83,6 +151,10 @@ class FilesystemProvider:
             raise os_error("inspect", path, err) from err
         if dir_fd is None:
             return None  # a parent is missing (or not a directory): apply says why
+        parent = path.rpartition("/")[0] or "/"
+        if self._sweep and parent not in self._swept:
+            self._swept.add(parent)
+            self._sweep_leftovers(dir_fd, parent, resource.id)
         name = path.rpartition("/")[2]
         st = lstat_or_none(dir_fd, name, path)
         if st is None:

@@ -3,7 +3,7 @@
 Called by :meth:`setpoint.providers.fs.FilesystemProvider.apply` with a Change that
 :mod:`setpoint.providers.fs_plan` made, and by ``FilesystemProvider.delete`` for prune.
 
-Files and symlinks are written atomically: a temporary ``.<name>.setpoint-tmp`` in the
+Files and symlinks are written atomically: a temporary ``.<name>.setpoint-<token>.tmp`` in the
 same directory, filled, fsynced, then renamed over the path, so a crash leaves the old
 state or the new one, never half of either (and the temporary is unlinked on any error).
 Directory fsyncs are batched: every directory whose entries changed is added to
@@ -32,7 +32,7 @@ from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers.base import Target
-from setpoint.providers.fs_common import TMP_SUFFIX, IdCache, desired_bytes, os_error
+from setpoint.providers.fs_common import IdCache, desired_bytes, os_error, tmp_name
 from setpoint.providers.fs_guard import holds_state_dir
 from setpoint.providers.fs_plan import link_text
 from setpoint.providers.fs_read import list_dir, lstat_or_none
@@ -80,7 +80,7 @@ def apply_symlink(target: Target, spec: SymlinkSpec, change: Change) -> None:
     path = spec.path
     name = _name(path)
     text = link_text(spec.target, str(target.root))
-    tmp = _tmp_name(name)
+    tmp = tmp_name(name, target.tmp_token)
     with _parent(target, path) as pfd:
         _symlink_temp(text, pfd, tmp, path)
         try:
@@ -165,7 +165,7 @@ def _write_file(
     name = _name(path)
     data = desired_bytes(resource, spec)
     uid, gid = ids.resolve(spec, path)  # an unknown name fails before a temp exists
-    tmp = _tmp_name(name)
+    tmp = tmp_name(name, target.tmp_token)
     with _parent(target, path) as pfd:
         if uid == -1 or gid == -1:
             # A rewrite must not hand an operator's file to root: keep the owner/group
@@ -259,8 +259,6 @@ def _name(path: str) -> str:
     return path.rpartition("/")[2]
 
 
-def _tmp_name(name: str) -> str:
-    return f".{name}{TMP_SUFFIX}"
 
 
 def _open_temp(pfd: int, tmp: str, path: str) -> int:

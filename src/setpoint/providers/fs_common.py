@@ -27,7 +27,14 @@ KIND_TYPES = {"File": FILE, "Directory": DIR, "Symlink": LINK}
 # (SequenceMatcher is quadratic in bad cases); larger files are compared by SHA-256.
 DIFF_INPUT_LIMIT = 256 * 1024
 DIFF_OUTPUT_LIMIT = 64 * 1024
-TMP_SUFFIX = ".setpoint-tmp"
+def tmp_name(name: str, token: str) -> str:
+    """The temporary name under which ``name`` is written before its atomic rename."""
+    return f".{name}.setpoint-{token}.tmp"
+
+
+def is_tmp_name(entry: str, token: str) -> bool:
+    """Whether ``entry`` is one of our temporary names (this state dir's token)."""
+    return entry.startswith(".") and entry.endswith(f".setpoint-{token}.tmp") and len(entry) > 20
 
 
 @dataclass(frozen=True, slots=True)
