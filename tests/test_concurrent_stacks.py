@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -37,7 +38,7 @@ def test_drift_is_reverted_at_once_while_another_stack_waits_for_a_rollout(
     service = manifest(
         "Service",
         "stuck",
-        command=["sleep 300"],
+        command=["sleep 313"],
         shell=True,
         readiness={"http": {"url": f"http://127.0.0.1:{dead_port}/"}, "periodSeconds": 0.1},
         readyTimeout=20,
@@ -97,5 +98,6 @@ def test_drift_is_reverted_at_once_while_another_stack_waits_for_a_rollout(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
+        subprocess.run(["pkill", "-f", "sleep 313"], check=False)  # services outlive agents
     history = log.read_text()
     assert "Traceback" not in history

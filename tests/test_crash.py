@@ -312,7 +312,6 @@ def test_leftover_temporary_files_are_removed_at_the_next_pass_and_only_ours(
     git_repo: GitRepo, tmp_path: Path
 ) -> None:
     from helpers import one_pass, one_stack
-
     from setpoint.providers.base import Target
 
     root, state = tmp_path / "root", tmp_path / "state"
