@@ -28,3 +28,50 @@ def token_file(path: Path, token: str, mode: int = 0o600) -> Path:
     path.write_text(token + "\n")
     os.chmod(path, mode)
     return path
+
+
+class SSE:
+    """A Server-Sent Events client on a real socket: ``next()`` returns one event as a dict."""
+
+    def __init__(self, url: str, last_event_id: int | None = None, query: str = "",
+                 timeout: float = 10) -> None:  # fmt: skip
+        import http.client
+        import urllib.parse
+
+        u = urllib.parse.urlsplit(url)
+        self.conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        self.conn.request("GET", "/events" + query, headers=headers)
+        self.resp = self.conn.getresponse()
+        assert self.resp.status == 200, self.resp.status
+
+    def next(self) -> dict[str, Any]:
+        fields: dict[str, str] = {}
+        while True:
+            line = self.resp.readline()
+            if not line:
+                raise EOFError("stream closed")
+            text = line.decode().rstrip("\n")
+            if text == "":
+                if "data" in fields:
+                    ev = json.loads(fields["data"])
+                    ev["_id"], ev["_type"] = int(fields["id"]), fields["event"]
+                    return ev
+                fields = {}
+                continue
+            if text.startswith(":"):
+                continue
+            key, _, value = text.partition(": ")
+            fields[key] = value
+
+    def until(self, pred: Any, limit: int = 200) -> dict[str, Any]:
+        for _ in range(limit):
+            ev = self.next()
+            if pred(ev):
+                return ev
+        raise AssertionError("event not seen")
+
+    def close(self) -> None:
+        self.conn.close()
