@@ -42,14 +42,17 @@ METRICS: dict[str, tuple[str, ...]] = {
     "setpoint_drift_restore_seconds": ("stack",),
     "setpoint_source_failures_total": ("source", "reason"),
     "setpoint_stack_info": ("stack", "revision"),
+    "setpoint_stack_condition": ("stack", "type"),
     "setpoint_last_success_timestamp_seconds": ("stack",),
     "setpoint_service_restarts_total": ("service",),
     "setpoint_probe_failures_total": ("service", "probe"),
     "setpoint_build_info": ("version",),
 }
 
-# (stack, revision, last success time, resource views) for each stack, at scrape time.
-Snapshot = Callable[[], list[tuple[str, str | None, float | None, list[dict[str, Any]]]]]
+# (stack, revision, last success time, {condition type: status}, resource views) per stack.
+Snapshot = Callable[
+    [], list[tuple[str, str | None, float | None, dict[str, bool], list[dict[str, Any]]]]
+]
 
 
 def version() -> str:
@@ -79,7 +82,14 @@ class _StackCollector(Collector):
             "Unix time of the stack's last pass that converged.",
             labels=["stack"],
         )
-        for stack, revision, ok_at, views in self.snapshot():
+        conditions = GaugeMetricFamily(
+            "setpoint_stack_condition",
+            "The stack's conditions (Ready, Stalled, ...): 1 true, 0 false.",
+            labels=list(METRICS["setpoint_stack_condition"]),
+        )
+        for stack, revision, ok_at, conds, views in self.snapshot():
+            for type_, status in sorted(conds.items()):
+                conditions.add_metric([stack, type_], 1 if status else 0)
             counts: dict[tuple[str, str, str], int] = {}
             for v in views:
                 key = (v["kind"], v["sync"], v["health"])
@@ -91,6 +101,7 @@ class _StackCollector(Collector):
                 success.add_metric([stack], ok_at)
         yield resources
         yield info
+        yield conditions
         yield success
 
 

@@ -111,11 +111,16 @@ class Observer:
 
     # -- reads --------------------------------------------------------------------------
 
-    def _snapshot(self) -> list[tuple[str, str | None, float | None, list[dict[str, Any]]]]:
+    def _snapshot(
+        self,
+    ) -> list[tuple[str, str | None, float | None, dict[str, bool], list[dict[str, Any]]]]:
         out = []
         for st in self.reader.statuses():
             views = resource_views(self.ctl, self.reader, st.stack, st)
-            out.append((st.stack, st.applied_revision, self._last_ok.get(st.stack), views))
+            conds = {c.type: c.status for c in st.conditions}
+            conds.setdefault("Stalled", False)
+            last_ok = self._last_ok.get(st.stack)
+            out.append((st.stack, st.applied_revision, last_ok, conds, views))
         return out
 
     def close(self) -> None:
