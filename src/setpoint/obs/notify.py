@@ -14,7 +14,7 @@ timestamp is that of the attempt: a retried delivery is signed afresh.
 
 A pass never waits for a receiver: :meth:`Notifier.offer` only puts the delivery
 on an in-memory queue; one thread stores it in ``STATE/notifications.db`` (a
-bounded queue, oldest dropped past ``MAX_QUEUE``) and sends it, retrying with
+bounded queue, oldest dropped past ``MAX_QUEUE``), another sends it, retrying with
 exponential back-off (capped at an hour, given up after a day). Deliveries not
 yet sent survive a restart of the agent.
 """
@@ -106,7 +106,8 @@ class Notifier:
         self._inbox: queue.SimpleQueue[tuple[NotificationConfig, Notice]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stored = threading.Event()  # new rows for the sender
+        self._threads: list[threading.Thread] = []
         self._rng = random.Random()
         self.sent = 0
         self.dropped = 0
@@ -124,28 +125,34 @@ class Notifier:
                 self._wake.set()
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="setpoint-notify", daemon=True)
-            self._thread.start()
+        if self._threads:
+            return
+        # Two threads: storing never waits behind a delivery stuck on a slow receiver.
+        for target, name in ((self._store_loop, "store"), (self._send_loop, "send")):
+            t = threading.Thread(target=target, name=f"setpoint-notify-{name}", daemon=True)
+            self._threads.append(t)
+            t.start()
 
     def stop(self, timeout: float = 2.0) -> None:
+        """Store what was offered (a restart sends it); a delivery under way is abandoned."""
         self._stop.set()
+        self._stored.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        for t in self._threads:
+            t.join(timeout)
 
-    # -- the delivery thread ------------------------------------------------------------
+    # -- the threads -------------------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         os.close(fd)
-        conn = sqlite3.connect(self.path, isolation_level=None)
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute(_SCHEMA)
         return conn
 
-    def _run(self) -> None:
+    def _store_loop(self) -> None:
         try:
             conn = self._open()
         except (OSError, sqlite3.Error) as exc:
@@ -153,15 +160,28 @@ class Notifier:
             return
         try:
             while not self._stop.is_set():
-                self._store(conn)
-                wait = self._send_due(conn)
-                self._wake.wait(wait)
+                self._wake.wait(1.0)
                 self._wake.clear()
+                if self._store(conn):
+                    self._stored.set()
             self._store(conn)  # nothing offered is lost at a clean stop
         finally:
             conn.close()
 
-    def _store(self, conn: sqlite3.Connection) -> None:
+    def _send_loop(self) -> None:
+        try:
+            conn = self._open()
+        except (OSError, sqlite3.Error):
+            return  # the store thread said why
+        try:
+            while not self._stop.is_set():
+                wait = self._send_due(conn)
+                self._stored.wait(wait)
+                self._stored.clear()
+        finally:
+            conn.close()
+
+    def _store(self, conn: sqlite3.Connection) -> bool:
         rows = []
         now = time.time()
         while True:
@@ -181,7 +201,7 @@ class Notifier:
                 )
             )
         if not rows:
-            return
+            return False
         conn.execute("BEGIN IMMEDIATE")
         conn.executemany(
             "INSERT INTO delivery (uid, url, secret_file, event, body, next_at, created) "
@@ -198,6 +218,7 @@ class Notifier:
             self.dropped += over
             log.warning("notification queue full: dropped the %d oldest deliveries", over)
         conn.execute("COMMIT")
+        return True
 
     def _send_due(self, conn: sqlite3.Connection) -> float:
         """Send what is due, oldest first; the seconds until the next one is due."""
@@ -232,10 +253,10 @@ class Notifier:
                 "UPDATE delivery SET attempts = ?, next_at = ? WHERE id = ?",
                 (attempts, time.time() + delay, row_id),
             )
-        if self._inbox.empty() and not due:
-            (nxt,) = conn.execute("SELECT MIN(next_at) FROM delivery").fetchone()
-            return 60.0 if nxt is None else max(0.0, min(60.0, float(nxt) - time.time()))
-        return 0.0
+        if due:
+            return 0.0
+        (nxt,) = conn.execute("SELECT MIN(next_at) FROM delivery").fetchone()
+        return 60.0 if nxt is None else max(0.0, min(60.0, float(nxt) - time.time()))
 
     def _deliver(
         self, uid: str, url: str, secret_file: str | None, event: str, body: bytes
