@@ -43,6 +43,7 @@ def build_app(agent: Agent, auth: ApiAuth | None = None) -> FastAPI:
     from setpoint.api import events, ui, v1
 
     auth = auth or ApiAuth.from_config(agent.config, agent.api_token)
+    stacks = v1.StacksView(agent)  # one cache for the route and the fast path
     app = FastAPI(
         title="setpoint agent",
         version=version(),
@@ -98,7 +99,8 @@ def build_app(agent: Agent, auth: ApiAuth | None = None) -> FastAPI:
             agent.refresh_source(name)
         return JSONResponse({"sources": sources}, status_code=202)
 
-    app.include_router(v1.router(agent, auth))
+    app.include_router(v1.router(agent, auth, stacks))
+    app.state.stacks = stacks
     app.include_router(events.router(agent, auth))
     app.include_router(ui.router(agent, auth))
     return app
@@ -149,7 +151,7 @@ class ApiServer:
     async def serve(self, sock: socket.socket) -> None:
         tls = self.agent.config.api.tls
         config = uvicorn.Config(
-            build_app(self.agent, self.auth),
+            self.asgi(),
             lifespan="off",
             log_level="warning",
             access_log=False,
@@ -159,6 +161,13 @@ class ApiServer:
         )
         self._server = _Server(config)
         await self._server.serve(sockets=[sock])
+
+    def asgi(self) -> Any:
+        """The app, with ``GET /api/v1/stacks`` answered before FastAPI's routing."""
+        from setpoint.api.v1 import FastStacks
+
+        app = build_app(self.agent, self.auth)
+        return FastStacks(app, app.state.stacks, self.auth)
 
     def stop(self) -> None:
         if self._server is not None:
