@@ -316,7 +316,7 @@ class Agent:
         self.api_address = server.address
         self._write_api_files()
         self._api_server = server
-        log.info("API listening on http://%s", server.address)
+        log.info("API listening on %s://%s", server.scheme, server.address)
         await server.serve(sock)
 
     def _write_api_files(self) -> None:
