@@ -18,6 +18,9 @@ if [ "${1:-run}" = dev ]; then
   missing=""
   command -v gpg >/dev/null || missing="$missing gnupg"
   command -v ssh-keygen >/dev/null || missing="$missing openssh-client"
+  # The web UI tests drive Debian's headless Chromium through its chromedriver.
+  command -v chromium >/dev/null || missing="$missing chromium"
+  command -v chromedriver >/dev/null || missing="$missing chromium-driver"
   if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null

@@ -9,11 +9,8 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import json
-import logging
 import re
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -274,6 +271,14 @@ def agent(
     drift: DriftOpt = "revert",
     prune: PruneOpt = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning.")] = "info",
+    log_format: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--log-format",
+            help="text or json (one JSON object per line). Default: logFormat: in the config, "
+            "else text.",
+        ),
+    ] = None,
     listen: Annotated[
         Optional[str],  # noqa: UP045
         typer.Option(
@@ -292,24 +297,27 @@ def agent(
     ] = None,
 ) -> None:
     """Run the loop: poll, reconcile new revisions, resync against drift, retry with back-off."""
-    logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
-    )
+    from setpoint.api.auth import check_startup
+    from setpoint.obs import logs
+
+    if log_format not in (None, "text", "json"):
+        raise _fail(SetpointError(f"--log-format {log_format!r}: give text or json"))
+    logs.setup(log_level, log_format or "text")
     try:
         cfg = _config(config, repo, ref, path, stack, root, state, interval, resync, drift, prune)
         cfg = _agent_overrides(cfg, listen, webhook_secret_file)
+        if log_format is None and cfg.log_format != "text":
+            logs.setup(log_level, cfg.log_format)
+        check_startup(cfg)
         secret = _read_secret(cfg.webhook_secret_file)
         ctl = Controller(cfg)
         ctl.lock_state()
     except SetpointError as exc:
         raise _fail(exc) from None
 
-    def report(r: PassResult) -> None:
-        if r.changes or r.refused or r.count("failed"):
-            print_plan(r, applied=True)
-
+    # The agent logs events (setpoint.obs.logs), one line each; plans stay in the journal.
     try:
-        asyncio.run(Agent(ctl, on_pass=report, webhook_secret=secret).run())
+        asyncio.run(Agent(ctl, webhook_secret=secret).run())
     finally:
         ctl.close()
 
@@ -353,35 +361,20 @@ def sync(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the running agent for an immediate fetch and full pass; print its outcome."""
-    from setpoint.engine.agent import AGENT_FILE, TOKEN_FILE
+    from setpoint.cli_api import running_agent
 
-    try:
-        info = json.loads((state / AGENT_FILE).read_text())
-        token = (state / TOKEN_FILE).read_text().strip()
-    except (OSError, ValueError) as exc:
+    client = running_agent(state)
+    if client is None or client.token is None:
         raise _fail(
             SetpointError(
-                f"no running agent found in {state} ({exc}); start `setpoint agent --state "
+                f"no running agent found in {state}; start `setpoint agent --state "
                 f"{state}` first (its HTTP API must be on)"
             )
-        ) from None
-    body = json.dumps({"stack": stack}).encode()
-    req = urllib.request.Request(
-        f"http://{info['listen']}/sync",
-        data=body,
-        method="POST",
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
+        )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
-            answer = json.loads(resp.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode("utf-8", "replace")
-        raise _fail(SetpointError(f"the agent refused the sync ({exc.code}): {detail}")) from None
-    except (OSError, ValueError) as exc:
-        raise _fail(
-            SetpointError(f"cannot reach the agent at {info.get('listen')}: {exc}")
-        ) from None
+        answer = client.call("POST", "/sync", {"stack": stack}, timeout=timeout)
+    except SetpointError as exc:
+        raise _fail(SetpointError(str(exc).replace("refused", "refused the sync", 1))) from None
     if as_json:
         typer.echo(json.dumps(answer, indent=2))
     else:
@@ -414,11 +407,23 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Show each stack's conditions, revisions and resource counts."""
-    db = _db(state)
-    try:
-        stacks = db.all_status()
-    finally:
-        db.close()
+    from setpoint.cli_api import running_agent
+    from setpoint.model.status import StackStatus
+
+    client = running_agent(state)
+    stacks: list[StackStatus] | None = None
+    if client is not None:  # the running agent's view; the state dir if it cannot answer
+        try:
+            docs = client.call("GET", "/status")["stacks"]
+            stacks = [StackStatus.from_json(d) for d in docs]
+        except (SetpointError, KeyError, TypeError) as exc:
+            typer.echo(f"warning: {exc}; reading the state dir instead", err=True)
+    if stacks is None:
+        db = _db(state)
+        try:
+            stacks = db.all_status()
+        finally:
+            db.close()
     if as_json:
         typer.echo(json.dumps([s.to_json() for s in stacks], indent=2))
     else:
@@ -435,11 +440,29 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """Show the journal: revisions, applies, drift found and reverted, failures, with times."""
-    db = _db(state)
-    try:
-        entries = db.history(stack=stack, limit=limit)
-    finally:
-        db.close()
+    from setpoint.cli_api import journal_query, running_agent
+    from setpoint.state import JournalEntry
+
+    client = running_agent(state)
+    entries: list[JournalEntry] | None = None
+    if client is not None:  # the running agent's journal; the state dir if it cannot answer
+        try:
+            docs = client.call("GET", journal_query(stack, limit))["entries"]
+            entries = [
+                JournalEntry(
+                    ts=d["ts"], stack=d["stack"], event=d["event"], revision=d["revision"],
+                    resource=d["resource"], message=d["message"], detail=d["detail"], id=d["id"],
+                )
+                for d in reversed(docs)
+            ]  # fmt: skip
+        except (SetpointError, KeyError, TypeError) as exc:
+            typer.echo(f"warning: {exc}; reading the state dir instead", err=True)
+    if entries is None:
+        db = _db(state)
+        try:
+            entries = db.history(stack=stack, limit=limit)
+        finally:
+            db.close()
     if as_json:
         typer.echo(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
     else:

@@ -98,10 +98,25 @@ class StackPolicy(_Model):
         return self
 
 
+NotifyEvent = Literal["applied", "drift", "failed", "stalled", "recovered"]
+NOTIFY_EVENTS: list[NotifyEvent] = ["applied", "drift", "failed", "stalled", "recovered"]
+
+
+class NotificationConfig(_Model):
+    """An outgoing webhook of a stack (see setpoint/obs/notify.py)."""
+
+    url: str = Field(pattern=r"^https?://")
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+    # The HMAC key of X-Setpoint-Signature (mode 0600); without one deliveries are unsigned.
+    secret_file: Path | None = Field(default=None, alias="secretFile")
+    format: Literal["json", "slack"] = "json"
+
+
 class StackConfig(StackPolicy):
     """A named set of resources from one path of one source, reconciled together."""
 
     source: str
+    notifications: list[NotificationConfig] = Field(default_factory=list)
 
 
 class FleetConfig(_Model):
@@ -141,6 +156,27 @@ class DecryptionConfig(_Model):
     age_key_file: Path | None = Field(default=None, alias="ageKeyFile")
 
 
+class ApiTokenConfig(_Model):
+    """A bearer token for the HTTP API: a file (mode 0600) holding it, and what it may do."""
+
+    file: Path
+    scope: Literal["read", "write"] = "read"
+
+
+class ApiTlsConfig(_Model):
+    cert_file: Path = Field(alias="certFile")
+    key_file: Path = Field(alias="keyFile")
+
+
+class ApiConfig(_Model):
+    """Who may use the HTTP API (see setpoint/api/auth.py): tokens, anonymous reads, TLS."""
+
+    # None: true on a loopback listener, false elsewhere. Writes always need a token.
+    anonymous_read: bool | None = Field(default=None, alias="anonymousRead")
+    tokens: list[ApiTokenConfig] = Field(default_factory=list)
+    tls: ApiTlsConfig | None = None
+
+
 class AgentConfig(_Model):
     root: Path = Path("/")
     state: Path = Path(DEFAULT_STATE)
@@ -161,6 +197,10 @@ class AgentConfig(_Model):
     webhook_secret_file: Path | None = Field(default=None, alias="webhookSecretFile")
     # SOPS secrets: the age key file; SOPS_AGE_KEY_FILE / SOPS_AGE_KEY are read as well.
     decryption: DecryptionConfig = DecryptionConfig()
+    # The HTTP API's tokens, anonymous reads and TLS.
+    api: ApiConfig = ApiConfig()
+    # The agent's log lines: text, or JSON lines (stack, resource, revision, event, ms).
+    log_format: Literal["text", "json"] = Field(default="text", alias="logFormat")
 
     @field_validator("root", "state", mode="after")
     @classmethod
@@ -238,6 +278,7 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> AgentCon
             raw[key] = str((path.parent / raw[key]).resolve())
     _resolve_verify_files(raw, path.parent)
     _resolve_decryption_file(raw, path.parent)
+    _resolve_api_files(raw, path.parent)
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -263,6 +304,23 @@ def _resolve_decryption_file(raw: dict[Any, Any], base: Path) -> None:
     key = dec.get("ageKeyFile") if isinstance(dec, dict) else None
     if isinstance(dec, dict) and isinstance(key, str) and not key.startswith("/"):
         dec["ageKeyFile"] = str((base / key).resolve())
+
+
+def _resolve_api_files(raw: dict[Any, Any], base: Path) -> None:
+    """Relative API token, TLS and notification secret files: relative to the config file."""
+    api = raw.get("api")
+    spots: list[tuple[Any, str]] = []
+    if isinstance(api, dict):
+        spots += [(t, "file") for t in api.get("tokens") or [] if isinstance(t, dict)]
+        tls = api.get("tls")
+        spots += [(tls, "certFile"), (tls, "keyFile")] if isinstance(tls, dict) else []
+    for st in raw.get("stacks") or []:
+        for n in (st.get("notifications") or []) if isinstance(st, dict) else []:
+            spots += [(n, "secretFile")] if isinstance(n, dict) else []
+    for holder, key in spots:
+        value = holder.get(key)
+        if isinstance(value, str) and not value.startswith("/"):
+            holder[key] = str((base / value).resolve())
 
 
 def config_from_flags(

@@ -1,23 +1,23 @@
-"""The agent's HTTP listener: a small FastAPI app served by uvicorn inside the agent's loop.
+"""The agent's HTTP listener: a FastAPI app served by uvicorn inside the agent's loop.
 
-Endpoints (kept small on purpose):
+Endpoints (the OpenAPI document is at ``/openapi.json``):
 
 - ``GET /status``: read-only JSON: each stack's status (as ``setpoint status --json``)
-  plus the agent's live view (sources, watches, pass counts). No token needed;
-  the listener binds loopback by default.
+  plus the agent's live view (sources, watches, pass counts).
 - ``POST /sync`` (``{"stack": NAME}`` or ``{}`` for all): fetch, then a full pass;
-  answers when the pass is over, with its result. Needs ``Authorization: Bearer
-  <token>``, the token the agent writes to ``STATE/api-token`` (mode 0600).
+  answers when the pass is over, with its result. Needs a write token.
 - ``POST /hooks/git``: a Git host's push webhook (see :mod:`setpoint.api.webhook`);
   401 and nothing triggered unless the signature is valid.
+- ``/api/v1/...`` (:mod:`setpoint.api.v1`), ``GET /events`` (:mod:`setpoint.api.events`),
+  ``GET /metrics`` (Prometheus text), the web UI at ``/`` (:mod:`setpoint.api.ui`).
 
-Tokens and secrets are never logged (uvicorn's access log is off).
+Who may call what: :mod:`setpoint.api.auth`. Tokens and secrets are never logged
+(uvicorn's access log is off).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import socket
@@ -25,10 +25,13 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 
+from setpoint.api.auth import READ, WRITE, ApiAuth, check_startup
 from setpoint.api.webhook import match_sources, payload_urls, verify_signature
+from setpoint.obs.metrics import version
 
 if TYPE_CHECKING:
     from setpoint.engine.agent import Agent
@@ -36,23 +39,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("setpoint.api")
 
 
-def build_app(agent: Agent) -> FastAPI:
-    app = FastAPI(title="setpoint agent", docs_url=None, redoc_url=None, openapi_url=None)
+def build_app(agent: Agent, auth: ApiAuth | None = None) -> FastAPI:
+    from setpoint.api import events, ui, v1
 
-    def authorized(request: Request) -> bool:
-        given = request.headers.get("authorization", "")
-        scheme, _, token = given.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(
-            token.strip().encode(), agent.api_token.encode()
-        )
+    auth = auth or ApiAuth.from_config(agent.config, agent.api_token)
+    stacks = v1.StacksView(agent)  # one cache for the route and the fast path
+    app = FastAPI(
+        title="setpoint agent",
+        version=version(),
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
 
     @app.get("/status")
-    async def status() -> JSONResponse:
+    async def status(request: Request) -> JSONResponse:
+        """Every stack's stored status plus the agent's live view."""
+        auth.require(request, READ)
         return JSONResponse(agent.status_json())
 
     @app.post("/sync")
     async def sync(request: Request) -> JSONResponse:
-        if not authorized(request):
+        """Fetch, then a full pass of ``{"stack": NAME}`` (or of every stack for ``{}``)."""
+        if not auth.allowed(request, WRITE):
             return JSONResponse({"error": "missing or wrong token"}, status_code=401)
         body = await request.body()
         try:
@@ -72,6 +81,12 @@ def build_app(agent: Agent) -> FastAPI:
             {"results": results, "converged": all(r.get("converged") for r in results)}
         )
 
+    @app.get("/metrics", response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics (text exposition format); see README "Metrics"."""
+        auth.require(request, READ)
+        return Response(agent.obs.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     @app.post("/hooks/git")
     async def hook(request: Request) -> JSONResponse:
         body = await request.body()
@@ -84,6 +99,10 @@ def build_app(agent: Agent) -> FastAPI:
             agent.refresh_source(name)
         return JSONResponse({"sources": sources}, status_code=202)
 
+    app.include_router(v1.router(agent, auth, stacks))
+    app.state.stacks = stacks
+    app.include_router(events.router(agent, auth))
+    app.include_router(ui.router(agent, auth))
     return app
 
 
@@ -105,6 +124,10 @@ class ApiServer:
     def __init__(self, agent: Agent, listen: str) -> None:
         self.agent = agent
         self.listen = listen
+        # The same checks as at start-up (the CLI runs them first, for a clear exit).
+        check_startup(agent.config)
+        self.auth = ApiAuth.from_config(agent.config, agent.api_token)
+        self.scheme = "https" if agent.config.api.tls is not None else "http"
         self.address: str | None = None  # HOST:PORT actually bound
         self._server: _Server | None = None
 
@@ -126,15 +149,25 @@ class ApiServer:
         return sock
 
     async def serve(self, sock: socket.socket) -> None:
+        tls = self.agent.config.api.tls
         config = uvicorn.Config(
-            build_app(self.agent),
+            self.asgi(),
             lifespan="off",
             log_level="warning",
             access_log=False,
             server_header=False,
+            ssl_certfile=str(tls.cert_file) if tls else None,
+            ssl_keyfile=str(tls.key_file) if tls else None,
         )
         self._server = _Server(config)
         await self._server.serve(sockets=[sock])
+
+    def asgi(self) -> Any:
+        """The app, with ``GET /api/v1/stacks`` answered before FastAPI's routing."""
+        from setpoint.api.v1 import FastStacks
+
+        app = build_app(self.agent, self.auth)
+        return FastStacks(app, app.state.stacks, self.auth)
 
     def stop(self) -> None:
         if self._server is not None:

@@ -40,17 +40,20 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from setpoint.config import StackConfig
 from setpoint.engine.controller import Controller
 from setpoint.engine.outcome import REVERTED, PassResult
 from setpoint.engine.watch import StackWatches, fallback_poll_interval
+from setpoint.state import JournalEntry
 
 log = logging.getLogger("setpoint.agent")
 
 TOKEN_FILE = "api-token"  # noqa: S105 (a file name)
 AGENT_FILE = "agent.json"
+SUSPENDED_FILE = "suspended.json"
+_T = TypeVar("_T")
 FLAP_LIMIT = 20
 FLAP_WINDOW = 10.0
 
@@ -119,6 +122,15 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._workers: list[asyncio.Task[None]] = []
         self.started = time.time()
+        # Stacks suspended through the API (kept in the state dir across restarts).
+        self.suspended = read_suspended(Path(self.config.state))
+        for name in self.suspended:
+            self._queues.pop(name, None)
+        # Events, logs, metrics and notifications of what the agent does (setpoint.obs);
+        # it wraps ``on_pass`` and listens to the journal.
+        from setpoint.obs.observer import Observer
+
+        self.obs = Observer(self)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -228,7 +240,7 @@ class Agent:
                     )
                 self._calm_at[result.stack] = now + 1.0
 
-    def _gated(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _gated(self, fn: Callable[..., _T], *args: Any) -> _T:
         """Run ``fn`` in a pass thread under the pass gate (it touches engine state)."""
         with self.controller.gate.hold():
             return fn(*args)
@@ -293,6 +305,7 @@ class Agent:
         self._git.shutdown(wait=True, cancel_futures=True)
         for w in self._watches.values():
             w.close()
+        self.obs.close()
 
     async def _run_api(self) -> None:
         if not self.api_enabled:
@@ -313,19 +326,23 @@ class Agent:
         self.api_address = server.address
         self._write_api_files()
         self._api_server = server
-        log.info("API listening on http://%s", server.address)
+        log.info("API listening on %s://%s", server.scheme, server.address)
         await server.serve(sock)
 
     def _write_api_files(self) -> None:
         """STATE/api-token (0600: the token for POST /sync) and STATE/agent.json (where)."""
         state = Path(self.config.state)
         _write_private(state / TOKEN_FILE, self.api_token + "\n")
-        info = {"pid": os.getpid(), "listen": self.api_address}
+        info: dict[str, Any] = {"pid": os.getpid(), "listen": self.api_address}
+        tls = self.config.api.tls
+        if tls is not None:  # clients on this host check the agent's certificate with it
+            info |= {"scheme": "https", "certFile": str(tls.cert_file)}
         _write_private(state / AGENT_FILE, json.dumps(info) + "\n")
 
     def _sync_stacks(self) -> None:
         """Start a worker for each stack the Fleet added; stop those it removed."""
         wanted = {s.name: s for s in self.controller.config.stacks if not s.suspend}
+        wanted = {n: s for n, s in wanted.items() if n not in self.suspended}
         for name in set(self._queues) - set(wanted):
             q = self._queues.pop(name)
             q.stopped = True
@@ -434,6 +451,39 @@ class Agent:
                 q.failures = 0
                 retry_at = None
 
+    # -- suspend / resume, live reads (the API) ---------------------------------------
+
+    def suspend_stack(self, name: str) -> None:
+        """No more passes of ``name`` (the one under way finishes) until :meth:`resume_stack`."""
+        self.suspended.add(name)
+        write_suspended(Path(self.config.state), self.suspended)
+        q = self._queues.pop(name, None)
+        if q is not None:
+            q.stopped = True
+            q.wake.set()
+        w = self._watches.pop(name, None)
+        if w is not None:
+            w.close()
+        self.controller.db.append(
+            JournalEntry(time.time(), name, "suspended", None, None, f"stack {name} suspended")
+        )
+
+    def resume_stack(self, name: str) -> None:
+        """Passes of ``name`` again, starting with a full one at once."""
+        self.suspended.discard(name)
+        write_suspended(Path(self.config.state), self.suspended)
+        cfg = next((s for s in self.controller.config.stacks if s.name == name), None)
+        if cfg is not None and not cfg.suspend and name not in self._queues:
+            q = self._queues[name] = _StackQueue(cfg)
+            self._workers.append(asyncio.create_task(self._worker(q)))
+        self.controller.db.append(
+            JournalEntry(time.time(), name, "resumed", None, None, f"stack {name} resumed")
+        )
+
+    async def in_pass_thread(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` in a pass thread under the pass gate, so it never races a pass."""
+        return await asyncio.get_running_loop().run_in_executor(self._passes, self._gated, fn)
+
     # -- status -----------------------------------------------------------------------
 
     def status_json(self) -> dict[str, Any]:
@@ -479,6 +529,19 @@ class Agent:
                 },
             },
         }
+
+
+def read_suspended(state: Path) -> set[str]:
+    """The stacks suspended through the API (``STATE/suspended.json``)."""
+    try:
+        names = json.loads((state / SUSPENDED_FILE).read_text())
+    except (OSError, ValueError):
+        return set()
+    return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+
+def write_suspended(state: Path, names: set[str]) -> None:
+    _write_private(state / SUSPENDED_FILE, json.dumps(sorted(names)) + "\n")
 
 
 def _write_private(path: Path, text: str) -> None:

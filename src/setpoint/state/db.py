@@ -19,7 +19,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -148,6 +148,10 @@ class StateDB:
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
+        # Told of the journal entries of each commit (ids filled in), in id order, after
+        # the commit and still under the lock (the agent's event stream, logs and
+        # metrics). It must be quick and must not call back into this object.
+        self.on_journal: Callable[[list[JournalEntry]], None] | None = None
         # isolation_level=None: no implicit transactions; _write() issues
         # BEGIN IMMEDIATE/COMMIT itself so a transaction is exactly one call.
         self._conn = sqlite3.connect(
@@ -291,13 +295,22 @@ class StateDB:
         # Encode before taking the lock: a bad detail fails here, before any write,
         # and the JSON work does not block the other thread.
         journal_rows = [_entry_row(e) for e in entries]
-        with self._lock, self._write() as conn:
-            if records:
-                conn.executemany(_UPSERT_RECORD, [_record_row(r) for r in records])
-            if removed:
-                conn.executemany(_DELETE_RECORD, removed)
-            if journal_rows:
-                conn.executemany(_INSERT_ENTRY, journal_rows)
+        last = 0
+        with self._lock:
+            with self._write() as conn:
+                if records:
+                    conn.executemany(_UPSERT_RECORD, [_record_row(r) for r in records])
+                if removed:
+                    conn.executemany(_DELETE_RECORD, removed)
+                if journal_rows:
+                    conn.executemany(_INSERT_ENTRY, journal_rows)
+                    # Ids are max + 1 under our write lock: this commit's rows are consecutive.
+                    last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+            if journal_rows and self.on_journal is not None:
+                first = last - len(journal_rows) + 1
+                self.on_journal(
+                    [dataclasses.replace(e, id=first + i) for i, e in enumerate(entries)]
+                )
 
     # -- journal ---------------------------------------------------------------
 

@@ -1,0 +1,84 @@
+"""The CLI as a client of a running agent's HTTP API (``status``, ``history``, ``sync``).
+
+An agent is running when ``STATE/agent.json`` names a live pid; then these commands
+ask it (it knows more than the state dir: live pass counts, and a sync must be
+run by it). The token is ``STATE/api-token`` (write scope, so reads work too when
+anonymous reads are off); with ``api.tls`` the agent's own certificate is trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from setpoint.model.errors import SetpointError
+
+AGENT_FILE = "agent.json"
+TOKEN_FILE = "api-token"  # noqa: S105 (a file name)
+
+
+@dataclass(frozen=True)
+class AgentClient:
+    base: str
+    token: str | None
+    context: ssl.SSLContext | None
+
+    def call(
+        self, method: str, path: str, body: Any = None, timeout: float = 30.0
+    ) -> Any:
+        """JSON in, JSON out; SetpointError naming the status and the agent's answer."""
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else {}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(  # noqa: S310 (http or https, from agent.json)
+            self.base + path, data=data, method=method, headers=headers
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=timeout, context=self.context) as resp:  # noqa: S310
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")
+            raise SetpointError(f"the agent refused ({exc.code}): {detail}") from None
+        except (OSError, ValueError) as exc:
+            raise SetpointError(f"cannot reach the agent at {self.base}: {exc}") from None
+
+
+def running_agent(state: Path) -> AgentClient | None:
+    """A client for the agent that owns ``state``, or None when none runs there."""
+    try:
+        info = json.loads((state / AGENT_FILE).read_text())
+        pid = int(info["pid"])
+        listen = str(info["listen"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None  # a stale file: that agent is gone
+    except PermissionError:
+        pass  # alive, another user's
+    try:
+        token: str | None = (state / TOKEN_FILE).read_text().strip()
+    except OSError:
+        token = None
+    context = None
+    scheme = info.get("scheme", "http")
+    if scheme == "https":
+        context = ssl.create_default_context(cafile=info.get("certFile"))
+        context.check_hostname = False  # the certificate itself is the trust anchor
+    return AgentClient(f"{scheme}://{listen}", token, context)
+
+
+def journal_query(stack: str | None, limit: int) -> str:
+    params = {"limit": str(min(limit, 500))}
+    if stack:
+        params["stack"] = stack
+    return "/api/v1/journal?" + urllib.parse.urlencode(params)
