@@ -50,6 +50,18 @@ def with_labels(doc: dict[Any, Any], labels: Mapping[str, str]) -> dict[Any, Any
     return {**doc, "metadata": {**meta, "labels": {**(own or {}), **labels}}}
 
 
+def is_target(
+    doc: Mapping[str, Any], kind: str | None, name: str | None, selector: Selector | None
+) -> bool:
+    """Whether a patch aimed at ``{kind, name}`` or at ``selector`` applies to ``doc``."""
+    meta = doc.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    if selector is not None:
+        labels = meta.get("labels")
+        return selector.matches(labels if isinstance(labels, dict) else {})
+    return doc.get("kind") == kind and meta.get("name") == name
+
+
 @dataclass(frozen=True)
 class PatchRule:
     """One ``patches`` entry of an overlay, with where it is written (for errors)."""
@@ -72,9 +84,4 @@ class PatchRule:
 
     def matches(self, doc: Mapping[str, Any]) -> bool:
         """Whether the raw document ``doc`` (a mapping) is a target of this patch."""
-        meta = doc.get("metadata")
-        meta = meta if isinstance(meta, dict) else {}
-        if self.selector is not None:
-            labels = meta.get("labels")
-            return self.selector.matches(labels if isinstance(labels, dict) else {})
-        return doc.get("kind") == self.kind and meta.get("name") == self.name
+        return is_target(doc, self.kind, self.name, self.selector)

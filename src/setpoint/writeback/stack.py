@@ -28,7 +28,7 @@ import yaml
 from pydantic import ValidationError
 
 from setpoint.model.errors import SetpointError
-from setpoint.render.patch import merge_patch, with_labels
+from setpoint.render.patch import is_target, merge_patch, with_labels
 from setpoint.render.selector import Selector
 from setpoint.writeback.yamledit import Path as FieldPath
 from setpoint.writeback.yamledit import dotted, get_in
@@ -54,12 +54,7 @@ class Patch:
     patch: Mapping[str, Any]
 
     def targets(self, doc: Mapping[str, Any]) -> bool:
-        meta = doc.get("metadata")
-        meta = meta if isinstance(meta, dict) else {}
-        if self.selector is not None:
-            labels = meta.get("labels")
-            return self.selector.matches(labels if isinstance(labels, dict) else {})
-        return doc.get("kind") == self.kind and meta.get("name") == self.name
+        return is_target(doc, self.kind, self.name, self.selector)
 
     @property
     def by_name(self) -> bool:
