@@ -24,6 +24,7 @@ from typing import IO
 
 from setpoint.config import AgentConfig, ConfigError, StackConfig
 from setpoint.engine.fleet import FleetChange, FleetView, with_stacks
+from setpoint.engine.fleet_sync import refresh
 from setpoint.engine.gate import FULL, PARTIAL, PassGate
 from setpoint.engine.orphans import (
     ForgetResult,
@@ -37,7 +38,7 @@ from setpoint.engine.outcome import PassResult
 from setpoint.engine.prune import PruneResult, prune_records
 from setpoint.engine.reconciler import Reconciler
 from setpoint.facts import host_labels
-from setpoint.model.errors import ManifestErrors, SetpointError, SourceError
+from setpoint.model.errors import SetpointError, SourceError
 from setpoint.providers.base import Registry, Target
 from setpoint.providers.registry import default_registry
 from setpoint.render import Host, Limits, RenderCache
@@ -53,9 +54,6 @@ from setpoint.source.verify import (
 from setpoint.state import Event, JournalEntry, StateDB
 
 log = logging.getLogger("setpoint.controller")
-
-
-FLEET_JOURNAL = "@fleet"  # journal stack name for Fleet events before any Fleet stack runs
 
 
 @dataclass(frozen=True)
@@ -438,107 +436,7 @@ class Controller:
     def refresh_fleet(self, *, dry_run: bool = False) -> FleetChange | None:
         """Re-select this host's Fleet stacks (see :meth:`_refresh_fleet`), under the gate."""
         with self.gate.hold():
-            return self._refresh_fleet(dry_run=dry_run)
-
-    def _refresh_fleet(self, *, dry_run: bool = False) -> FleetChange | None:
-        """Re-select this host's Fleet stacks at the fleet source's fetched revision.
-
-        Called in the pass thread after a fetch. Stacks the host no longer runs are
-        pruned like anything removed from Git (a failed prune is retried on the next
-        call). A broken Fleet file is refused with file:line errors and the last good
-        selection stays in force. Returns the change, or None when nothing changed.
-        """
-        fv = self.fleet
-        if fv is None:
-            return None
-        source = fv.ref.source
-        with self._lock:
-            sha = self.fetched[source]
-        change: FleetChange | None = None
-        if sha is not None and sha != fv.seen:
-            change = self._select_fleet(fv, source, sha)
-        if change is None and not self._removing:
-            return None
-        if change is None:
-            change = FleetChange(fv.revision or "")
-        self.config = with_stacks(self.base_config, fv.stacks)
-        if dry_run:
-            return change
-        for name in change.removed:
-            self._removing[name] = fv.gone(name)
-        for name in sorted(self._removing):
-            if self._prune_gone(self._removing[name], change.revision):
-                del self._removing[name]
-        fv.save(list(self._removing.values()))
-        return change
-
-    def _select_fleet(self, fv: FleetView, source: str, sha: str) -> FleetChange | None:
-        error: SetpointError | None = self._trust_error(source, sha)
-        change = None
-        if error is None:
-            try:
-                change = fv.select(sha, self._tree(source, sha))
-            except ManifestErrors as exc:
-                error = exc
-            except SetpointError as exc:
-                fv.seen = None  # the tree could not be read: try again next time
-                log.error("fleet file at %s could not be read: %s", sha[:12], exc)
-                return None
-        if error is not None:
-            log.error("fleet file %s at %s refused:\n%s", fv.ref.path, sha[:12], error)
-            self.db.append(
-                *(
-                    JournalEntry(
-                        time.time(),
-                        name,
-                        "fleet.refused",
-                        sha,
-                        None,
-                        f"Fleet file {fv.ref.path} at {sha[:12]} refused; the stacks chosen "
-                        f"at {(fv.revision or 'none')[:12]} stay in force: {error}",
-                    )
-                    for name in sorted(fv.names) or [FLEET_JOURNAL]
-                )
-            )
-            return None
-        assert change is not None
-        self.db.append(
-            *(
-                JournalEntry(
-                    time.time(),
-                    name,
-                    "fleet.selected",
-                    sha,
-                    None,
-                    f"the Fleet file {fv.ref.path} at {sha[:12]} gives this host stack {name}",
-                )
-                for name in change.added
-            )
-        )
-        return change
-
-    def _prune_gone(self, cfg: StackConfig, revision: str) -> bool:
-        """Prune every resource of a stack the Fleet no longer gives this host.
-
-        True when nothing of it is left in the inventory (its status is then dropped).
-        """
-        why = f"stack {cfg.name} no longer runs on this host (Fleet at {revision[:12]})"
-        pruned = self.prune_stack(cfg.name, stack_prune=cfg.prune, revision=revision, why=why)
-        left = self.reconciler.inventory.stack(cfg.name)
-        done = f"{len(pruned.deleted)} resource(s) pruned"
-        if left and not pruned.failures:
-            done += f", {len(left)} released"
-        if pruned.failures:
-            done += f"; {len(pruned.failures)} could not be pruned yet (retried): " + "; ".join(
-                pruned.failures.values()
-            )
-        self.db.append(
-            JournalEntry(time.time(), cfg.name, "fleet.removed", revision, None, f"{why}: {done}")
-        )
-        if pruned.failures:
-            return False
-        self.db.delete_status(cfg.name)
-        return True
+            return refresh(self, dry_run=dry_run)
 
     def run_once(self, *, dry_run: bool = False) -> list[PassResult]:
         """Fetch every source, then one pass over every stack (the CLI's plan/apply)."""
