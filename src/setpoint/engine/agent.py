@@ -46,6 +46,7 @@ from setpoint.config import StackConfig
 from setpoint.engine.controller import Controller
 from setpoint.engine.outcome import REVERTED, PassResult
 from setpoint.engine.watch import StackWatches, fallback_poll_interval
+from setpoint.obs.logs import log_pass_start
 from setpoint.state import JournalEntry
 
 log = logging.getLogger("setpoint.agent")
@@ -419,6 +420,7 @@ class Agent:
             q.only = None
             q.event_at = None
             waiters, q.waiters = q.waiters, []
+            log_pass_start(q.cfg.name, only)
             result = await loop.run_in_executor(
                 self._passes,
                 functools.partial(

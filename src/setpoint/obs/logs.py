@@ -121,6 +121,16 @@ def log_entries(entries: list[JournalEntry]) -> None:
             log.debug("%s", diff, extra={FIELDS: fields | {"event": f"{e.event}.diff"}})
 
 
+def log_pass_start(stack: str, only: set[str] | None) -> None:
+    """``pass started``, at DEBUG: a pass that changes nothing logs nothing at INFO."""
+    if log.isEnabledFor(logging.DEBUG):
+        fields: dict[str, object] = {"event": "pass.start", "stack": stack}
+        fields["partial"] = only is not None or None
+        if only is not None:
+            fields["resources"] = len(only)
+        log.debug("pass started", extra={FIELDS: fields})
+
+
 def log_pass(r: PassResult) -> None:
     """``pass`` with counts and duration: INFO for a full pass that changed or failed something,
     DEBUG otherwise (a watch-driven pass is told by its drift and revert lines)."""
