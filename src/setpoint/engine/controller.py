@@ -133,6 +133,7 @@ class Controller:
         self._local = threading.local()  # the stack whose pass runs on this thread
         self.waits: dict[str, Wait] = {}  # stack -> what its pass waits for (status)
         self.target.wait_hook = self._waiting
+        self.reconciler.desired.peers = self._peers
         # Fleet stacks whose prune failed (retried at each refresh), by name.
         self._removing: dict[str, StackConfig] = {}
         if self.fleet is not None:
@@ -281,6 +282,23 @@ class Controller:
                 return self._reconcile(stack, dry_run=dry_run, only=only, event_at=event_at)
         finally:
             self._local.stack = None
+
+    def _peers(self, stack: StackConfig, sha: str) -> dict[str, set[str]]:
+        """The paths each other stack of ``stack``'s source declares at ``sha``.
+
+        For a path moving between two stacks in one commit (see DesiredCache.peers). A
+        stack that cannot be rendered at ``sha`` is left out: it gives nothing up.
+        """
+        out: dict[str, set[str]] = {}
+        for other in self.config.stacks:
+            if other.name == stack.name or other.source != stack.source:
+                continue
+            try:
+                tree = self._tree(other.source, sha)
+                out[other.name] = set(self.reconciler.desired.render(other, tree, sha).paths)
+            except SetpointError:
+                continue
+        return out
 
     @contextmanager
     def _waiting(self, resource: str, what: str, timeout: float) -> Iterator[None]:

@@ -26,6 +26,9 @@ from setpoint.model.resource import Resource
 from setpoint.providers.base import Provider, Registry, Target
 from setpoint.render import Host, RenderCache
 
+Peers = Callable[[StackConfig, str], dict[str, set[str]]]
+"""(stack, commit) -> {other stack of the same source: the paths it declares at that commit}."""
+
 TreeIdFor = Callable[[str, str], str | None]
 """(commit sha, stack path) -> the Git tree id of that path at that commit, or None."""
 
@@ -63,6 +66,10 @@ class DesiredCache:
         self._conflicts_ok: tuple[Desired, int, str] | None = None
         self.renders = 0  # stacks actually rendered (for tests and benchmarks)
         self.host = Host()  # this host's labels and secret keys, given to every render
+        # Set by the controller: for a stack at a commit, the paths each other stack of
+        # the same source declares at that commit (a path moving between two stacks in
+        # one commit is handed over, not refused as a conflict nor pruned).
+        self.peers: Peers | None = None
 
     def set_host(self, host: Host) -> None:
         """Render for ``host`` from now on (other labels or keys: nothing cached is reused)."""
@@ -118,6 +125,24 @@ class DesiredCache:
                 self._tree_ids.pop(next(iter(self._tree_ids)))
         return self._tree_ids[key]
 
+    def render(self, stack: StackConfig, tree: Path, sha: str) -> Desired:
+        """``stack`` rendered and ordered at ``sha`` (cached), without the conflict check."""
+        key = (sha, stack.path, stack.name)
+        hit = self._by_commit.get(key)
+        if hit is None:
+            self.renders += 1
+            rendered = self.cache.get_or_render(sha, tree, stack.path, self.registry, self.host)
+            hit = order_stack(sha, list(rendered.resources), self.providers)
+            _put(self._by_commit, key, hit)
+        return hit
+
+    def handed_over(self, stack: StackConfig, sha: str, path: str, owner: str) -> bool:
+        """Whether ``owner`` gives ``path`` up at ``sha`` (same source, no longer declared)."""
+        if self.peers is None:
+            return False
+        peers = self.peers(stack, sha)
+        return owner in peers and path not in peers[owner]
+
     def _check_conflicts(self, stack: StackConfig, desired: Desired, view: InventoryView) -> None:
         """Refuse a path another stack already owns (the newcomer is the offender)."""
         owners = view.owners()
@@ -129,7 +154,11 @@ class DesiredCache:
         by_id = {r.id: r for r in desired.ordered.order}
         for path, rid in desired.paths.items():
             owner = owners.get(path)
-            if owner is not None and owner.stack != stack.name:
+            if (
+                owner is not None
+                and owner.stack != stack.name
+                and not self.handed_over(stack, desired.revision, path, owner.stack)
+            ):
                 loc = by_id[rid].location
                 fix = "remove one of the two declarations"
                 if owner.stack in self.orphans:

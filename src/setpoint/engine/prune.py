@@ -58,14 +58,31 @@ def prune(
     dry_run: bool,
     clock: Callable[[], float],
     declared: dict[str, str] | None = None,
+    heirs: Callable[[], dict[str, str]] | None = None,
 ) -> None:
     """End of a full pass: prune what ``stack`` owns and no longer declares (``wanted``).
 
     ``declared`` maps the paths the desired state declares to their resource ids
-    (default: the paths of the ``wanted`` records of the inventory).
+    (default: the paths of the ``wanted`` records of the inventory). ``heirs`` gives
+    the paths other stacks of the same source declare at this revision (path ->
+    stack): those are neither deleted nor released but left for that stack's pass to
+    take over in one transaction, so the path is never unowned nor absent.
     """
     inv = view.stack(stack.name)
     gone = [rec for rid, rec in inv.items() if rid not in wanted]
+    if gone and heirs is not None:
+        taken = heirs()
+        for rec in [rec for rec in gone if rec.path in taken]:
+            gone.remove(rec)
+            result.prunes.append(
+                Change(
+                    rec.resource,
+                    Action.NOOP,
+                    rec.path,
+                    reason=f"removed from Git, handed over to stack {taken[rec.path]} "
+                    "(its pass takes it over)",
+                )
+            )
     if not gone:
         return
     # A renamed resource keeps its path: deleting the old id's path would delete the

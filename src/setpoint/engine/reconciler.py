@@ -294,6 +294,7 @@ class Reconciler:
                 dry_run=dry_run,
                 clock=self.clock,
                 declared=desired.paths,
+                heirs=lambda: self._heirs(stack, desired.revision),
             )
         if not dry_run:
             target.fsync_touched()
@@ -320,6 +321,10 @@ class Reconciler:
             if isinstance(exc, StallError):  # e.g. a rolled-back rollout, still declared
                 return self._failed(stack, r, sha, str(exc), dry_run, stall=exc.reason)
             return self._failed(stack, r, sha, f"cannot read: {_error_text(r, exc)}", dry_run)
+        if owned is None and not dry_run:
+            refused = self._take_over(stack, r, provider, sha, change)
+            if refused is not None:
+                return self._failed(stack, r, sha, refused, dry_run)
         drift = owned is not None and owned.digest == r.digest and not change.is_noop
         if change.is_noop:
             if (owned is None or owned.digest != r.digest) and not dry_run:
@@ -342,19 +347,6 @@ class Reconciler:
                 return ResourceOutcome(r.id, "drifted", change=change)
         intent = owned is None and change.action is Action.CREATE
         if intent:
-            # Another stack's pass may have run while this one waited (a rollout): the
-            # path must still be free when it is claimed (the render-time check is older).
-            path = next(iter(provider.claims(r)), "")
-            other = self.inventory.owners().get(path) if path else None
-            if other is not None and other.stack != stack.name:
-                return self._failed(
-                    stack,
-                    r,
-                    sha,
-                    f"cannot create {path}: stack {other.stack} claimed it meanwhile "
-                    f"({other.resource}); refused",
-                    dry_run,
-                )
             # Write-ahead: own the path before creating it, so that a crash between the
             # create and its record cannot leave a file that no inventory knows (which
             # prune would then never remove). Digest "" = not applied yet (never drift).
@@ -383,6 +375,46 @@ class Reconciler:
         )
         self.inventory.record_outcome(records=[self._record(stack, r, sha, owned)], entries=entries)
         return ResourceOutcome(r.id, "reverted" if drift else "changed", change=change)
+
+    def _take_over(
+        self, stack: StackConfig, r: Resource, provider: Provider, sha: str, change: Change
+    ) -> str | None:
+        """Before this stack first records ``r``: the path must be free, or handed over.
+
+        Another stack may own it: one that gives it up in this same commit (the path
+        moves between stacks) hands its record over here, in one transaction with this
+        claim, so the path is never unowned nor deleted; any other owner (one that
+        claimed it while this pass waited for a rollout) refuses the resource.
+        """
+        path = next(iter(provider.claims(r)), "")
+        other = self.inventory.owners().get(path) if path else None
+        if other is None or other.stack == stack.name:
+            return None
+        if not self.desired.handed_over(stack, sha, path, other.stack):
+            return (
+                f"cannot {change.action.value} {path}: stack {other.stack} claimed it "
+                f"meanwhile ({other.resource}); refused"
+            )
+        entry = JournalEntry(
+            self.clock(),
+            stack.name,
+            "handover",
+            sha,
+            r.id,
+            f"{path} handed over from stack {other.stack} ({other.resource}), which no "
+            "longer declares it",
+            {"path": path, "from": other.stack},
+        )
+        claim = replace(self._record(stack, r, sha), digest="")  # applied below
+        self.inventory.record_outcome(
+            records=[claim], removed=[(other.stack, other.resource)], entries=[entry]
+        )
+        return None
+
+    def _heirs(self, stack: StackConfig, sha: str) -> dict[str, str]:
+        """Paths other stacks of this stack's source declare at ``sha`` (path -> stack)."""
+        peers = self.desired.peers(stack, sha) if self.desired.peers is not None else {}
+        return {p: other for other, paths in sorted(peers.items()) for p in paths}
 
     def resume(self, stack: str) -> None:
         """A pass of ``stack`` continues after a provider's wait: put its context back.

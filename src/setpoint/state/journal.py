@@ -35,6 +35,7 @@ class Event(enum.StrEnum):
     PASS = "pass"  # noqa: S105 (a reconcile pass, not a password)
     SOURCE_FAILED = "source.failed"
     ORPHANED = "orphaned"  # a stack the config no longer names still owns resources
+    HANDOVER = "handover"  # a path moved from one stack to another in one commit
     CLEANUP = "cleanup"  # a crash leftover of ours (a temporary file) removed
     FORGET = "forget"  # `setpoint forget`: a stack's inventory released, pruned or handed over
 
