@@ -78,26 +78,6 @@ class SourceConfig(_Model):
     allow_rewrites: bool = Field(default=False, alias="allowRewrites")
 
 
-class StackPolicy(_Model):
-    """How a stack is reconciled: the fields a config stack and a Fleet entry share."""
-
-    name: str = Field(pattern=NAME)
-    path: str = "."
-    prune: bool = True
-    drift: Literal["revert", "report"] = "revert"
-    resync: float = Field(default=300.0, gt=0)
-    suspend: bool = False
-
-    @model_validator(mode="after")
-    def _relative_path(self) -> StackPolicy:
-        p = self.path
-        if p.startswith("/") or any(part == ".." for part in p.split("/")):
-            raise ValueError(
-                f"path {p!r} must be a directory inside the repository (relative, no ..)"
-            )
-        return self
-
-
 NotifyEvent = Literal["applied", "drift", "failed", "stalled", "recovered"]
 NOTIFY_EVENTS: list[NotifyEvent] = ["applied", "drift", "failed", "stalled", "recovered"]
 
@@ -112,11 +92,32 @@ class NotificationConfig(_Model):
     format: Literal["json", "slack"] = "json"
 
 
+class StackPolicy(_Model):
+    """How a stack is reconciled: the fields a config stack and a Fleet entry share."""
+
+    name: str = Field(pattern=NAME)
+    path: str = "."
+    prune: bool = True
+    drift: Literal["revert", "report"] = "revert"
+    resync: float = Field(default=300.0, gt=0)
+    suspend: bool = False
+    # Outgoing webhooks (in a Fleet file, give secretFile as an absolute path on the host).
+    notifications: list[NotificationConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _relative_path(self) -> StackPolicy:
+        p = self.path
+        if p.startswith("/") or any(part == ".." for part in p.split("/")):
+            raise ValueError(
+                f"path {p!r} must be a directory inside the repository (relative, no ..)"
+            )
+        return self
+
+
 class StackConfig(StackPolicy):
     """A named set of resources from one path of one source, reconciled together."""
 
     source: str
-    notifications: list[NotificationConfig] = Field(default_factory=list)
 
 
 class FleetConfig(_Model):

@@ -361,6 +361,7 @@ class Agent:
             elif have.cfg != cfg:
                 have.cfg = cfg  # policy changed in the Fleet file (resync, drift, prune)
                 have.wake.set()
+        self.obs.refresh_rules()  # the Fleet's stacks' notifications
 
     async def _poll(self, source: str, interval: float) -> None:
         loop = asyncio.get_running_loop()

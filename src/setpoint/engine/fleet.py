@@ -98,6 +98,7 @@ class FleetView:
                 drift=st.drift,
                 resync=st.resync,
                 suspend=st.suspend,
+                notifications=st.notifications,
             )
             for st in chosen
         ]
