@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tarfile
 import threading
+import time
 from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -205,3 +206,43 @@ def test_the_example_release_is_reproducible_and_declared_with_its_sha256(tmp_pa
     )
     assert (copy / "apps/hello/files/hello-1.0.tar.gz").read_bytes() == archive.read_bytes()
     cli("validate", repo / "examples/roles/worker", check=0)
+
+
+def test_a_slow_drip_or_oversized_download_fails_within_its_bounds(tmp_path: Path) -> None:
+    from http.server import BaseHTTPRequestHandler
+
+    data = tar_gz({"v.txt": "slow"})
+    stop = threading.Event()
+
+    class Drip(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # a byte every 50 ms: alive, never done in time
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            for b in data:
+                if stop.is_set():
+                    return
+                self.wfile.write(bytes([b]))
+                self.wfile.flush()
+                stop.wait(0.05)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Drip)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/app.tar.gz"
+    try:
+        p, _ = _provider(tmp_path)
+        slow = _res(url, data, timeoutSeconds=0.5)
+        t0 = time.monotonic()
+        with pytest.raises(ProviderError, match=r"not done within timeoutSeconds \(0.5 s"):
+            p.apply(slow, p.plan(slow, p.read(slow)))
+        assert time.monotonic() - t0 < 5  # bounded by the deadline, not by the drip
+        big = _res(url, data, maxBytes=10)
+        with pytest.raises(ProviderError, match=r"larger than maxBytes \(10 bytes\)"):
+            p.apply(big, p.plan(big, p.read(big)))
+        assert not (tmp_path / "state/releases/app/current").exists()
+    finally:
+        stop.set()
+        server.shutdown()

@@ -412,11 +412,14 @@ def status(
 
     client = running_agent(state)
     stacks: list[StackStatus] | None = None
+    waits: dict[str, str] = {}
     if client is not None:  # the running agent's view; the state dir if it cannot answer
         try:
-            docs = client.call("GET", "/status")["stacks"]
-            stacks = [StackStatus.from_json(d) for d in docs]
-        except (SetpointError, KeyError, TypeError) as exc:
+            doc = client.call("GET", "/status")
+            stacks = [StackStatus.from_json(d) for d in doc["stacks"]]
+            passes = doc.get("agent", {}).get("passes", {})
+            waits = {n: p["waiting"] for n, p in passes.items() if p.get("waiting")}
+        except (SetpointError, KeyError, TypeError, AttributeError) as exc:
             typer.echo(f"warning: {exc}; reading the state dir instead", err=True)
     if stacks is None:
         db = _db(state)
@@ -425,9 +428,13 @@ def status(
         finally:
             db.close()
     if as_json:
-        typer.echo(json.dumps([s.to_json() for s in stacks], indent=2))
+        typer.echo(
+            json.dumps([s.to_json() | {"waiting": waits.get(s.stack)} for s in stacks], indent=2)
+        )
     else:
         print_status(stacks)
+        for name, what in sorted(waits.items()):
+            typer.echo(f"stack {name}: {what}")
 
 
 @app.command(epilog="Example: setpoint history --state /var/lib/setpoint --stack web -n 50")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import time
 from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -177,6 +178,12 @@ class StacksView:
             "path": cfg.path if cfg else (st.path if st else ""),
             "suspended": cfg is None or cfg.suspend or name in self.agent.suspended,
             "orphaned": cfg is None,
+            # What the pass under way waits for (a rollout's readiness, a download).
+            "waiting": (
+                w.describe(time.time())
+                if (w := self.agent.controller.waits.get(name)) is not None
+                else None
+            ),
             "sync": stack_sync(st),
             "health": stack_health(st),
             "conditions": [c.__dict__ for c in st.conditions] if st else [],
