@@ -281,3 +281,20 @@ def test_a_watch_that_cannot_be_set_up_falls_back_to_polling_and_is_retried() ->
     flaky.ok = True
     w.retry()
     assert w.unwatched() == set()
+
+
+def test_a_newly_declared_file_is_guarded_from_its_first_apply(
+    git_repo: GitRepo, root: Path, run_agent: Any
+) -> None:
+    """An edit made right after the create, before the watch existed, is still undone."""
+    git_repo.commit({"m/a.yaml": manifest("File", "a", path="/etc/a", content="a\n")})
+    agent = run_agent(sources=[{"name": "infra", "url": git_repo.url, "interval": 0.2}])
+    wait_for(lambda: "stack web: watching" in agent.log.read_text(), timeout=FAST, what="up")
+    for i in range(5):
+        git_repo.commit(
+            {f"m/n{i}.yaml": manifest("File", f"n{i}", path=f"/etc/n{i}", content="new\n")}
+        )
+        f = root / f"etc/n{i}"
+        wait_for(f.exists, timeout=FAST, interval=0.0005, what=f"n{i} created")
+        f.write_text("edited at once\n")  # most likely before the pass set up its watch
+        wait_for(lambda f=f: read(f) == "new\n", timeout=FAST, what=f"n{i} restored")

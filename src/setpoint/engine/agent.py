@@ -254,8 +254,14 @@ class Agent:
                 stack, self.controller.reconciler.providers, self._notify_for(stack)
             )
         try:
+            before = set(w.ids)
             if w.update(self.controller.reconciler.enforced(stack)) or w.unwatched():
                 w.report(self.controller.db, self.watch_poll)
+            added = w.ids - before
+            if added and before and self._loop is not None:
+                # Newly declared resources were applied before their watch existed: one
+                # re-check of just those closes that window (a no-op when untouched).
+                self._loop.call_soon_threadsafe(self.request, stack, added)
         except Exception:
             log.exception("stack %s: setting up watches failed; relying on polling", stack)
 

@@ -51,6 +51,7 @@ class StackWatches:
         # Providers whose watch could not be set up, with their resources: polled by the
         # agent (as unwatched) and tried again at each poll.
         self._failed: list[tuple[Any, list[Resource]]] = []
+        self.ids: set[str] = set()  # the resources of the last watch set-up
 
     def update(self, desired: Desired | None) -> bool:
         """(Re)watch ``desired``'s resources if they changed; True when watches were made."""
@@ -67,6 +68,7 @@ class StackWatches:
                 continue
             groups.setdefault(id(p), (p, []))[1].append(r)
         new, self._failed = self._watch(list(groups.values()))
+        self.ids = {r.id for _p, rs in groups.values() for r in rs}
         old, self._watchers = self._watchers, new
         for _p, w in old:  # the new watches are up before the old ones go: no gap
             w.close()
