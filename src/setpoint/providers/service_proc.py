@@ -312,17 +312,20 @@ def tail_logs(
     files = log_files(state_dir, name)
     if not files:
         return False
+    base = service_dir(state_dir, name) / LOG
     tail: list[bytes] = []
+    offset = 0  # how much of output.log was shown: following starts exactly there
     for p in files:
         with contextlib.suppress(FileNotFoundError), open(p, "rb") as f:
-            tail.extend(f.read().splitlines(keepends=True))
+            data = f.read()
+            if p == base:
+                offset = len(data)
+            tail.extend(data.splitlines(keepends=True))
         tail = tail[-lines:] if lines > 0 else []
     for line in tail:
         write(line)
     if not follow:
         return True
-    base = service_dir(state_dir, name) / LOG
-    offset = base.stat().st_size if base.exists() else 0
     while not (stop is not None and stop.is_set()):
         try:
             size = base.stat().st_size
