@@ -18,6 +18,8 @@ if [ "${1:-run}" = dev ]; then
   missing=""
   command -v gpg >/dev/null || missing="$missing gnupg"
   command -v ssh-keygen >/dev/null || missing="$missing openssh-client"
+  # The ssh source tests run a real sshd on a loopback port (Debian's openssh-server).
+  [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
   # The web UI tests drive Debian's headless Chromium through its chromedriver.
   command -v chromium >/dev/null || missing="$missing chromium"
   command -v chromedriver >/dev/null || missing="$missing chromium-driver"

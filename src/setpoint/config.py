@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -66,16 +68,93 @@ class VerifyConfig(_Model):
         return self
 
 
+class SourceAuthConfig(_Model):
+    """How a source authenticates (see source/auth.py): files only, read at each fetch.
+
+    ssh (``ssh://``, ``git@host:path``): a deploy key and the known_hosts file that pins
+    the server's host key. https: ``usernameFile`` + ``passwordFile``, or ``tokenFile``
+    (the token is the user name, GitHub-style; with ``usernameFile``, the password).
+    """
+
+    ssh_key_file: Path | None = Field(default=None, alias="sshKeyFile")
+    known_hosts_file: Path | None = Field(default=None, alias="knownHostsFile")
+    username_file: Path | None = Field(default=None, alias="usernameFile")
+    password_file: Path | None = Field(default=None, alias="passwordFile")
+    token_file: Path | None = Field(default=None, alias="tokenFile")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SourceAuthConfig:
+        ssh = self.ssh_key_file is not None or self.known_hosts_file is not None
+        https = any(
+            f is not None for f in (self.username_file, self.password_file, self.token_file)
+        )
+        if ssh and https:
+            raise ValueError("auth: give ssh files (sshKeyFile, knownHostsFile) or https "
+                             "files (usernameFile, passwordFile, tokenFile), not both")
+        if self.ssh_key_file is not None and self.known_hosts_file is None:
+            raise ValueError("auth: sshKeyFile needs knownHostsFile (the server's host key "
+                             "is always checked; ssh-keyscan HOST > known_hosts, then verify it)")
+        if self.password_file is not None and self.token_file is not None:
+            raise ValueError("auth: give passwordFile or tokenFile, not both")
+        if (self.password_file is None) != (self.username_file is None) and (
+            self.token_file is None
+        ):
+            raise ValueError("auth: usernameFile and passwordFile go together")
+        if not ssh and not https:
+            raise ValueError("auth: give sshKeyFile + knownHostsFile, usernameFile + "
+                             "passwordFile, or tokenFile")
+        return self
+
+    @property
+    def is_ssh(self) -> bool:
+        return self.known_hosts_file is not None
+
+
+class SemverRef(_Model):
+    """``ref: {semver: RANGE}``: follow the highest tag in RANGE (model/semver.py)."""
+
+    semver: str = Field(min_length=1)
+
+    @field_validator("semver")
+    @classmethod
+    def _valid(cls, text: str) -> str:
+        from setpoint.model.semver import InvalidRange, Range
+
+        try:
+            Range.parse(text)
+        except InvalidRange as exc:
+            raise ValueError(str(exc)) from None
+        return text
+
+
 class SourceConfig(_Model):
     """A Git remote and the ref to follow."""
 
     name: str = Field(pattern=NAME)
     url: str = Field(min_length=1)
-    ref: str = Field(default="main", min_length=1)
+    # A branch, tag, full ref or commit sha; or {semver: RANGE}: the highest matching tag.
+    ref: Annotated[
+        Annotated[str, Field(min_length=1), Tag("name")] | Annotated[SemverRef, Tag("semver")],
+        Discriminator(lambda v: "name" if isinstance(v, str) else "semver"),
+    ] = "main"
     interval: float = Field(default=60.0, gt=0)
     verify: VerifyConfig | None = None  # require signed commits/tags
     # Accept a force-pushed ref whose new commit does not descend from the one in force.
     allow_rewrites: bool = Field(default=False, alias="allowRewrites")
+    auth: SourceAuthConfig | None = None  # ssh deploy key, https credentials (files)
+
+    @model_validator(mode="after")
+    def _auth_fits_url(self) -> SourceConfig:
+        if self.auth is None:
+            return self
+        https = self.url.startswith(("https://", "http://"))
+        if self.auth.is_ssh and https:
+            raise ValueError(f"auth: sshKeyFile/knownHostsFile need an ssh URL, not {self.url}")
+        if not self.auth.is_ssh and not https:
+            raise ValueError("auth: usernameFile/passwordFile/tokenFile need an https:// URL")
+        if not self.auth.is_ssh and re.match(r"^https?://[^/]*@", self.url):
+            raise ValueError("auth: the URL carries credentials too; give them in one place")
+        return self
 
 
 NotifyEvent = Literal["applied", "drift", "failed", "stalled", "recovered"]
@@ -278,6 +357,7 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> AgentCon
         if key in raw and isinstance(raw[key], str) and not raw[key].startswith("/"):
             raw[key] = str((path.parent / raw[key]).resolve())
     _resolve_verify_files(raw, path.parent)
+    _resolve_auth_files(raw, path.parent)
     _resolve_decryption_file(raw, path.parent)
     _resolve_api_files(raw, path.parent)
     try:
@@ -297,6 +377,19 @@ def _resolve_verify_files(raw: dict[Any, Any], base: Path) -> None:
             path = sub.get(key) if isinstance(sub, dict) else None
             if isinstance(sub, dict) and isinstance(path, str) and not path.startswith("/"):
                 sub[key] = str((base / path).resolve())
+
+
+def _resolve_auth_files(raw: dict[Any, Any], base: Path) -> None:
+    """Relative source ``auth`` files are taken relative to the config file."""
+    keys = ("sshKeyFile", "knownHostsFile", "usernameFile", "passwordFile", "tokenFile")
+    for src in raw.get("sources") or []:
+        auth = src.get("auth") if isinstance(src, dict) else None
+        if not isinstance(auth, dict):
+            continue
+        for key in keys:
+            value = auth.get(key)
+            if isinstance(value, str) and not value.startswith("/"):
+                auth[key] = str((base / value).resolve())
 
 
 def _resolve_decryption_file(raw: dict[Any, Any], base: Path) -> None:

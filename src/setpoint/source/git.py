@@ -40,9 +40,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from setpoint.model.errors import SourceError
-from setpoint.model.redact import redact_url as redact
-from setpoint.source import export
+from setpoint.model.semver import Range
+from setpoint.source import export, tags
+from setpoint.source.auth import SourceAuth, explain_ssh_failure, git_environment, helper_options
 from setpoint.source.credentials import install_helper, remove_helper, split_credentials
+from setpoint.source.gitcmd import _GIT_OPTS, check_ref, git_env, normalize_url, redact_url
 from setpoint.source.trees import TMP_PREFIX as _TMP_PREFIX
 from setpoint.source.trees import TreeStore
 
@@ -58,100 +60,7 @@ _ATTRIBUTES = (
     "* -export-ignore -export-subst -text -eol -ident -filter -working-tree-encoding\n"
 )
 
-# Options for every git command. Hooks off (a mirror needs none); gc in the
-# foreground so no detached git outlives our timeout; no credential helper but
-# our own (credentials come from the URL through it, or from ssh keys).
-_GIT_OPTS = (
-    "-c", "core.hooksPath=/dev/null",
-    "-c", "gc.autoDetach=false",
-    "-c", "maintenance.autoDetach=false",
-    "-c", "credential.helper=",
-    "-c", "init.defaultBranch=main",
-)  # fmt: skip
-
-# Variables that would make git use another repository, object store or config
-# than the ones we name (e.g. when the agent is started from a git hook).
-_FOREIGN_GIT_ENV = frozenset(
-    {
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_OBJECT_DIRECTORY",
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-        "GIT_COMMON_DIR",
-        "GIT_NAMESPACE",
-        "GIT_CEILING_DIRECTORIES",
-        "GIT_DISCOVERY_ACROSS_FILESYSTEM",
-        "GIT_GRAFT_FILE",
-        "GIT_SHALLOW_FILE",
-        "GIT_REPLACE_REF_BASE",
-        "GIT_NO_REPLACE_OBJECTS",
-        "GIT_PREFIX",
-        "GIT_CONFIG",
-        "GIT_CONFIG_PARAMETERS",
-        "GIT_CONFIG_COUNT",
-        "GIT_EXEC_PATH",
-        "GIT_TEMPLATE_DIR",
-    }
-)
-
-
-def git_env(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment git runs in: ours, minus anything that redirects git, plus fixed settings."""
-    env = {
-        k: v
-        for k, v in (os.environ if base is None else base).items()
-        if k not in _FOREIGN_GIT_ENV and not k.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_"))
-    }
-    env.update(
-        GIT_TERMINAL_PROMPT="0",
-        LC_ALL="C",
-        # No system or user config (git >= 2.32 honours the last two).
-        GIT_CONFIG_NOSYSTEM="1",
-        GIT_CONFIG_SYSTEM=os.devnull,
-        GIT_CONFIG_GLOBAL=os.devnull,
-    )
-    env.pop("LANGUAGE", None)
-    if "GIT_SSH_COMMAND" not in env and "GIT_SSH" not in env:
-        # ssh asks for passwords and host-key confirmation on the tty, not
-        # through git: BatchMode makes it fail instead of hanging until the timeout.
-        env["GIT_SSH_COMMAND"] = "ssh -o BatchMode=yes"
-    return env
-
-
-def normalize_url(url: str) -> str:
-    """``url`` as git should get it: local paths made absolute, everything else unchanged.
-
-    URLs (``scheme://``) and scp-like ``user@host:path`` (a colon before any
-    slash, git's own rule) are remote; anything else is a local path.
-    """
-    if not url or url != url.strip() or any(ord(c) < 32 for c in url):
-        raise SourceError(f"{url!r} is not a Git URL or path")
-    if url.startswith("-"):
-        # git would read it as an option (e.g. --upload-pack=...).
-        raise SourceError(f"Git URL {url!r} must not start with '-'")
-    if "://" in url or re.match(r"^[^/]*:", url):
-        return url
-    return os.path.abspath(os.path.expanduser(url))
-
-
-def redact_url(url: str) -> str:
-    """``url`` with a password (or, for http(s), the whole user part, often a token) masked."""
-    return redact(url, query=False)
-
-
-def check_ref(ref: str) -> None:
-    """Refuse what cannot be a branch, tag, full ref or commit (git check-ref-format's rules)."""
-    bad = (
-        not ref
-        or ref.startswith(("-", "/", "."))
-        or ref.endswith(("/", ".", ".lock"))
-        or any(s in ref for s in ("..", "//", "@{", "/."))
-        or any(ord(c) <= 32 or ord(c) == 127 or c in "~^:?*[\\" for c in ref)
-        or ref == "@"
-    )
-    if bad:
-        raise SourceError(f"{ref!r} is not a valid branch, tag or commit name")
+__all__ = ["SHA_RE", "GitSource", "check_ref", "git_env", "normalize_url", "redact_url"]
 
 
 class GitSource:
@@ -185,6 +94,9 @@ class GitSource:
         keep_trees: int = 3,
         timeout: float = 120.0,
         fsck_timeout: float | None = None,
+        auth: SourceAuth | None = None,
+        semver: Range | None = None,
+        allow_tag_moves: bool = False,
     ) -> None:
         if keep_trees < 1:
             raise ValueError("keep_trees must be at least 1 (the tree just asked for)")
@@ -195,8 +107,18 @@ class GitSource:
             self._git_url, self._credentials = split_credentials(self.url)
         except SourceError as exc:
             raise SourceError(f"source {name}: {exc}") from None
-        check_ref(ref)
-        self.ref = ref
+        if self._credentials is not None and auth is not None and auth.is_https:
+            raise SourceError(f"source {name}: credentials in the URL and in auth: give one")
+        # ref: {semver: RANGE} follows the highest matching tag (see .tags).
+        self.semver = semver
+        self.allow_tag_moves = allow_tag_moves
+        if semver is None:
+            check_ref(ref)
+        self.ref = ref if semver is None else f"semver {semver.text}"
+        self.auth = auth
+        self.tag: str | None = None  # the tag the last fetch resolved (semver sources)
+        self._tags: dict[str, str] = {}  # commit -> tag, for status and the journal
+        self._moved: dict[str, str] = {}  # commit -> why it is refused (a moved tag)
         self.cache_dir = Path(cache_dir)
         self.repo_dir = self.cache_dir / "repo.git"
         self.trees_dir = self.cache_dir / "trees"
@@ -206,6 +128,7 @@ class GitSource:
         # fsck reads every object: on a big mirror it may need longer than a fetch.
         self.fsck_timeout = timeout if fsck_timeout is None else fsck_timeout
         self._env = git_env()
+        self._env.update(git_environment(auth))  # ssh: this key, this known_hosts
         self._credential_opts: tuple[str, ...] = ()
         # Two locks (each with its flock, for other processes): a fetch, which may wait
         # on a slow remote, never holds the one a pass needs to read a fetched tree.
@@ -257,6 +180,8 @@ class GitSource:
             self._remove_stale_locks()
             if self.is_commit:
                 return self._fetch_commit(self.ref)
+            if self.semver is not None:
+                return self._fetch_tag()
             name = self._fetch_named(self._ref_name)
             local = _local_ref(name)
             self.local_ref = local
@@ -354,7 +279,30 @@ class GitSource:
             what=f"read commit {sha}",
         )
         author, date, subject = out.decode("utf-8", "replace").rstrip("\n").split("\0", 2)
-        return {"sha": sha, "author": author, "date": date, "subject": subject}
+        info = {"sha": sha, "author": author, "date": date, "subject": subject}
+        tag = self.tag_of(sha)
+        if tag:
+            info["tag"] = tag
+        return info
+
+    def tag_of(self, sha: str | None) -> str | None:
+        """The tag (a semver source's) that ``sha`` was fetched as; None for other sources."""
+        if self.semver is None or sha is None:
+            return None
+        if sha not in self._tags:
+            # Not fetched in this process: the tags the mirror holds at that commit.
+            out = self._git(
+                ["for-each-ref", f"--points-at={sha}", "--format=%(refname)", tags.TAGS],
+                what="list tags",
+            )
+            names = [n[len(tags.TAGS) :] for n in out.decode().split()]
+            found = [n for n in names if self.semver.matches(n)]
+            self._tags[sha] = max(found, default="")  # "" = none: asked once
+        return self._tags[sha] or None
+
+    def moved_tag(self, sha: str) -> str | None:
+        """Why ``sha`` must not be applied: its tag moved (None when it did not)."""
+        return self._moved.get(sha)
 
     # -- refs and fetching -----------------------------------------------------
 
@@ -369,6 +317,10 @@ class GitSource:
 
     def _ls_remote(self) -> tuple[str, str, str | None]:
         """(full ref name, the sha it points to, the peeled commit for annotated tags)."""
+        if self.semver is not None:
+            args = ["ls-remote", "--tags", self._git_url]
+            out = self._git(args, what=f"cannot reach {self._url}", network=True)
+            return tags.pick_tag(out.decode("utf-8", "replace"), self.semver, self.name, self._url)
         candidates = self._candidates()
         # Name the peeled entries explicitly: with patterns, git only lists what matches.
         patterns = candidates + [f"{c}^{{}}" for c in candidates if c != "HEAD"]
@@ -410,6 +362,35 @@ class GitSource:
         self._ref_name = name
         self._fetch([f"+{name}:{_local_ref(name)}"])
         return name
+
+    def _fetch_tag(self) -> str:
+        """Fetch the highest matching tag; a tag that moved is kept aside and refused.
+
+        The tag is fetched under a scratch ref first: only when the mirror has no
+        such tag yet, or had it at the same commit (or moves are allowed), does it
+        become ``refs/tags/NAME``. Otherwise the mirror keeps the tag where it was
+        (so the refusal holds across restarts) and the new commit is returned with
+        :meth:`moved_tag` saying why it must not be applied.
+        """
+        name, _sha, _peeled = self._ls_remote()
+        tag = name[len(tags.TAGS) :]
+        incoming = "refs/setpoint/incoming-tag"
+        self._fetch([f"+{name}:{incoming}"])
+        obj = self._rev_parse(incoming)
+        commit = self._rev_parse(f"{incoming}^{{commit}}")
+        if obj is None or commit is None:
+            raise SourceError(f"source {self.name}: tag {tag} in {self._url} is not a commit")
+        old = self._rev_parse(f"{name}^{{commit}}")
+        if old is not None and old != commit and not self.allow_tag_moves:
+            self._moved[commit] = tags.moved_message(self.name, tag, old, commit)
+            self.local_ref = incoming
+        else:
+            self._git(["update-ref", name, obj], what=f"record tag {tag}")
+            self._moved.pop(commit, None)
+            self.local_ref = name
+        self.tag = tag
+        self._tags[commit] = tag
+        return commit
 
     def _fetch(self, refspecs: Sequence[str]) -> None:
         # Explicit refspecs fetch a named tag themselves, so tags are never
@@ -514,9 +495,18 @@ class GitSource:
         self, args: Sequence[str], *, what: str, network: bool = False, bare: bool = True
     ) -> bytes:
         """Run git on the mirror; return stdout or raise SourceError naming ``what`` failed."""
+        if network and self.auth is not None and self.auth.is_https:
+            # Read the files at each contact: a rotated secret is used at once.
+            try:
+                self._credential_opts = helper_options(self.auth, self._git_url, self.auth_dir)
+            except SourceError as exc:
+                raise SourceError(f"source {self.name}: {exc}") from None
         rc, out, err = self._run(args, what=what, bare=bare)
         if rc != 0:
             tail = self._stderr_tail(err)
+            host_key = explain_ssh_failure(tail, self._git_url, self.auth) if network else None
+            if host_key is not None:
+                raise SourceError(f"source {self.name}: {what}: {host_key}")
             prefix = f"source {self.name}: {what}"
             if not network:
                 prefix += f" (git {args[0]} exited with {rc})"

@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from setpoint.model.errors import SetpointError
+from setpoint.model.errors import SetpointError, SourceError
+from setpoint.source.auth import SourceAuth, git_environment, helper_options
 
 MAX_TRIES = 10
 AUTHOR_RE = re.compile(r"^\s*([^<>]+?)\s*<([^<>\s]+)>\s*$")
@@ -57,12 +58,24 @@ def _env() -> dict[str, str]:
 
 
 class WorkRepo:
-    """A clone of one branch in a temporary directory (removed by :meth:`close`)."""
+    """A clone of one branch in a temporary directory (removed by :meth:`close`).
 
-    def __init__(self, url: str, branch: str | None) -> None:
+    ``auth`` (a source's ssh key and known_hosts, or https credential files) is
+    used for every contact with the remote, as the agent uses it: the ssh command
+    in the environment, https credentials through a helper in the 0700 temporary
+    directory; nothing secret on a command line or in the clone's config.
+    """
+
+    def __init__(self, url: str, branch: str | None, auth: SourceAuth | None = None) -> None:
         self.url = url
         self._tmp = tempfile.mkdtemp(prefix="setpoint-wb-")
         self.dir = Path(self._tmp) / "repo"
+        self._extra_env = git_environment(auth)
+        try:
+            self._opts = helper_options(auth, url, Path(self._tmp) / "auth")
+        except SourceError as exc:
+            self.close()
+            raise GitError(str(exc)) from None
         args = ["clone", "--quiet", "--no-tags", "--single-branch"]
         if branch:
             args += ["--branch", branch]
@@ -84,11 +97,14 @@ class WorkRepo:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def env(self) -> dict[str, str]:
+        return {**_env(), **self._extra_env}
+
     def git(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> str:
         proc = subprocess.run(
-            ["git", *args],
+            ["git", *self._opts, *args],
             cwd=cwd or self.dir,
-            env=env or _env(),
+            env=env or self.env(),
             capture_output=True,
             text=True,
             check=False,
@@ -105,7 +121,7 @@ class WorkRepo:
 
     def identity(self, author: Author | None) -> dict[str, str]:
         """Environment naming author and committer: --author, else git's user.name/email."""
-        env = _env()
+        env = self.env()
         if author is not None:
             env.update({"GIT_AUTHOR_NAME": author.name, "GIT_AUTHOR_EMAIL": author.email})
         name = self._config("user.name")
@@ -134,7 +150,7 @@ class WorkRepo:
         if sign:
             args.append("-S")
         proc = subprocess.run(
-            ["git", *args],
+            ["git", *self._opts, *args],
             cwd=self.dir,
             env=env,
             input=message,
@@ -150,9 +166,9 @@ class WorkRepo:
     def push(self) -> bool:
         """Push HEAD to the branch; False when rejected because the branch moved."""
         proc = subprocess.run(
-            ["git", "push", "--porcelain", "origin", f"HEAD:refs/heads/{self.branch}"],
+            ["git", *self._opts, "push", "--porcelain", "origin", f"HEAD:refs/heads/{self.branch}"],
             cwd=self.dir,
-            env=_env(),
+            env=self.env(),
             capture_output=True,
             text=True,
             check=False,

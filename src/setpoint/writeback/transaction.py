@@ -26,6 +26,7 @@ from ruamel.yaml.nodes import MappingNode, ScalarNode
 
 from setpoint.config import load_config
 from setpoint.model.errors import SetpointError
+from setpoint.source.auth import SourceAuth
 from setpoint.writeback.gitwork import MAX_TRIES, Author, GitError, WorkRepo, backoff
 from setpoint.writeback.validate import validate_tree
 from setpoint.writeback.yamledit import (
@@ -55,6 +56,7 @@ class Target:
     url: str
     branch: str | None
     path: str
+    auth: SourceAuth | None = None  # the source's, with --config
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,10 @@ def target_from(
     else:
         st = cfg.stack(stack)
     src = cfg.source(st.source)
-    return Target(src.url, branch or src.ref, path or st.path)
+    # A source following {semver: RANGE} follows tags: commit to --branch, else the
+    # remote's default branch (a release is then a tag on it).
+    ref = src.ref if isinstance(src.ref, str) else None
+    return Target(src.url, branch or ref, path or st.path, SourceAuth.from_config(src.auth))
 
 
 def land(
@@ -131,7 +136,7 @@ def land(
     push: bool,
 ) -> Landed:
     """Run ``edit`` in a clone of ``target`` and commit (and push) what it changed."""
-    with WorkRepo(target.url, target.branch) as repo:
+    with WorkRepo(target.url, target.branch, target.auth) as repo:
         for attempt in range(1, MAX_TRIES + 1):
             changes = edit(repo.dir)
             if not changes:
