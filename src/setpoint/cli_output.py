@@ -148,8 +148,9 @@ def print_status(stacks: list[StackStatus]) -> None:
             typer.echo(f"  {c.type}={c.status} {c.reason} since {_when(c.since)}: {first}")
             for line in rest:
                 typer.echo(f"      {line}")
+        tag = f" (tag {s.applied_tag})" if s.applied_tag else ""
         typer.echo(
-            f"  fetched {_short(s.fetched_revision)}  applied {_short(s.applied_revision)}"
+            f"  fetched {_short(s.fetched_revision)}  applied {_short(s.applied_revision)}{tag}"
             f"  last good {_short(s.last_good_revision)}  last pass {_when(s.last_pass)}"
         )
         n = s.counts

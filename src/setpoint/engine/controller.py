@@ -37,13 +37,14 @@ from setpoint.engine.orphans import (
 from setpoint.engine.outcome import PassResult
 from setpoint.engine.prune import PruneResult, prune_records
 from setpoint.engine.reconciler import Reconciler
+from setpoint.engine.status import record_tag
 from setpoint.facts import host_labels
 from setpoint.model.errors import SetpointError, SourceError
 from setpoint.providers.base import Registry, Target
 from setpoint.providers.registry import default_registry
 from setpoint.render import Host, Limits, RenderCache
 from setpoint.render.decrypt import host_keys
-from setpoint.source import GitSource
+from setpoint.source.configured import git_source
 from setpoint.source.verify import (
     HistoryRewrittenError,
     VerificationError,
@@ -147,7 +148,7 @@ class Controller:
         caches.mkdir(mode=0o700, exist_ok=True)
         os.chmod(caches, 0o700)
         self.sources = {
-            s.name: GitSource(s.name, s.url, s.ref, caches / s.name) for s in config.sources
+            s.name: git_source(s, caches / s.name) for s in config.sources
         }
         self.fetched: dict[str, str | None] = {s.name: None for s in config.sources}
         self.fetch_errors: dict[str, str | None] = {s.name: None for s in config.sources}
@@ -239,7 +240,8 @@ class Controller:
                     "revision.fetched",
                     sha,
                     None,
-                    f"fetched {sha[:12]} from {source}: {info.get('subject', '')}",
+                    f"fetched {sha[:12]}{f' (tag {tag})' if (tag := info.get('tag')) else ''} "
+                    f"from {source}: {info.get('subject', '')}",
                     info,
                 )
                 for st in stacks
@@ -344,7 +346,7 @@ class Controller:
             return self._tree(cfg.source, sha)
 
         try:
-            return self.reconciler.reconcile(
+            result = self.reconciler.reconcile(
                 cfg,
                 fetched,
                 tree_for,
@@ -354,6 +356,9 @@ class Controller:
                 tree_id_for=self.sources[cfg.source].tree_id,
                 event_at=event_at,
             )
+            if not dry_run and self.sources[cfg.source].semver is not None:
+                record_tag(self.db, stack, self.sources[cfg.source].tag_of)
+            return result
         except Exception as exc:
             # A bug must not stop the loop: the pass counts as failed and is retried.
             log.exception("stack %s: unexpected error in a pass", stack)
@@ -396,6 +401,9 @@ class Controller:
         error = self._trust_error(source, sha)
         if error is not None:
             return error
+        moved = self.sources[source].moved_tag(sha)  # a semver source's tag that moved
+        if moved is not None:
+            return HistoryRewrittenError(moved)
         if self.config.source(source).allow_rewrites or self.sources[source].is_commit:
             return None
         status = self.db.load_status(stack)

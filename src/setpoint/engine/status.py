@@ -7,6 +7,8 @@ a stack the config no longer names (see :mod:`setpoint.engine.orphans`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from setpoint.config import StackConfig
 from setpoint.engine.outcome import (
     CHANGED,
@@ -17,6 +19,7 @@ from setpoint.engine.outcome import (
     WAITING,
     PassResult,
 )
+from setpoint.model.errors import SetpointError
 from setpoint.model.status import Reason, StackStatus
 from setpoint.state import JournalEntry, StateDB
 
@@ -216,3 +219,20 @@ def mark_orphaned(db: StateDB, stack: str, owned: int, message: str, now: float)
     st.next_retry = None
     db.save_status(st)
     return st
+
+
+def record_tag(db: StateDB, stack: str, tag_of: Callable[[str | None], str | None]) -> None:
+    """Name the tag of ``stack``'s applied revision in its status (a semver source's).
+
+    Called by the controller after a pass; a mirror that cannot be read leaves it as is.
+    """
+    st = db.load_status(stack)
+    if st is None:
+        return
+    try:
+        tag = tag_of(st.applied_revision)
+    except SetpointError:
+        return
+    if st.applied_tag != tag:
+        st.applied_tag = tag
+        db.save_status(st)

@@ -63,6 +63,7 @@ class StackStatus:
     resources: dict[str, str] = field(default_factory=dict)  # id -> in_sync|drifted|failed|waiting
     health: dict[str, dict[str, str]] = field(default_factory=dict)  # id -> {health, message}
     stalls: dict[str, list[str]] = field(default_factory=dict)  # id -> [reason, message, rev]
+    applied_tag: str | None = None  # the tag of the applied revision (ref: {semver: RANGE})
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
