@@ -1,4 +1,5 @@
-"""The write-back commands: ``set``, ``promote``, ``update-versions``, and ``explain``.
+"""The write-back commands: ``set``, ``promote``, ``update-versions``, ``rollback``,
+``capture``, and ``explain``.
 
 Thin shells over :mod:`setpoint.writeback`; registered on the ``setpoint`` app
 by :func:`register` (called from :mod:`setpoint.cli`). Exit status of the write
@@ -77,10 +78,10 @@ def _report(landed: Landed, url: str) -> None:
     _show(landed, url)
 
 
-def _show(landed: Landed, url: str) -> None:
+def _show(landed: Landed, url: str, lines: list[str] | None = None) -> None:
     assert landed.commit is not None
-    for c in landed.changes:
-        typer.echo(f"  {c}")
+    for line in [str(c) for c in landed.changes] if lines is None else lines:
+        typer.echo(f"  {line}")
     if landed.pushed:
         retried = f" after {landed.tries} tries" if landed.tries > 1 else ""
         typer.echo(f"committed {landed.commit[:12]} and pushed to {url}{retried}")
@@ -206,6 +207,80 @@ def update_versions(
     _report(landed, target.url)
 
 
+WbState = Annotated[
+    Optional[Path],  # noqa: UP045
+    typer.Option(
+        "--state",
+        help="The agent's state dir (its journal). Default: --config's state, else "
+        "/var/lib/setpoint.",
+    ),
+]
+
+
+def _state_dir(config: Path | None, state: Path | None) -> Path:
+    if state is not None:
+        return state
+    if config is not None:
+        from setpoint.config import load_config
+
+        return Path(load_config(config).state)
+    return Path("/var/lib/setpoint")
+
+
+def rollback(
+    stack: Annotated[str, typer.Argument(help="The stack to roll back (its name in the journal).")],
+    reason: Annotated[
+        str, typer.Option("--message", "-m", help="Why (required): the commit says it.")
+    ],
+    to: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(
+            "--to",
+            help="The revision to go back to. Default: the one applied to the stack before "
+            "the one in force (from the agent's journal, see --state).",
+        ),
+    ] = None,
+    config: WbConfig = None,
+    repo: WbRepo = None,
+    branch: WbBranch = None,
+    path: WbPath = None,
+    state: WbState = None,
+    author: WbAuthor = None,
+    push: WbPush = False,
+    sign: WbSign = False,
+) -> None:
+    """Commit the reverse of the stack's changes since REVISION (its files only), with a reason."""
+    from setpoint.writeback.gitwork import Author
+    from setpoint.writeback.rollback import Rollback, message, previous_revision
+    from setpoint.writeback.transaction import land, target_from
+
+    try:
+        if not reason.strip():
+            raise SetpointError("-m REASON must say why the stack is rolled back")
+        target = target_from(config, stack if config else None, repo, branch, path)
+        current = None
+        if to is None:
+            current, to = previous_revision(_state_dir(config, state), stack)
+        rb = Rollback(target.path, to)
+        who = Author.parse(author) if author else None
+        landed = land(
+            target,
+            rb,
+            lambda ch: message(stack, target.path, rb, ch, reason, current),
+            author=who,
+            sign=sign,
+            push=push,
+            on_clone=rb.bind,
+        )
+    except SetpointError as exc:
+        raise _fail(exc) from None
+    if landed.commit is None:
+        typer.echo(f"nothing to roll back: the stack's files are already those of {to}")
+        raise typer.Exit(NOTHING_CHANGED)
+    typer.echo(f"rolling stack {stack} back to {rb.resolved[:12]} (from {rb.tip[:12]}):")
+    _show(landed, target.url, lines=[f"{c.field} {c.file}" for c in landed.changes])
+
+
 def explain(
     target: Annotated[str, typer.Argument(help="A managed path (/etc/motd) or Kind/name.")],
     state: Annotated[Path, typer.Option("--state", help="The agent's state dir.")] = Path(
@@ -249,6 +324,11 @@ def register(app: typer.Typer) -> None:
         "(an index unreadable, an archive whose SHA-256 does not match: that Release is "
         "left alone, the others are committed), 3 nothing to change.",
     )(update_versions)
+    app.command(
+        epilog="Example: setpoint rollback web --config /etc/setpoint/config.yaml "
+        "-m 'api 1.5 leaks memory' --push\n\n"
+        "Exit status: 0 committed (pushed with --push), 1 error, 3 nothing to roll back.",
+    )(rollback)
     app.command(
         epilog="Example: setpoint explain /etc/motd --state /var/lib/setpoint\n\n"
         "Exit status: 0 managed, 3 not managed (the nearest managed parent is named), 1 error.",

@@ -153,6 +153,9 @@ class Stack:
     docs: list[Doc] = field(default_factory=list)
     overlays: list[Overlay] = field(default_factory=list)
     files: set[str] = field(default_factory=set)  # every repository file read
+    # Directories read whole (the stack path, directory entries of ``resources``): they
+    # also hold the files manifests name (``source``, templates), which render reads.
+    dirs: set[str] = field(default_factory=set)
 
     def find(self, rid: str) -> Doc:
         found = [d for d in self.docs if d.id == rid]
@@ -180,6 +183,7 @@ def assemble(tree: Path, path: str) -> Stack:
     if not os.path.isdir(start):
         raise StackError(f"stack path {path!r} is not a directory in the repository")
     seen: set[str] = set()
+    stack.dirs.add(_rel(root, start))
     if os.path.isfile(os.path.join(start, OVERLAY_FILE)):
         _visit(root, start, (), stack, seen, [])
     else:
@@ -260,6 +264,7 @@ def _visit(
             raise StackError(f"{rel}: resources: {entry!r} is not a path")
         real = _inside(root, os.path.join(dir_real, target), f"{rel}: resources {target!r}")
         if os.path.isdir(real):
+            stack.dirs.add(_rel(root, real))
             if real != dir_real and os.path.isfile(os.path.join(real, OVERLAY_FILE)):
                 _visit(root, real, chain, stack, seen, active)
             else:

@@ -134,9 +134,15 @@ def land(
     author: Author | None,
     sign: bool,
     push: bool,
+    on_clone: Callable[[WorkRepo], None] | None = None,
 ) -> Landed:
-    """Run ``edit`` in a clone of ``target`` and commit (and push) what it changed."""
+    """Run ``edit`` in a clone of ``target`` and commit (and push) what it changed.
+
+    ``on_clone`` is given the clone first, for an edit that runs git in it.
+    """
     with WorkRepo(target.url, target.branch, target.auth) as repo:
+        if on_clone is not None:
+            on_clone(repo)
         for attempt in range(1, MAX_TRIES + 1):
             changes = edit(repo.dir)
             if not changes:
