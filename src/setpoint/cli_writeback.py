@@ -16,6 +16,7 @@ import typer
 from setpoint.model.errors import SetpointError
 
 if TYPE_CHECKING:
+    from setpoint.writeback.gitwork import WorkRepo
     from setpoint.writeback.transaction import Landed
 
 NOTHING_CHANGED = 3
@@ -281,6 +282,110 @@ def rollback(
     _show(landed, target.url, lines=[f"{c.field} {c.file}" for c in landed.changes])
 
 
+def capture(
+    stack: Annotated[str, typer.Argument(help="The stack whose drift is written back.")],
+    resources: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Argument(help="Only these (Kind/name). Default: every drifted one."),
+    ] = None,
+    from_journal: Annotated[
+        bool,
+        typer.Option(
+            "--from-journal",
+            help="Write back the last reverted drift (journal) instead of drift found now.",
+        ),
+    ] = False,
+    config: WbConfig = None,
+    repo: WbRepo = None,
+    branch: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--branch", help="The new branch. Default: capture/STACK-YYYYmmdd-HHMMSS."),
+    ] = None,
+    path: WbPath = None,
+    state: WbState = None,
+    root: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--root", help="The target root the live state is read under. "
+                     "Default: --config's root, else /."),
+    ] = None,
+    message: WbMessage = None,
+    author: WbAuthor = None,
+    push: WbPush = False,
+    sign: WbSign = False,
+) -> None:
+    """Write drifted resources' live state into their manifests, on a new branch."""
+    import time
+
+    from setpoint.writeback import capture as cap
+    from setpoint.writeback.gitwork import Author, GitError
+    from setpoint.writeback.stack import assemble
+    from setpoint.writeback.transaction import commit_message, land, target_from
+
+    refused: list[str] = []
+    try:
+        target = target_from(config, stack if config else None, repo, None, path)
+        state_dir = _state_dir(config, state)
+        if root is None:
+            from setpoint.config import load_config
+
+            root = Path(load_config(config).root) if config is not None else Path("/")
+        new = branch or f"capture/{stack}-{time.strftime('%Y%m%d-%H%M%S')}"
+        details = cap.from_journal(state_dir, stack, list(resources or [])) if from_journal else {}
+        wanted = list(details) if from_journal else cap.drifted(state_dir, stack)
+        if resources and not from_journal:
+            wanted = [r for r in wanted if r in resources]
+            refused += [f"{r}: not drifted (status of {stack})" for r in resources
+                        if r not in wanted]  # fmt: skip
+        if not wanted and not refused:
+            typer.echo(f"nothing to capture: no resource of stack {stack} is drifted")
+            raise typer.Exit(NOTHING_CHANGED)
+        live: list[cap.Live] = []
+
+        def collect(work: WorkRepo) -> None:
+            work.branch = new  # the commit goes to a new branch, made from the source's ref
+            if work.git("ls-remote", "--heads", "origin", f"refs/heads/{new}").strip():
+                raise GitError(f"branch {new} already exists in {target.url}; choose --branch")
+            stack_now = assemble(work.dir, target.path)
+            for rid in wanted:
+                try:
+                    doc = stack_now.find(rid)
+                    cap.check(doc)
+                    if from_journal:
+                        declared = cap.declared_content(work.dir, doc)
+                        live.append(cap.live_from_journal(doc, details[rid], declared))
+                    else:
+                        live.append(cap.read_live(root, doc))
+                except cap.Refused as exc:
+                    refused.append(str(exc))
+            if not live:
+                raise SetpointError("nothing to capture: every resource was refused")
+
+        edit = cap.Capture(target.path, live)
+        who = Author.parse(author) if author else None
+        landed = land(
+            target,
+            edit,
+            lambda ch: commit_message(cap.subject(stack, live), ch, target.path, message),
+            author=who,
+            sign=sign,
+            push=push,
+            on_clone=collect,
+        )
+    except SetpointError as exc:
+        for r in refused:
+            typer.echo(f"refused: {r}", err=True)
+        raise _fail(exc) from None
+    for r in refused:
+        typer.echo(f"refused: {r}", err=True)
+    if landed.commit is None:
+        typer.echo("nothing to capture: the manifests already declare the live state")
+        raise typer.Exit(1 if refused else NOTHING_CHANGED)
+    typer.echo(f"captured onto the new branch {new}:")
+    _show(landed, target.url)
+    if refused:
+        raise typer.Exit(1)
+
+
 def explain(
     target: Annotated[str, typer.Argument(help="A managed path (/etc/motd) or Kind/name.")],
     state: Annotated[Path, typer.Option("--state", help="The agent's state dir.")] = Path(
@@ -329,6 +434,11 @@ def register(app: typer.Typer) -> None:
         "-m 'api 1.5 leaks memory' --push\n\n"
         "Exit status: 0 committed (pushed with --push), 1 error, 3 nothing to roll back.",
     )(rollback)
+    app.command(
+        epilog="Example: setpoint capture web --config /etc/setpoint/config.yaml "
+        "--branch fix/motd --push\n\nExit status: 0 committed (pushed with --push), 1 error "
+        "or some resource refused (the others are committed), 3 nothing to change.",
+    )(capture)
     app.command(
         epilog="Example: setpoint explain /etc/motd --state /var/lib/setpoint\n\n"
         "Exit status: 0 managed, 3 not managed (the nearest managed parent is named), 1 error.",

@@ -53,6 +53,8 @@ class FieldSetter:
     rid: str
     assignments: list[tuple[FieldPath, str]]
     base: dict[FieldPath, Any] | None = field(default=None)
+    # Write an added field as a string even if it reads as a number (capture's "0600").
+    strings: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -83,7 +85,7 @@ class FieldSetter:
             doc = assemble(tree, self.stack_path).find(self.rid)  # lines move after each edit
             patch = doc.declaration(path)
             if patch is None:
-                old, line = edit_field(tree, doc.file, doc.index, path, value)
+                old, line = edit_field(tree, doc.file, doc.index, path, value, string=self.strings)
                 changes.append(Change(self.rid, dotted(path), old, value, doc.file, line))
                 continue
             if not patch.by_name:
@@ -93,7 +95,7 @@ class FieldSetter:
                     "name) or edit the overlay by hand"
                 )
             where = ("patches", patch.index, "patch", *path)
-            old, line = edit_field(tree, patch.overlay, 0, where, value)
+            old, line = edit_field(tree, patch.overlay, 0, where, value, string=self.strings)
             changes.append(Change(self.rid, dotted(path), old, value, patch.overlay, line))
         return changes
 
