@@ -18,14 +18,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from setpoint.config import AgentConfig, ConfigError, StackConfig
 from setpoint.engine.fleet import FleetChange, FleetView, with_stacks
 from setpoint.engine.fleet_sync import refresh
-from setpoint.engine.gate import FULL, PARTIAL, PassGate
+from setpoint.engine.gate import FULL, PARTIAL, PassGate, Wait
 from setpoint.engine.orphans import (
     ForgetResult,
     Orphan,
@@ -55,20 +54,6 @@ from setpoint.source.verify import (
 from setpoint.state import Event, JournalEntry, StateDB
 
 log = logging.getLogger("setpoint.controller")
-
-
-@dataclass(frozen=True)
-class Wait:
-    """What a stack's pass waits for, for status: "rollout of Service/app: waiting for
-    readiness, 12 s of 20"."""
-
-    resource: str
-    what: str
-    since: float  # epoch seconds
-    timeout: float
-
-    def describe(self, now: float) -> str:
-        return f"{self.what}, {now - self.since:.0f} s of {self.timeout:g}"
 
 
 class StateLockedError(SetpointError):

@@ -25,6 +25,7 @@ import itertools
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 RESUME = 0  # a pass taking the gate back after a provider's wait
 PARTIAL = 1  # a drift-triggered pass over a few resources
@@ -85,3 +86,17 @@ class PassGate:
             yield
         finally:
             self.acquire(RESUME)
+
+
+@dataclass(frozen=True)
+class Wait:
+    """What a stack's pass waits for, for status: "rollout of Service/app: waiting for
+    readiness, 12 s of 20"."""
+
+    resource: str
+    what: str
+    since: float  # epoch seconds
+    timeout: float
+
+    def describe(self, now: float) -> str:
+        return f"{self.what}, {now - self.since:.0f} s of {self.timeout:g}"
