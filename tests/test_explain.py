@@ -65,3 +65,36 @@ def test_explain_an_unmanaged_path_names_the_nearest_managed_parent(
     assert "Nearest managed parent: /etc (Directory/etc, stack web)" in out
     e = json.loads(cli("explain", "/var/x", "--state", state_dir, "--json", check=3).stdout)
     assert e["managed"] is False and e["nearest_parent"] is None
+
+
+def test_explain_through_an_overlay_patch_and_a_template(
+    git_repo: GitRepo, root: Path, state_dir: Path
+) -> None:
+    base = manifest("File", "conf", path="/etc/app.conf", templateSource="app.conf.j2")
+    git_repo.commit(
+        {
+            "base/app.yaml": base,
+            "base/app.conf.j2": "workers = {{ vars.workers }}\n",
+            "base/setpoint.yaml": "apiVersion: setpoint/v1\nkind: Overlay\nresources: [app.yaml]\n",
+            "m/setpoint.yaml": (
+                "apiVersion: setpoint/v1\nkind: Overlay\nresources: [../base]\n"
+                "vars: {workers: 2}\n"
+                "patches:\n  - target: {kind: File, name: conf}\n"
+                "    patch: {spec: {mode: '0600'}}\n"
+            ),
+        },
+        message="app config from a template",
+    )
+    template_change = git_repo.commit(
+        {"base/app.conf.j2": "# tuned\nworkers = {{ vars.workers }}\n"},
+        message="tune the template",
+    )
+    cli("apply", *src(git_repo, root, state_dir), check=0)
+    e = json.loads(cli("explain", "/etc/app.conf", "--state", state_dir, "--json", check=0).stdout)
+    assert e["overlays"] == ["base/setpoint.yaml", "m/setpoint.yaml"]
+    assert e["patches"] == ["m/setpoint.yaml patches[0]"]
+    assert e["template"] == "base/app.conf.j2"
+    # The template is part of the declaration: its last change is the declaring commit.
+    assert e["commit"]["sha"] == template_change
+    text = cli("explain", "File/conf", "--state", state_dir, check=0).stdout
+    assert "template:    base/app.conf.j2" in text

@@ -49,6 +49,7 @@ class Explanation:
     declared_at: str = ""
     overlays: list[str] = field(default_factory=list)
     patches: list[str] = field(default_factory=list)
+    template: str = ""  # the templateSource file, or "inline" (the manifest's template:)
     commit: dict[str, str] = field(default_factory=dict)
     applied_at: str = ""
     applied_revision: str = ""
@@ -148,6 +149,15 @@ def _chain(tree: Path, out: Explanation, files: list[str]) -> None:
         out.patches.append(f"{p.overlay} patches[{p.index}]")
         if p.overlay not in files:
             files.append(p.overlay)
+    spec = doc.effective().get("spec")
+    spec = spec if isinstance(spec, dict) else {}
+    source = spec.get("templateSource")
+    if isinstance(source, str):
+        # Relative to the manifest, as the renderer reads it; its commits count too.
+        out.template = posixpath.normpath(posixpath.join(posixpath.dirname(doc.file), source))
+        files.append(out.template)
+    elif spec.get("template") is not None:
+        out.template = f"inline ({out.declared_at})"
 
 
 def _last_commit(repo: Path, revision: str, files: list[str], fallback: str) -> dict[str, str]:
@@ -193,6 +203,8 @@ def render_text(e: Explanation) -> str:
         lines.append(f"  through:     {' <- '.join(e.overlays)}")
     for patch in e.patches:
         lines.append(f"  patched by:  {patch}")
+    if e.template:
+        lines.append(f"  template:    {e.template}")
     c = e.commit
     if c.get("subject"):
         lines.append(f"  changed by:  {c['sha'][:12]} {c['author']} {c['date']}")
