@@ -23,8 +23,8 @@ from pathlib import Path
 
 from setpoint.model import Location, Resource
 from setpoint.providers.base import Target
-from setpoint.providers.release import ReleaseProvider
-from setpoint.providers.service_spec import ReleaseSpec
+from setpoint.providers.services.release import ReleaseProvider
+from setpoint.providers.services.service_spec import ReleaseSpec
 
 
 def archive(files: int, size: int) -> bytes:

@@ -6,7 +6,7 @@ from pathlib import Path
 from textwrap import dedent
 
 from setpoint.providers.base import Registry, Target
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 
 
 def no_provider(target: Target) -> object:

@@ -25,10 +25,10 @@ from pathlib import Path
 import pytest
 
 from setpoint.model import Action, Change, Location, Resource, SetpointError
-from setpoint.providers import fs_walk
 from setpoint.providers.base import Target
-from setpoint.providers.fs import FilesystemProvider, FsState
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec
+from setpoint.providers.files import walk as fs_walk
+from setpoint.providers.files.provider import FilesystemProvider, FsState
+from setpoint.providers.files.spec import DirectorySpec, FileSpec
 
 RACE_SECONDS = float(os.environ.get("SETPOINT_RACE_SECONDS", "10"))
 SHORT_SECONDS = max(1.0, RACE_SECONDS / 8)

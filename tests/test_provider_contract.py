@@ -25,14 +25,19 @@ import pytest
 from helpers import TMP_RE
 from setpoint.model import Location, Resource
 from setpoint.providers.base import Target
-from setpoint.providers.fs import FilesystemProvider
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.files.provider import FilesystemProvider
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.registry import default_registry
-from setpoint.providers.release import ReleaseProvider
-from setpoint.providers.release_store import leftovers
-from setpoint.providers.service import ServiceProvider
-from setpoint.providers.service_proc import RECORD, read_json, start_time, write_json_atomic
-from setpoint.providers.service_spec import ReleaseSpec, ServiceSpec
+from setpoint.providers.services.release import ReleaseProvider
+from setpoint.providers.services.release_store import leftovers
+from setpoint.providers.services.service import ServiceProvider
+from setpoint.providers.services.service_proc import (
+    RECORD,
+    read_json,
+    start_time,
+    write_json_atomic,
+)
+from setpoint.providers.services.service_spec import ReleaseSpec, ServiceSpec
 from svc_support import kill_recorded, sha, tar_gz, zip_bytes
 
 IS_ROOT = os.geteuid() == 0

@@ -14,13 +14,13 @@ import pytest
 
 from helpers import TMP_RE
 from setpoint.model import Action, Change, Location, ProviderError, Resource
-from setpoint.providers import fs_walk
 from setpoint.providers.base import Target
-from setpoint.providers.fs import FilesystemProvider, FsState
-from setpoint.providers.fs_common import DIFF_INPUT_LIMIT, DIFF_OUTPUT_LIMIT, os_error
-from setpoint.providers.fs_plan import link_text
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
-from setpoint.providers.fs_walk import SymlinkInPath
+from setpoint.providers.files import walk as fs_walk
+from setpoint.providers.files.common import DIFF_INPUT_LIMIT, DIFF_OUTPUT_LIMIT, os_error
+from setpoint.providers.files.plan import link_text
+from setpoint.providers.files.provider import FilesystemProvider, FsState
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.files.walk import SymlinkInPath
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="chown to another uid needs root")

@@ -22,8 +22,8 @@ from helpers import cli, docs, manifest
 from setpoint.model import Location, Resource
 from setpoint.model.errors import ProviderError
 from setpoint.providers.base import Target
-from setpoint.providers.release import ReleaseProvider
-from setpoint.providers.service_spec import ReleaseSpec
+from setpoint.providers.services.release import ReleaseProvider
+from setpoint.providers.services.service_spec import ReleaseSpec
 from svc_support import Env, release_doc, sha, tar_gz, zip_bytes
 
 

@@ -488,7 +488,7 @@ def logs(
     ] = False,
 ) -> None:
     """Show a service's output (stdout and stderr), from its rotated logs in the state dir."""
-    from setpoint.providers.service_proc import tail_logs
+    from setpoint.providers.services.service_proc import tail_logs
 
     out = sys.stdout.buffer
 

@@ -46,7 +46,7 @@ class Target:
     the file-system provider): only those symlinks may be followed on the way to a
     managed path, and only while the path is still declared. ``dir_fds`` caches the
     directory descriptors the file-system provider opened for reading in this pass
-    (see :mod:`setpoint.providers.fs_walk`).
+    (see :mod:`setpoint.providers.files.walk`).
     """
 
     root: Path

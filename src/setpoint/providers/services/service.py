@@ -11,16 +11,16 @@ failed rollout) and ``output.log`` (+ rotated ``output.log.N``).
   without restarting it; a CLI run adopts nothing.
 - ``plan`` compares the desired run configuration (command, env, working dir, user, the
   declared release version's directory, the declarations named in ``restartOn``) with
-  the running one (:func:`~setpoint.providers.service_plan.decide`): a difference is a
+  the running one (:func:`~setpoint.providers.services.service_plan.decide`): a difference is a
   restart (REPLACE); ``reloadOn`` declarations that changed are a reload signal (UPDATE);
   probe or policy changes only retune the supervisor.
 - ``apply`` stops gracefully (stop signal, grace, SIGKILL), starts, and waits for the
   readiness probe up to ``readyTimeout`` (blocking the pass meanwhile). A rollout that
   does not become ready is rolled back to the last healthy configuration (and the
-  release's ``current`` put back and held, :func:`~setpoint.providers.release_store.hold_release`)
+  release's ``current`` put back and held, :func:`~.release_store.hold_release`)
   and reported with :class:`StallError` (the stack is Stalled) until the declaration
   changes.
-- A :class:`~setpoint.providers.service_supervisor.Supervisor` per service waits for the
+- A :class:`~setpoint.providers.services.service_supervisor.Supervisor` per service waits for the
   process to exit (event-driven), restarts it by policy with exponential back-off, runs
   the probes, rotates the logs, queues journal events (``drain_events``, drained by the
   engine after each pass) and calls the watch callback so the engine re-reads the
@@ -56,22 +56,22 @@ from setpoint.providers.base import (
     Target,
     WatchCallback,
 )
-from setpoint.providers.probes import run_probe
-from setpoint.providers.release_store import (
+from setpoint.providers.services.probes import run_probe
+from setpoint.providers.services.release_store import (
     collect_orphans,
     current_dir,
     declared_dir,
     hold_release,
     lift_hold,
 )
-from setpoint.providers.service_plan import (
+from setpoint.providers.services.service_plan import (
     LAST_HEALTHY,
     RELOAD,
     SUPERVISION,
     ServiceState,
     decide,
 )
-from setpoint.providers.service_proc import (
+from setpoint.providers.services.service_proc import (
     DEFAULT_PATH,
     LOG,
     RECORD,
@@ -84,8 +84,8 @@ from setpoint.providers.service_proc import (
     stop,
     write_json_atomic,
 )
-from setpoint.providers.service_spec import ReleaseSpec, ServiceSpec
-from setpoint.providers.service_supervisor import (
+from setpoint.providers.services.service_spec import ReleaseSpec, ServiceSpec
+from setpoint.providers.services.service_supervisor import (
     DEGRADED,
     HEALTHY,
     MISSING,

@@ -1,6 +1,6 @@
 """The last guard of ``Directory.purge``: never remove the agent's own state dir.
 
-Called by :func:`setpoint.providers.fs_apply.purge` for each entry it is about to
+Called by :func:`setpoint.providers.files.apply.purge` for each entry it is about to
 remove. The engine already refuses, at render time, a purging Directory that
 holds the state dir (:func:`setpoint.engine.desired.check_purges`); this catches
 what slips past that check (a symlink changed since, a caller that bypasses the

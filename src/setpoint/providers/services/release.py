@@ -27,10 +27,10 @@ why) and tried again at the next pass. A release URL is shown redacted everywher
 (:mod:`setpoint.model.redact`); ``user:password@`` in it is sent as Basic auth.
 
 When a Service's rollout of the declared version fails, the service provider calls
-:func:`~setpoint.providers.release_store.hold_release`: ``current`` goes back to the
+:func:`~setpoint.providers.services.release_store.hold_release`: ``current`` goes back to the
 last healthy version and stays there (``plan`` is a NOOP with the reason, ``health`` is
 Degraded) while that version is declared; a new declaration is installed normally, and
-a rollout that passes readiness calls :func:`~setpoint.providers.release_store.lift_hold`.
+a rollout that passes readiness calls :func:`~setpoint.providers.services.release_store.lift_hold`.
 
 Modules: this one (the provider); ``release_store`` (the store on disk: paths, switch,
 hold, checked removals, leftovers); ``release_unpack`` (extract, fsync, scan, check).
@@ -57,7 +57,7 @@ from setpoint.model.plan import Action, Change, FieldChange
 from setpoint.model.redact import redact_text, redact_url
 from setpoint.model.resource import Resource
 from setpoint.providers.base import Observed, ProviderEvent, Target
-from setpoint.providers.release_store import (
+from setpoint.providers.services.release_store import (
     HOLD,
     collect_orphans,
     current_dir,
@@ -74,7 +74,7 @@ from setpoint.providers.release_store import (
     traversable,
     version_dir_name,
 )
-from setpoint.providers.release_unpack import (
+from setpoint.providers.services.release_unpack import (
     check_tree,
     extract,
     fsync_dir,
@@ -82,9 +82,13 @@ from setpoint.providers.release_unpack import (
     scan,
     sha256_file,
 )
-from setpoint.providers.service_proc import ensure_private_dir, live_release_dirs, read_json
-from setpoint.providers.service_proc import write_json_atomic as _write_json
-from setpoint.providers.service_spec import ReleaseSpec
+from setpoint.providers.services.service_proc import (
+    ensure_private_dir,
+    live_release_dirs,
+    read_json,
+)
+from setpoint.providers.services.service_proc import write_json_atomic as _write_json
+from setpoint.providers.services.service_spec import ReleaseSpec
 
 __all__ = [
     "ReleaseProvider",

@@ -2,9 +2,9 @@
 
 Registered for those kinds by :func:`setpoint.providers.registry.default_registry`; the
 engine calls it only through the :class:`~setpoint.providers.base.Provider` protocol.
-Reading lives in :mod:`~setpoint.providers.fs_read`, deciding in
-:mod:`~setpoint.providers.fs_plan`, writing in :mod:`~setpoint.providers.fs_apply`;
-all of them reach a path through :mod:`~setpoint.providers.fs_walk` (directory
+Reading lives in :mod:`~setpoint.providers.files.read`, deciding in
+:mod:`~setpoint.providers.files.plan`, writing in :mod:`~setpoint.providers.files.apply`;
+all of them reach a path through :mod:`~setpoint.providers.files.walk` (directory
 descriptors opened from the root; a symlink in the chain is refused unless a Symlink
 resource declares it), never through a path string the kernel would resolve.
 
@@ -26,9 +26,9 @@ from typing import ClassVar
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
-from setpoint.providers import fs_apply
 from setpoint.providers.base import Observed, ProviderEvent, Target, WatchCallback, Watcher
-from setpoint.providers.fs_common import (
+from setpoint.providers.files import apply as fs_apply
+from setpoint.providers.files.common import (
     FsState,
     IdCache,
     desired_bytes,
@@ -36,11 +36,11 @@ from setpoint.providers.fs_common import (
     is_tmp_name,
     os_error,
 )
-from setpoint.providers.fs_plan import plan_directory, plan_file, plan_symlink
-from setpoint.providers.fs_read import declared_ancestors, lstat_or_none, observe
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
-from setpoint.providers.fs_walk import cached_parent
-from setpoint.providers.fs_watch import FsWatch
+from setpoint.providers.files.plan import plan_directory, plan_file, plan_symlink
+from setpoint.providers.files.read import declared_ancestors, lstat_or_none, observe
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.files.walk import cached_parent
+from setpoint.providers.files.watch import FsWatch
 
 __all__ = ["FilesystemProvider", "FsState"]
 
@@ -215,7 +215,7 @@ class FilesystemProvider:
         return fs_apply.delete(self.target, kind, path)
 
     def watch(self, resources: Sequence[Resource], notify: WatchCallback) -> Watcher:
-        """Watch the resources' paths with inotify (see :mod:`~setpoint.providers.fs_watch`)."""
+        """Watch the resources' paths with inotify (see :mod:`~setpoint.providers.files.watch`)."""
         w = FsWatch(self.target, resources, notify)
         self._watches = [x for x in self._watches if not x.closed] + [w]
         return w

@@ -1,7 +1,7 @@
 """Changing the file system to match a File, Directory or Symlink, and pruning them.
 
-Called by :meth:`setpoint.providers.fs.FilesystemProvider.apply` with a Change that
-:mod:`setpoint.providers.fs_plan` made, and by ``FilesystemProvider.delete`` for prune.
+Called by :meth:`setpoint.providers.files.provider.FilesystemProvider.apply` with a Change that
+:mod:`setpoint.providers.files.plan` made, and by ``FilesystemProvider.delete`` for prune.
 
 Files and symlinks are written atomically: a temporary ``.<name>.setpoint-<token>.tmp`` in the
 same directory, filled, fsynced, then renamed over the path, so a crash leaves the old
@@ -11,7 +11,7 @@ Directory fsyncs are batched: every directory whose entries changed is added to
 Attribute-only changes are made in place, so an unchanged file keeps its mtime and inode.
 
 Every operation is relative to a descriptor of the parent directory that
-:mod:`setpoint.providers.fs_walk` opened afresh, without following a symlink (missing
+:mod:`setpoint.providers.files.walk` opened afresh, without following a symlink (missing
 parents are made by that walk, mode 0755): ``openat``/``mkdirat``/``renameat``/
 ``unlinkat``/``symlinkat``, ``fchown``/``fchmod`` on ``O_NOFOLLOW`` descriptors, and
 ``shutil.rmtree(dir_fd=...)`` (descriptor-based: never follows a symlink inside). A
@@ -32,12 +32,12 @@ from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers.base import Target
-from setpoint.providers.fs_common import IdCache, desired_bytes, os_error, tmp_name
-from setpoint.providers.fs_guard import holds_state_dir
-from setpoint.providers.fs_plan import link_text
-from setpoint.providers.fs_read import list_dir, lstat_or_none
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
-from setpoint.providers.fs_walk import forget_below, host_dir, parent_dir, parent_of, the_dir
+from setpoint.providers.files.common import IdCache, desired_bytes, os_error, tmp_name
+from setpoint.providers.files.guard import holds_state_dir
+from setpoint.providers.files.plan import link_text
+from setpoint.providers.files.read import list_dir, lstat_or_none
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.files.walk import forget_below, host_dir, parent_dir, parent_of, the_dir
 
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _ATTR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC

@@ -1,7 +1,7 @@
 """Reaching a declared path without following a symlink planted in its parent chain.
 
 Every read, create, rename, chmod, chown, unlink and rmdir of the file-system provider
-(:mod:`~setpoint.providers.fs`, :mod:`~setpoint.providers.fs_apply`) is made relative to
+(:mod:`.provider`, :mod:`.apply`) is made relative to
 a descriptor of the path's parent directory that this module opens by walking from the
 target root, never by a path string the kernel resolves on its own:
 
@@ -36,8 +36,8 @@ from contextlib import contextmanager
 
 from setpoint.model.errors import ProviderError
 from setpoint.providers.base import Target
-from setpoint.providers.fs_common import TYPE_WORDS
-from setpoint.providers.fs_plan import link_text
+from setpoint.providers.files.common import TYPE_WORDS
+from setpoint.providers.files.plan import link_text
 
 DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _STEP_FLAGS = DIR_FLAGS | os.O_NOFOLLOW
