@@ -204,7 +204,7 @@ class Env:
     def close(self) -> None:
         svc = self.services
         for name in list(svc._sups):
-            svc.delete("Service", "service:" + name)
+            svc.delete("Service", {"name": name})
         self.ctl.close()
         kill_recorded(self.state)
 

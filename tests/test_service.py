@@ -255,7 +255,7 @@ def test_a_recycled_pid_is_never_signalled(env: Env) -> None:
             fresh.sync()
             assert stranger.poll() is None
             write_json_atomic(rec_path, rec)
-            assert fresh.services.delete("Service", "service:app").endswith("not running")
+            assert fresh.services.delete("Service", {"name": "app"}).endswith("not running")
             assert stranger.poll() is None
         finally:
             fresh.close()

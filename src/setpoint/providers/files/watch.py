@@ -47,9 +47,10 @@ from collections.abc import Iterable, Sequence
 from asyncinotify import Event, Inotify, Mask
 
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Target, WatchCallback
+from setpoint.providers.base import WatchCallback
 from setpoint.providers.files.common import fs_spec
 from setpoint.providers.files.spec import DirectorySpec
+from setpoint.providers.files.target import FileTarget
 
 log = logging.getLogger("setpoint.watch")
 
@@ -102,7 +103,7 @@ class FsWatch:
 
     def __init__(
         self,
-        target: Target,
+        target: FileTarget,
         resources: Sequence[Resource],
         notify: WatchCallback,
         *,

@@ -51,11 +51,12 @@ from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers.base import (
     Observed,
+    ProviderContext,
     ProviderEvent,
     StallError,
-    Target,
     WatchCallback,
 )
+from setpoint.providers.services.common import record_name
 from setpoint.providers.services.probes import run_probe
 from setpoint.providers.services.release_store import (
     collect_orphans,
@@ -117,8 +118,8 @@ class ServiceProvider:
 
     kinds: ClassVar[tuple[str, ...]] = ("Service",)
 
-    def __init__(self, target: Target) -> None:
-        self.target = target
+    def __init__(self, ctx: ProviderContext) -> None:
+        self.ctx = ctx
         self._sups: dict[str, Supervisor] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
@@ -130,9 +131,9 @@ class ServiceProvider:
 
     @property
     def state_dir(self) -> Path:
-        if self.target.state_dir is None:
+        if self.ctx.state_dir is None:
             raise ProviderError("the Service kind needs the agent's state dir", transient=False)
-        return self.target.state_dir
+        return self.ctx.state_dir
 
     def _dir(self, name: str) -> Path:
         return service_dir(self.state_dir, name)
@@ -160,6 +161,10 @@ class ServiceProvider:
 
     def claims(self, resource: Resource) -> tuple[str, ...]:
         return (CLAIM_PREFIX + resource.name,)
+
+    def record(self, resource: Resource) -> dict[str, Any]:
+        """What prune needs: the service's name (its record is under the state dir)."""
+        return {"name": resource.name}
 
     def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> Iterable[str]:
         """After its release and the resources it restarts or reloads on."""
@@ -278,13 +283,13 @@ class ServiceProvider:
 
     def run_config(self, spec: ServiceSpec, release_dir: str | None) -> dict[str, Any]:
         """What the process runs with; any difference is a restart."""
-        env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "SETPOINT_ROOT": str(self.target.root)}
+        env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "SETPOINT_ROOT": str(self.ctx.root)}
         cwd = "/"
         if spec.release is not None and release_dir is not None:
             env["SETPOINT_RELEASE"] = release_dir
             cwd = release_dir
         if spec.workingDir is not None:
-            cwd = self.target.host_path(spec.workingDir)
+            cwd = self.ctx.host_path(spec.workingDir)
         env.update(spec.env)
         argv = ["/bin/sh", "-c", spec.command[0]] if spec.shell else list(spec.command)
         return {
@@ -361,7 +366,7 @@ class ServiceProvider:
         spec = service_spec(resource)
         name = resource.name
         if change.action is Action.DELETE:
-            self.delete(resource.kind, CLAIM_PREFIX + name)
+            self.delete(resource.kind, {"name": name})
             return
         what = {f.field for f in change.fields}
         healthy_only = any(f.new == LAST_HEALTHY for f in change.fields)
@@ -472,7 +477,7 @@ class ServiceProvider:
         deadline = time.monotonic() + spec.readyTimeout
         what = f"rollout of Service/{name}: waiting for readiness"
         # Other stacks' passes run while this one waits (the engine's pass gate).
-        with self.target.waiting(f"Service/{name}", what, spec.readyTimeout):
+        with self.ctx.waiting(f"Service/{name}", what, spec.readyTimeout):
             while True:
                 sup = self._sups.get(name)
                 if sup is None:
@@ -547,11 +552,11 @@ class ServiceProvider:
 
     # -- prune ------------------------------------------------------------------------
 
-    def delete(self, kind: str, path: str) -> str:
+    def delete(self, kind: str, record: dict[str, Any]) -> str:
         """Stop the service gracefully, forget it, and collect its release's orphans."""
-        name = path[len(CLAIM_PREFIX) :] if path.startswith(CLAIM_PREFIX) else ""
+        name = record_name(record, CLAIM_PREFIX)
         if not name or "/" in name or name in (".", ".."):
-            raise ProviderError(f"cannot delete service {path!r}: not a service", transient=False)
+            raise ProviderError(f"cannot delete service {record}: not a service", transient=False)
         with self._lock(name):
             sup = self._sups.pop(name, None)
             if sup is not None:
