@@ -157,7 +157,7 @@ def test_settings_sections_in_the_config_file_are_checked_by_their_model(tmp_pat
     assert st.model_dump(by_alias=True)["demo"] == {"dsn": "x", "port": 1}
     assert StackConfig.model_validate(st.model_dump(by_alias=True)) == st
     for text, said in [
-        ("    demo: {dsn: x, port: nine}\n", "stacks.0: demo.port: Input should be a valid integer"),
+        ("    demo: {dsn: x, port: nine}\n", "stacks.0: demo.port: Input should be a valid int"),
         ("    demo: {dsn: x, bogus: 1}\n", "stacks.0: demo.bogus: unknown field"),
         ("    postgrse: {dsn: x}\n", "stacks.0.postgrse: Extra inputs are not permitted"),
         ("    provider_settings: {demo: {dsn: x}}\n", "provider_settings: unknown field"),
