@@ -23,20 +23,16 @@ from pathlib import Path
 import pytest
 
 from helpers import TMP_RE
+from setpoint.atomic import write_json_atomic
 from setpoint.model import Location, Resource
 from setpoint.providers.base import PassAware, PassInfo, ProviderContext
 from setpoint.providers.files.provider import FilesystemProvider
 from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.registry import default_registry
+from setpoint.providers.services.common import RECORD, read_json, start_time
 from setpoint.providers.services.release import ReleaseProvider
 from setpoint.providers.services.release_store import leftovers
 from setpoint.providers.services.service import ServiceProvider
-from setpoint.providers.services.service_proc import (
-    RECORD,
-    read_json,
-    start_time,
-    write_json_atomic,
-)
 from setpoint.providers.services.service_spec import ReleaseSpec, ServiceSpec
 from svc_support import kill_recorded, sha, tar_gz, zip_bytes
 
