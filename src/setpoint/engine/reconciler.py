@@ -467,8 +467,9 @@ class Reconciler:
     def resume(self, stack: str) -> None:
         """A pass of ``stack`` continues after a provider's wait: put its context back.
 
-        Other stacks' passes ran meanwhile and set the target's declared paths, the
-        providers' desired-state binding and the cached directory descriptors.
+        Other stacks' passes ran meanwhile and told the providers theirs: each
+        ``PassAware`` provider gets this pass's info again (``resumed``), and the
+        desired-state binding is restored.
         """
         ctx = self._context.get(stack)
         if ctx is None:

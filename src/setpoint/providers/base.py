@@ -12,6 +12,16 @@ Contract (checked by ``tests/test_provider_contract.py`` for every kind):
   change when in sync.
 - ``apply(resource, change)`` executes exactly that change, atomically.
 - after ``apply``, ``plan(resource, read(resource))`` is a NOOP (idempotence).
+- ``claims(resource)`` are keys of the provider's choosing (a path, ``release:NAME``,
+  ``postgres://...``), every one recorded and checked against other stacks;
+  ``record(resource)`` is JSON (no secret) stored with them at claim time, and
+  ``delete(kind, record)`` removes the resource from that record alone (prune).
+
+A factory receives a :class:`ProviderContext` (root, state dir, ``waiting``, the
+stacks' ``settings``); optional capabilities are the runtime-checkable protocols
+below (:class:`PassAware`, :class:`Watchable`, :class:`EventSource`,
+:class:`DesiredAware`, :class:`DigestDeriving`, :class:`HealthReporting`,
+:class:`StackChecker`), which the engine finds with ``isinstance`` once per provider.
 """
 
 from __future__ import annotations
