@@ -143,7 +143,8 @@ class Provider(Protocol):
 
         The declaration is gone from Git by the time a prune runs: give what is needed
         to find and remove the object (a path, a name, a connection's host, port and
-        database, a reference to a password *file*), never a secret itself.
+        database, a reference to a password *file*), never a secret itself. It must
+        suffice alone: a stack pruned after it left the config has no settings any more.
         """
 
     def read(self, resource: Resource) -> Observed[Any] | None: ...
