@@ -1,0 +1,447 @@
+"""The PostgreSQL provider: roles, databases, schemas, grants, default privileges and
+extensions of a server, reconciled like files.
+
+Registered by :mod:`setpoint.providers.registry` (see :func:`register`); called by the
+engine through the contract of :mod:`setpoint.providers.base`. Reads are served from the
+catalog snapshots of :mod:`.catalog` (one query per kind per pass), plans and statements
+come from :mod:`.planner` (pure), and each resource's statements run in one transaction
+(CREATE DATABASE excepted: PostgreSQL refuses it inside one). Claims are provider-chosen
+keys, ``postgres://HOST:PORT/role/NAME``, ``.../database/DB/schema/NAME``, ...: deeper
+objects have longer keys, so a deepest-first prune drops grants before schemas before
+databases before roles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
+from pydantic import BaseModel
+
+from setpoint.model.errors import ProviderError
+from setpoint.model.plan import Change
+from setpoint.model.resource import Resource, dump_spec
+from setpoint.providers.base import Observed
+from setpoint.providers.postgres import planner
+from setpoint.providers.postgres.catalog import PUBLIC, Catalog, Privs
+from setpoint.providers.postgres.conn import Connections, Server, error_text
+from setpoint.providers.postgres.planner import GrantView, Planned
+from setpoint.providers.postgres.spec import (
+    OBJECT_TYPES,
+    PRIVILEGES,
+    Connection,
+    DatabaseSpec,
+    DefaultPrivilegesSpec,
+    ExtensionSpec,
+    GrantSpec,
+    PostgresSettings,
+    RoleSpec,
+    SchemaSpec,
+)
+from setpoint.providers.postgres.values import password_matches, scram_verifier
+
+SPECS: dict[str, type[BaseModel]] = {
+    "PostgresRole": RoleSpec,
+    "PostgresDatabase": DatabaseSpec,
+    "PostgresSchema": SchemaSpec,
+    "PostgresGrant": GrantSpec,
+    "PostgresDefaultPrivileges": DefaultPrivilegesSpec,
+    "PostgresExtension": ExtensionSpec,
+}
+FORCE_LABEL = "setpoint/prune"
+SettingsFor = Callable[[Resource], PostgresSettings | None]
+
+
+def _q(value: str) -> str:
+    return quote(value, safe="")
+
+
+class PostgresProvider:
+    """One provider per engine: connections and snapshots shared by every stack."""
+
+    kinds: ClassVar[tuple[str, ...]] = tuple(SPECS)
+
+    def __init__(self, state_dir: Path | None = None,
+                 settings: SettingsFor | None = None) -> None:
+        self.conns = Connections()
+        self.catalog = Catalog(self.conns)
+        self._settings = settings or (lambda _r: None)
+        # Resource id -> snapshots to drop at its next read (it was applied since).
+        self._dirty: dict[str, tuple[Server, str, str]] = {}
+        self._desired: Mapping[str, Resource] = {}
+        self._sweepers: dict[str, frozenset[str]] | None = None
+        self._versions: dict[Server, int] = {}
+        # Password checks cost a PBKDF2 each: remembered by (verifier, keyed hash of the
+        # password), with a key that lives only in this process.
+        self._memo_key = secrets.token_bytes(32)
+        self._verified: dict[tuple[str, bytes], bool] = {}
+        self._records_file = (
+            state_dir / "postgres-records.json" if state_dir is not None else None
+        )
+        self._records: dict[str, dict[str, Any]] | None = None
+
+    # -- identity ---------------------------------------------------------------------------
+
+    def server(self, r: Resource) -> Server:
+        stack = self._settings(r)
+        spec_conn: Connection | None = getattr(r.spec, "connection", None)
+        return Server.merge(spec_conn, stack.connection if stack is not None else None)
+
+    @staticmethod
+    def name(r: Resource) -> str:
+        return getattr(r.spec, "name", None) or r.name
+
+    def _key(self, r: Resource) -> str:
+        return self._key_of(r.kind, self.server(r).key, r.spec, self.name(r))
+
+    @staticmethod
+    def _key_of(kind: str, srv: str, spec: Any, name: str) -> str:
+        if kind == "PostgresRole":
+            return f"{srv}/role/{_q(name)}"
+        if kind == "PostgresDatabase":
+            return f"{srv}/database/{_q(name)}"
+        db = f"{srv}/database/{_q(spec.database)}"
+        if kind == "PostgresSchema":
+            return f"{db}/schema/{_q(name)}"
+        if kind == "PostgresExtension":
+            return f"{db}/extension/{_q(name)}"
+        if kind == "PostgresGrant":
+            on = spec.on.split()[0]
+            return f"{db}/grant/{on}/{_q(spec.schema_ or '-')}/{_q(_role(spec.role))}"
+        return (  # PostgresDefaultPrivileges
+            f"{db}/default-privileges/{_q(spec.forRole)}/{_q(spec.schema_ or '*')}/"
+            f"{spec.objectType}/{_q(_role(spec.role))}"
+        )
+
+    def claims(self, resource: Resource) -> tuple[str, ...]:
+        return (self._key(resource),)
+
+    def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> Iterable[str]:
+        """Role before what it owns or is granted, database before its objects, schema
+        before its grants, default privileges and extensions (when the stack declares them)."""
+        srv = self.server(resource).key
+        spec: Any = resource.spec
+        keys: list[str] = []
+
+        def role(name: str | None) -> None:
+            if name is not None and _role(name) != PUBLIC:
+                keys.append(f"{srv}/role/{_q(name)}")
+
+        kind = resource.kind
+        if kind == "PostgresRole":
+            for g in spec.inRoles:
+                role(g)
+        elif kind == "PostgresDatabase":
+            role(spec.owner)
+        else:
+            db = f"{srv}/database/{_q(spec.database)}"
+            keys.append(db)
+            schema = getattr(spec, "schema_", None)
+            if schema is not None and kind != "PostgresSchema":
+                keys.append(f"{db}/schema/{_q(schema)}")
+            if kind == "PostgresSchema":
+                role(spec.owner)
+            elif kind == "PostgresGrant":
+                role(spec.role)
+            elif kind == "PostgresDefaultPrivileges":
+                role(spec.role)
+                role(spec.forRole)
+        return [by_path[k] for k in keys if k in by_path and by_path[k] != resource.id]
+
+    # -- pass hooks -------------------------------------------------------------------------
+
+    def begin_pass(self, full: bool, resync: float) -> None:
+        """A pass starts: the catalog is read afresh (once per kind)."""
+        self.catalog.reset()
+        self.conns.forget_failures()
+        self._dirty.clear()
+
+    def set_desired(self, resources: Mapping[str, Resource]) -> None:
+        if resources is not self._desired:
+            self._desired = resources
+            self._sweepers = None
+
+    def _sweep_except(self, r: Resource) -> frozenset[str] | None:
+        """For the first grant (by id) of each scope: the roles the stack grants on it."""
+        if self._sweepers is None:
+            scopes: dict[str, list[Resource]] = {}
+            for other in self._desired.values():
+                if other.kind == "PostgresGrant":
+                    scopes.setdefault(self._scope(other), []).append(other)
+            self._sweepers = {}
+            for grants in scopes.values():
+                grants.sort(key=lambda g: g.id)
+                roles = frozenset(_role(g.spec.role) for g in grants)  # type: ignore[attr-defined]
+                self._sweepers[grants[0].id] = roles
+        if r.id not in self._sweepers and r.id not in self._desired:
+            # Not bound to a stack (a direct call): it sweeps alone, for its own scope.
+            return frozenset({_role(r.spec.role)})  # type: ignore[attr-defined]
+        return self._sweepers.get(r.id)
+
+    def _scope(self, r: Resource) -> str:
+        spec: Any = r.spec
+        return f"{self.server(r).key}/{_q(spec.database)}/{spec.on}/{_q(spec.schema_ or '-')}"
+
+    # -- read -------------------------------------------------------------------------------
+
+    def _full(self, server: Server, on: str) -> tuple[str, ...]:
+        base = PRIVILEGES[on]
+        if on == "tables in schema":
+            version = self._versions.get(server)
+            if version is None:
+                version = self._versions[server] = self.conns.get(
+                    server, None).info.server_version
+            if version >= 170000:
+                return (*base, "MAINTAIN")
+        return base
+
+    def read(self, resource: Resource) -> Observed | None:
+        stale = self._dirty.pop(resource.id, None)
+        if stale is not None:
+            self.catalog.invalidate(*stale)
+        self._remember(resource)
+        data = self._observe(resource)
+        return None if data is None else Observed(resource.id, data)
+
+    def _observe(self, r: Resource) -> Any:
+        server, name, kind, spec = self.server(r), self.name(r), r.kind, r.spec
+        cat = self.catalog
+        if kind == "PostgresRole":
+            roles = cat.roles(server)
+            role_row = roles.rows.get(name)
+            if role_row is None:
+                return None
+            ok = None
+            if isinstance(spec, RoleSpec) and spec.passwordFrom is not None:
+                if not roles.authid:
+                    raise ProviderError(
+                        f"{r.id}: comparing passwordFrom with the stored verifier needs to "
+                        f"read pg_authid, which only a superuser may: connect as a superuser "
+                        "(postgres.connection.user) or remove passwordFrom",
+                        transient=False,
+                    )
+                ok = self._verify(self._password(r), role_row.password, name)
+            return (role_row, ok)
+        if kind == "PostgresDatabase":
+            return cat.databases(server).rows.get(name)
+        db = spec.database  # type: ignore[attr-defined]
+        exists = cat.exists(server, db)
+        if kind == "PostgresSchema":
+            return cat.schemas(server, db).get(name) if exists else None
+        if kind == "PostgresExtension":
+            return cat.extensions(server, db).extensions.get(name) if exists else None
+        if isinstance(spec, GrantSpec):
+            return self._grant_view(r, server, spec, exists)
+        assert isinstance(spec, DefaultPrivilegesSpec)
+        full = self._full(server, OBJECT_TYPES[spec.objectType])
+        if not exists:
+            return (frozenset(), full)
+        objtype = planner.DEFAULT_TYPES[spec.objectType][0]
+        rows = cat.defaults(server, db).defaults
+        row: dict[str, Privs] | None = rows.get((spec.forRole, spec.schema_ or "", objtype))
+        if row is None and spec.schema_ is None:
+            # No pg_default_acl row: the built-in defaults (owner all, PUBLIC EXECUTE).
+            row = {spec.forRole: frozenset((p, False) for p in full)}
+            if spec.objectType == "functions":
+                row[PUBLIC] = frozenset({("EXECUTE", False)})
+        have: Privs = (row or {}).get(_role(spec.role), frozenset())
+        return (have, full)
+
+    def _grant_view(self, r: Resource, server: Server, spec: GrantSpec, exists: bool) -> GrantView:
+        full = self._full(server, spec.on)
+        sweep = self._sweep_except(r)
+        if not exists:
+            return GrantView(None, full, sweep)
+        if spec.on == "database":
+            obj = self.catalog.databases(server).acls.get(spec.database)
+            return GrantView({spec.database: obj} if obj else None, full, sweep)
+        objects = self.catalog.acls(server, spec.database)
+        if spec.schema_ not in objects.schemas:
+            return GrantView(None, full, sweep)
+        if spec.on == "schema":
+            return GrantView(objects.acls.get(("schema", spec.schema_), {}), full, sweep)
+        return GrantView(objects.acls.get((spec.on, spec.schema_), {}), full, sweep)
+
+    def _password(self, r: Resource) -> str:
+        spec = r.spec
+        assert isinstance(spec, RoleSpec) and spec.passwordFrom is not None
+        src = spec.passwordFrom
+        if src.file is not None:
+            try:
+                with open(src.file, encoding="utf-8") as f:
+                    return f.read().rstrip("\r\n")
+            except OSError as exc:
+                raise ProviderError(
+                    f"{r.id}: cannot read passwordFrom.file {src.file}: {exc.strerror}",
+                    transient=True,
+                ) from None
+        if r.blob is None:
+            raise ProviderError(
+                f"{r.id}: passwordFrom.secret {src.secret} was not resolved when the stack "
+                "was rendered (no secretFiles entry of that name in its overlays?)",
+                transient=False,
+            )
+        return r.blob.decode("utf-8")
+
+    def _verify(self, password: str, stored: str | None, role: str) -> bool:
+        if stored is None:
+            return False
+        key = (stored, hmac.new(self._memo_key, password.encode(), hashlib.sha256).digest())
+        hit = self._verified.get(key)
+        if hit is None:
+            if len(self._verified) > 10000:
+                self._verified.clear()
+            hit = self._verified[key] = password_matches(password, stored, role)
+        return hit
+
+    # -- plan / apply -----------------------------------------------------------------------
+
+    def _planned(self, r: Resource, observed: Observed | None) -> Planned:
+        data = observed.data if observed is not None else None
+        spec, name = r.spec, self.name(r)
+        if isinstance(spec, RoleSpec):
+            row, ok = data if data is not None else (None, None)
+            return planner.plan_role(spec, name, row, ok)
+        if isinstance(spec, DatabaseSpec):
+            return planner.plan_database(spec, name, data, r.id)
+        if isinstance(spec, SchemaSpec):
+            return planner.plan_schema(spec, name, data)
+        if isinstance(spec, ExtensionSpec):
+            return planner.plan_extension(spec, name, data)
+        if isinstance(spec, GrantSpec):
+            if data is None:
+                data = GrantView(None, PRIVILEGES[spec.on])
+            return planner.plan_grant(_public(spec), spec.database, data)
+        assert isinstance(spec, DefaultPrivilegesSpec)
+        have, full = data if data is not None else (frozenset(), ())
+        return planner.plan_default_privileges(_public(spec), have, full)
+
+    def plan(self, resource: Resource, observed: Observed | None) -> Change:
+        p = self._planned(resource, observed)
+        return Change(resource.id, p.action, self._key(resource), tuple(p.fields),
+                      reason=p.reason)
+
+    def apply(self, resource: Resource, change: Change) -> None:
+        if change.is_noop:
+            return
+        p = self._planned(resource, self.read(resource))
+        server = self.server(resource)
+        dbname = getattr(resource.spec, "database", None)
+        steps = list(p.steps)
+        if p.set_password:
+            verifier = scram_verifier(self._password(resource))
+            steps.append(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                sql.Identifier(self.name(resource)), sql.Literal(verifier)))
+        self._run(server, dbname, steps, p.in_transaction, resource.id)
+        snapshot = self._snapshot_of(resource, server)
+        if resource.kind in ("PostgresDatabase", "PostgresSchema"):
+            # Structure the next resources of the pass look up (does the database, the
+            # schema exist?): re-read at once. Other applies change only their own rows,
+            # re-read when that resource is read again.
+            self.catalog.invalidate(*snapshot)
+        else:
+            self._dirty[resource.id] = snapshot
+
+    def _snapshot_of(self, r: Resource, server: Server) -> tuple[Server, str, str]:
+        spec: Any = r.spec
+        if r.kind == "PostgresRole":
+            return (server, "", "roles")
+        if r.kind == "PostgresDatabase" or (r.kind == "PostgresGrant" and spec.on == "database"):
+            return (server, "", "databases")
+        kind = {"PostgresDefaultPrivileges": "defaults",
+                "PostgresExtension": "extensions"}.get(r.kind, "acls")
+        return (server, spec.database, kind)
+
+    def _run(self, server: Server, dbname: str | None, steps: list[planner.Stmt],
+             in_transaction: bool, what: str) -> None:
+        conn = self.conns.get(server, dbname)
+        try:
+            if in_transaction:
+                with conn.transaction():
+                    for stmt in steps:
+                        self.conns.queries += 1
+                        conn.execute(stmt)
+            else:
+                for stmt in steps:
+                    self.conns.queries += 1
+                    conn.execute(stmt)
+        except psycopg.Error as exc:
+            # The server's message, never the statement (it may hold a password verifier).
+            raise ProviderError(
+                f"{what}: {server.where(dbname)}: {error_text(exc)}",
+                transient=isinstance(exc, psycopg.OperationalError),
+            ) from None
+
+    # -- records and prune -----------------------------------------------------------------
+
+    def record(self, resource: Resource) -> dict[str, Any]:
+        """What prune needs once the declaration is gone (never a password)."""
+        return {
+            "kind": resource.kind,
+            "connection": self.server(resource).record(),
+            "name": self.name(resource),
+            "spec": dump_spec(resource.spec),
+            "force": resource.labels.get(FORCE_LABEL) == "force",
+        }
+
+    def _load_records(self) -> dict[str, dict[str, Any]]:
+        if self._records is None:
+            self._records = {}
+            if self._records_file is not None and self._records_file.exists():
+                self._records = json.loads(self._records_file.read_text())
+        return self._records
+
+    def _remember(self, r: Resource) -> None:
+        """Keep the record of each resource by claim (today's ``delete(kind, path)``)."""
+        records = self._load_records()
+        key, rec = self._key(r), self.record(r)
+        if records.get(key) == rec:
+            return
+        records[key] = rec
+        if self._records_file is not None:
+            self._records_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._records_file.with_name(f".{self._records_file.name}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(records, f, sort_keys=True)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._records_file)
+
+    def delete(self, kind: str, path: str) -> str:
+        rec = self._load_records().get(path)
+        if rec is None:
+            raise ProviderError(
+                f"no record of {path}: setpoint does not know how it connected to it; "
+                "drop it by hand if it should go",
+                transient=False,
+            )
+        return self.delete_record(kind, rec)
+
+    def delete_record(self, kind: str, rec: dict[str, Any]) -> str:
+        from setpoint.providers.postgres.prune import delete_object
+
+        return delete_object(self, kind, rec)
+
+    def close(self) -> None:
+        self.conns.close_all()
+
+
+def _role(name: str) -> str:
+    return PUBLIC if name.upper() == PUBLIC else name
+
+
+def _public(spec: Any) -> Any:
+    """The spec with ``role: public`` spelled as PostgreSQL lists it (``PUBLIC``)."""
+    if spec.role != PUBLIC and spec.role.upper() == PUBLIC:
+        return spec.model_copy(update={"role": PUBLIC})
+    return spec
