@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from setpoint.model import Location, Resource
-from setpoint.providers.base import Target
-from setpoint.providers.release import ReleaseProvider
-from setpoint.providers.service_spec import ReleaseSpec
+from setpoint.providers.base import PassInfo, ProviderContext
+from setpoint.providers.services.release import ReleaseProvider
+from setpoint.providers.services.service_spec import ReleaseSpec
 
 
 def archive(files: int, size: int) -> bytes:
@@ -41,7 +41,7 @@ def archive(files: int, size: int) -> bytes:
 def timed(p: ReleaseProvider, r: Resource, full: bool, rounds: int) -> float:
     out = []
     for _ in range(rounds):
-        p.begin_pass(True, 0.0 if full else 3600.0)  # 0: a full hash is always due
+        p.begin_pass(PassInfo("b", True, 0.0 if full else 3600.0))  # 0: a full hash is due
         t0 = time.perf_counter()
         obs = p.read(r)
         out.append(time.perf_counter() - t0)
@@ -64,7 +64,7 @@ def main() -> None:
             version="1", url="file:///app.tar.gz", sha256=hashlib.sha256(data).hexdigest()
         )
         r = Resource("Release", "app", spec, Location("bench.yaml", 1))
-        p = ReleaseProvider(Target(root, state_dir=Path(tmp) / "state"))
+        p = ReleaseProvider(ProviderContext(root, state_dir=Path(tmp) / "state"))
         p.apply(r, p.plan(r, p.read(r)))
         full = timed(p, r, True, a.rounds)
         cheap = timed(p, r, False, a.rounds)

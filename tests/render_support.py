@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from textwrap import dedent
 
-from setpoint.providers.base import Registry, Target
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.base import ProviderContext, Registry
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 
 
-def no_provider(target: Target) -> object:
+def no_provider(ctx: ProviderContext) -> object:
     raise AssertionError("the renderer must not instantiate providers")
 
 

@@ -23,8 +23,8 @@ from setpoint.config import AgentConfig
 from setpoint.engine.controller import Controller
 from setpoint.engine.outcome import PassResult
 from setpoint.model import Resource
-from setpoint.providers.service import ServiceProvider
-from setpoint.providers.service_proc import RECORD, read_json, start_time
+from setpoint.providers.services.service import ServiceProvider
+from setpoint.providers.services.service_proc import RECORD, read_json, start_time
 
 # The service under test. It reads its port from $PORT, its version from version.txt in
 # its working directory (the release), and a config file named by $CONFIG at start.
@@ -204,7 +204,7 @@ class Env:
     def close(self) -> None:
         svc = self.services
         for name in list(svc._sups):
-            svc.delete("Service", "service:" + name)
+            svc.delete("Service", {"name": name})
         self.ctl.close()
         kill_recorded(self.state)
 

@@ -312,14 +312,14 @@ def test_leftover_temporary_files_are_removed_at_the_next_pass_and_only_ours(
     git_repo: GitRepo, tmp_path: Path
 ) -> None:
     from helpers import one_pass, one_stack
-    from setpoint.providers.base import Target
+    from setpoint.providers.files.target import tmp_token
 
     root, state = tmp_path / "root", tmp_path / "state"
     (root / "etc").mkdir(parents=True)
     git_repo.commit({"m/f.yaml": manifest("File", "motd", path="/etc/motd", content="hi\n")})
     cfg = one_stack(git_repo.url, root, state)
     one_pass(cfg)
-    token = Target(root, state_dir=state).tmp_token
+    token = tmp_token(state)
     ours = root / f"etc/.motd.setpoint-{token}.tmp"  # what a crash mid-write leaves
     ours.write_text("half a wri")
     users = [root / "etc/.motd.setpoint-tmp", root / "etc/.motd.setpoint-0badc0de.tmp"]

@@ -16,7 +16,7 @@ from setpoint.config import AgentConfig
 from setpoint.engine.controller import Controller
 from setpoint.model.fields import STRICT
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Target
+from setpoint.providers.base import ProviderContext
 from setpoint.providers.registry import default_registry
 
 
@@ -365,11 +365,14 @@ class _BuggyProvider:
 
     kinds = ("Buggy",)
 
-    def __init__(self, target: Target) -> None:
-        self.target = target
+    def __init__(self, ctx: ProviderContext) -> None:
+        self.ctx = ctx
 
     def claims(self, resource: Resource) -> tuple[str, ...]:
         return (resource.spec.path,)  # type: ignore[attr-defined]
+
+    def record(self, resource: Resource) -> dict[str, str]:
+        return {"path": resource.spec.path}  # type: ignore[attr-defined]
 
     def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> tuple[()]:
         return ()

@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 
 from setpoint.model import Action, Change, Location, Resource, SetpointError
-from setpoint.providers import fs_walk
-from setpoint.providers.base import Target
-from setpoint.providers.fs import FilesystemProvider, FsState
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec
+from setpoint.providers.base import ProviderContext
+from setpoint.providers.files import walk as fs_walk
+from setpoint.providers.files.provider import FilesystemProvider, FsState
+from setpoint.providers.files.spec import DirectorySpec, FileSpec
+from setpoint.providers.files.target import FileTarget
 
 RACE_SECONDS = float(os.environ.get("SETPOINT_RACE_SECONDS", "10"))
 SHORT_SECONDS = max(1.0, RACE_SECONDS / 8)
@@ -60,7 +61,7 @@ class Scene:
     chain: str  # the declared path of the flipped directory
     real_fd: int
     outside: Path
-    target: Target
+    target: FileTarget
     prov: FilesystemProvider
     before: dict[str, bytes | None]
 
@@ -94,7 +95,8 @@ def flipping(tmp_path: Path, slash_root: bool) -> Iterator[Scene]:
         (outside / name).write_bytes(SECRET)
     (base / ".config-planted").symlink_to(outside)
     before = _outside_snapshot(outside)
-    target = Target(root=Path("/") if slash_root else root)
+    prov = FilesystemProvider(ProviderContext(root=Path("/") if slash_root else root))
+    target = prov.target
     chain = str(base / ".config") if slash_root else "/home/alice/.config"
     real_fd = os.open(base / ".config", os.O_RDONLY | os.O_DIRECTORY)
     stop = tmp / "stop"
@@ -104,7 +106,7 @@ def flipping(tmp_path: Path, slash_root: bool) -> Iterator[Scene]:
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        yield Scene(base, chain, real_fd, outside, target, FilesystemProvider(target), before)
+        yield Scene(base, chain, real_fd, outside, target, prov, before)
         assert proc.poll() is None, "the flipper died early"
     finally:
         stop.touch()
@@ -220,7 +222,7 @@ def test_prune_through_a_flipping_parent_never_removes_outside(
         def step(i: int) -> bool:
             os.close(os.open("app.conf", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=scene.real_fd))
             try:
-                said = scene.prov.delete("File", path)
+                said = scene.prov.delete("File", {"path": path})
             except (SetpointError, OSError):
                 return False
             return said == f"deleted {path}"

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from setpoint.providers.service_proc import log_files, rotate
+from setpoint.providers.services.service_proc import log_files, rotate
 
 LINES = 50_000
 WRITER = f"import os\nfor i in range({LINES}):\n    os.write(1, b'line-%d\\n' % i)\n"

@@ -24,15 +24,20 @@ import pytest
 
 from helpers import TMP_RE
 from setpoint.model import Location, Resource
-from setpoint.providers.base import Target
-from setpoint.providers.fs import FilesystemProvider
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.base import PassAware, PassInfo, ProviderContext
+from setpoint.providers.files.provider import FilesystemProvider
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.registry import default_registry
-from setpoint.providers.release import ReleaseProvider
-from setpoint.providers.release_store import leftovers
-from setpoint.providers.service import ServiceProvider
-from setpoint.providers.service_proc import RECORD, read_json, start_time, write_json_atomic
-from setpoint.providers.service_spec import ReleaseSpec, ServiceSpec
+from setpoint.providers.services.release import ReleaseProvider
+from setpoint.providers.services.release_store import leftovers
+from setpoint.providers.services.service import ServiceProvider
+from setpoint.providers.services.service_proc import (
+    RECORD,
+    read_json,
+    start_time,
+    write_json_atomic,
+)
+from setpoint.providers.services.service_spec import ReleaseSpec, ServiceSpec
 from svc_support import kill_recorded, sha, tar_gz, zip_bytes
 
 IS_ROOT = os.geteuid() == 0
@@ -132,7 +137,7 @@ STATES: dict[str, Callable[[Path], None]] = {
 
 def _fs_kinds() -> list[str]:
     reg = default_registry()
-    providers = reg.providers(Target(root=Path("/")))
+    providers = reg.providers(ProviderContext(root=Path("/")))
     return [k for k in reg.kinds if isinstance(providers[k], FilesystemProvider)]
 
 
@@ -173,27 +178,28 @@ def snapshot(root: Path) -> Snapshot:
 
 @pytest.mark.parametrize(("kind", "spec_name", "state"), CASES)
 def test_converges_and_is_idempotent(kind: str, spec_name: str, state: str, root: Path) -> None:
-    target = Target(root=root)
-    provider = default_registry().providers(target)[kind]
+    ctx = ProviderContext(root=root)
+    provider = default_registry().providers(ctx)[kind]
+    assert isinstance(provider, PassAware)
     res = SPECS[kind][spec_name]()
     assert res.kind == kind
     if state == "dir-with-entries" and kind != "Directory":
         # Replacing a non-empty directory needs force: true (test_provider_fs checks the refusal).
         res = replace(res, spec=res.spec.model_copy(update={"force": True}))
     declared_path = provider.claims(res)[0]
-    target.declared = {declared_path}
-    host = Path(target.host_path(declared_path))
+    provider.begin_pass(PassInfo("s", True, 300.0, {declared_path}))
+    host = Path(ctx.host_path(declared_path))
     STATES[state](host)
 
     first = provider.plan(res, provider.read(res))
     provider.apply(res, first)
-    target.fsync_touched()
+    provider.end_pass()
 
     second = provider.plan(res, provider.read(res))
     assert second.is_noop, f"not idempotent after {first.summary()}: {second.summary()}"
     before = snapshot(root)
     provider.apply(res, second)
-    target.fsync_touched()
+    provider.end_pass()
     again = provider.plan(res, provider.read(res))
     assert again.is_noop, again.summary()
     assert snapshot(root) == before
@@ -286,7 +292,9 @@ RELEASE_STATES: dict[str, Callable[[ReleaseProvider, Resource, Path], None]] = {
 def test_release_converges_and_is_idempotent(
     spec_name: str, state: str, root: Path, tmp_path: Path, http_base: str
 ) -> None:
-    provider = default_registry().providers(Target(root=root, state_dir=tmp_path / "state"))
+    provider = default_registry().providers(
+        ProviderContext(root=root, state_dir=tmp_path / "state")
+    )
     p = provider["Release"]
     assert isinstance(p, ReleaseProvider)
     (root / "dist").mkdir()
@@ -361,7 +369,7 @@ def test_service_converges_and_is_idempotent(
     spec_name: str, state: str, root: Path, tmp_path: Path
 ) -> None:
     state_dir = tmp_path / "state"
-    p = default_registry().providers(Target(root=root, state_dir=state_dir))["Service"]
+    p = default_registry().providers(ProviderContext(root=root, state_dir=state_dir))["Service"]
     assert isinstance(p, ServiceProvider)
     (root / "t").mkdir()
     res = SERVICE_SPECS[spec_name]()
@@ -380,7 +388,7 @@ def test_service_converges_and_is_idempotent(
         assert p.health(res)[0] == "Healthy"
         assert "s3cret" not in first.summary()
     finally:
-        p.delete("Service", "service:c")
+        p.delete("Service", {"name": "c"})
         kill_recorded(state_dir)
 
 

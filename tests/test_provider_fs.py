@@ -14,13 +14,14 @@ import pytest
 
 from helpers import TMP_RE
 from setpoint.model import Action, Change, Location, ProviderError, Resource
-from setpoint.providers import fs_walk
-from setpoint.providers.base import Target
-from setpoint.providers.fs import FilesystemProvider, FsState
-from setpoint.providers.fs_common import DIFF_INPUT_LIMIT, DIFF_OUTPUT_LIMIT, os_error
-from setpoint.providers.fs_plan import link_text
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
-from setpoint.providers.fs_walk import SymlinkInPath
+from setpoint.providers.base import ProviderContext
+from setpoint.providers.files import walk as fs_walk
+from setpoint.providers.files.common import DIFF_INPUT_LIMIT, DIFF_OUTPUT_LIMIT, os_error
+from setpoint.providers.files.plan import link_text
+from setpoint.providers.files.provider import FilesystemProvider, FsState
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.files.target import FileTarget
+from setpoint.providers.files.walk import SymlinkInPath
 
 IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="chown to another uid needs root")
@@ -55,13 +56,13 @@ def walk_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.fixture
-def target(root: Path) -> Target:
-    return Target(root=root)
+def prov(root: Path) -> FilesystemProvider:
+    return FilesystemProvider(ProviderContext(root=root))
 
 
 @pytest.fixture
-def prov(target: Target) -> FilesystemProvider:
-    return FilesystemProvider(target)
+def target(prov: FilesystemProvider) -> FileTarget:
+    return prov.target
 
 
 def plan(prov: FilesystemProvider, res: Resource) -> Change:
@@ -401,7 +402,7 @@ def test_parent_symlink_escape_is_refused(
     with pytest.raises(SymlinkInPath, match="/etc is a symlink"):
         prov.apply(res, Change(res.id, Action.CREATE, "/etc/passwd"))
     with pytest.raises(SymlinkInPath, match="/etc is a symlink"):
-        prov.delete("File", "/etc/passwd")
+        prov.delete("File", {"path": "/etc/passwd"})
     assert list(outside.iterdir()) == []
 
 
@@ -424,7 +425,7 @@ def test_undeclared_parent_symlink_inside_root_is_refused(
 
 
 def test_declared_parent_symlink_is_followed_inside_the_root(
-    prov: FilesystemProvider, target: Target, root: Path
+    prov: FilesystemProvider, target: FileTarget, root: Path
 ) -> None:
     """A Symlink resource of the pass may be on the way, as declared and inside the root."""
     link = link_res("/srv/app/current", "releases/2")
@@ -455,7 +456,7 @@ def test_declared_parent_symlink_is_followed_inside_the_root(
 
 
 def test_declared_parent_symlink_leading_outside_is_refused(
-    prov: FilesystemProvider, target: Target, root: Path, tmp_path: Path
+    prov: FilesystemProvider, target: FileTarget, root: Path, tmp_path: Path
 ) -> None:
     rel = os.path.relpath(tmp_path / "outside", root / "etc")  # ../../outside
     (tmp_path / "outside").mkdir()
@@ -551,7 +552,7 @@ def test_non_directory_in_place_of_directory(
 
 
 def test_purge_removes_only_undeclared(
-    prov: FilesystemProvider, target: Target, root: Path, tmp_path: Path
+    prov: FilesystemProvider, target: FileTarget, root: Path, tmp_path: Path
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -578,14 +579,14 @@ def test_purge_removes_only_undeclared(
 def test_purge_needs_the_declared_set(prov: FilesystemProvider, root: Path) -> None:
     (root / "srv").mkdir()
     (root / "srv/x").write_text("x")
-    with pytest.raises(ProviderError, match=r"Target\.declared") as info:
+    with pytest.raises(ProviderError, match=r"PassInfo\.claimed") as info:
         prov.read(dir_res("/srv", purge=True))
     assert not info.value.transient
     assert (root / "srv/x").exists()
 
 
 def test_purge_refuses_entries_outside_the_directory(
-    prov: FilesystemProvider, target: Target
+    prov: FilesystemProvider, target: FileTarget
 ) -> None:
     res = dir_res("/srv", purge=True)
     target.declared = {"/srv"}
@@ -660,17 +661,17 @@ def test_delete_file_and_symlink(prov: FilesystemProvider, root: Path, tmp_path:
     outside = tmp_path / "o"
     outside.write_text("o")
     (root / "l").symlink_to(outside)
-    assert prov.delete("File", "/f") == "deleted /f"
-    assert prov.delete("Symlink", "/l") == "deleted /l"
+    assert prov.delete("File", {"path": "/f"}) == "deleted /f"
+    assert prov.delete("Symlink", {"path": "/l"}) == "deleted /l"
     assert not (root / "f").exists() and not (root / "l").is_symlink()
     assert outside.read_text() == "o"
-    assert prov.delete("File", "/f") == "/f already absent"
-    assert prov.delete("File", "/no/such/parent") == "/no/such/parent already absent"
+    assert prov.delete("File", {"path": "/f"}) == "/f already absent"
+    assert prov.delete("File", {"path": "/no/such/parent"}) == "/no/such/parent already absent"
 
 
 def test_delete_file_keeps_a_directory(prov: FilesystemProvider, root: Path) -> None:
     (root / "f").mkdir()
-    assert prov.delete("File", "/f").startswith("kept /f")
+    assert prov.delete("File", {"path": "/f"}).startswith("kept /f")
     assert (root / "f").is_dir()
 
 
@@ -679,12 +680,12 @@ def test_delete_directory_only_when_empty(prov: FilesystemProvider, root: Path) 
     (root / "full").mkdir()
     (root / "full/x").write_text("x")
     (root / "notdir").write_text("x")
-    assert prov.delete("Directory", "/empty") == "removed directory /empty"
-    msg = prov.delete("Directory", "/full")
+    assert prov.delete("Directory", {"path": "/empty"}) == "removed directory /empty"
+    msg = prov.delete("Directory", {"path": "/full"})
     assert msg == "kept /full: not empty (holds entries setpoint does not manage)"
     assert (root / "full/x").exists()
-    assert prov.delete("Directory", "/notdir").startswith("kept /notdir")
-    assert prov.delete("Directory", "/empty") == "/empty already absent"
+    assert prov.delete("Directory", {"path": "/notdir"}).startswith("kept /notdir")
+    assert prov.delete("Directory", {"path": "/empty"}) == "/empty already absent"
 
 
 def test_delete_action_via_apply(prov: FilesystemProvider, root: Path) -> None:

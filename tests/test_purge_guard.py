@@ -7,8 +7,8 @@ from pathlib import Path
 
 from conftest import GitRepo
 from helpers import docs, manifest, one_pass, one_stack
-from setpoint.providers import fs_apply
-from setpoint.providers.base import Target
+from setpoint.providers.files import apply as fs_apply
+from setpoint.providers.files.target import FileTarget
 
 
 def _purging_var(repo: GitRepo) -> int:
@@ -88,14 +88,14 @@ def test_a_symlinked_state_dir_is_recognised_below_the_purged_directory(
 
 def test_fs_purge_skips_an_entry_holding_the_state_dir(tmp_path: Path) -> None:
     """The second guard: the provider's purge itself, whoever calls it."""
-    from setpoint.providers.fs_guard import holds_state_dir
+    from setpoint.providers.files.guard import holds_state_dir
 
     root = tmp_path / "root"
     state = root / "var/lib/setpoint"
     state.mkdir(parents=True)
     (state / "setpoint.db").write_text("db")
     (root / "var/stray").write_text("x")
-    target = Target(root, state_dir=state)
+    target = FileTarget(root, state_dir=state)
     assert holds_state_dir(target, str(root / "var/lib"))
     assert holds_state_dir(target, str(state))
     assert not holds_state_dir(target, str(root / "var/stray"))
@@ -110,8 +110,8 @@ def test_fs_purge_may_remove_a_symlink_that_leads_to_the_state_dir(tmp_path: Pat
     state = root / "var/lib/setpoint"
     state.mkdir(parents=True)
     (root / "var/link").symlink_to(state)
-    target = Target(root, state_dir=state)
-    from setpoint.providers.fs_guard import holds_state_dir
+    target = FileTarget(root, state_dir=state)
+    from setpoint.providers.files.guard import holds_state_dir
 
     # Unlinking the link never touches what it points to: no reason to keep it.
     assert not holds_state_dir(target, str(root / "var/link"))

@@ -21,9 +21,9 @@ from conftest import GitRepo
 from helpers import cli, docs, manifest
 from setpoint.model import Location, Resource
 from setpoint.model.errors import ProviderError
-from setpoint.providers.base import Target
-from setpoint.providers.release import ReleaseProvider
-from setpoint.providers.service_spec import ReleaseSpec
+from setpoint.providers.base import ProviderContext
+from setpoint.providers.services.release import ReleaseProvider
+from setpoint.providers.services.service_spec import ReleaseSpec
 from svc_support import Env, release_doc, sha, tar_gz, zip_bytes
 
 
@@ -95,7 +95,7 @@ def test_wrong_sha256_is_refused_and_nothing_changes(env: Env) -> None:
 def _provider(tmp: Path) -> tuple[ReleaseProvider, Path]:
     root = tmp / "root"
     root.mkdir(exist_ok=True)
-    return ReleaseProvider(Target(root, state_dir=tmp / "state")), root
+    return ReleaseProvider(ProviderContext(root, state_dir=tmp / "state")), root
 
 
 def _res(url: str, data: bytes, version: str = "1.0", **kw: object) -> Resource:

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import GitRepo
 from helpers import manifest
-from setpoint.providers.release import ReleaseProvider
+from setpoint.providers.services.release import ReleaseProvider
 from setpoint.state import JournalEntry
 from svc_support import Env, release_doc, sha, tar_gz
 

@@ -12,7 +12,7 @@ from render_support import file_doc, fs_registry, make_tree, put
 from setpoint.model.errors import ManifestErrors
 from setpoint.model.resource import Location, Resource
 from setpoint.providers.base import Registry
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec
+from setpoint.providers.files.spec import DirectorySpec, FileSpec
 from setpoint.render import Limits, RenderCache, load_stack
 
 

@@ -22,9 +22,14 @@ import pytest
 from conftest import GitRepo
 from helpers import cli, docs, manifest, start_agent, wait_for
 from setpoint.providers.base import ProviderEvent
-from setpoint.providers.service_proc import Handle, log_files, start_time, write_json_atomic
-from setpoint.providers.service_spec import ServiceSpec
-from setpoint.providers.service_supervisor import Stopping, Supervisor
+from setpoint.providers.services.service_proc import (
+    Handle,
+    log_files,
+    start_time,
+    write_json_atomic,
+)
+from setpoint.providers.services.service_spec import ServiceSpec
+from setpoint.providers.services.service_supervisor import Stopping, Supervisor
 from setpoint.state import StateDB
 from svc_support import Env, body, free_port, get, kill_recorded, release_doc, service_doc
 
@@ -250,7 +255,7 @@ def test_a_recycled_pid_is_never_signalled(env: Env) -> None:
             fresh.sync()
             assert stranger.poll() is None
             write_json_atomic(rec_path, rec)
-            assert fresh.services.delete("Service", "service:app").endswith("not running")
+            assert fresh.services.delete("Service", {"name": "app"}).endswith("not running")
             assert stranger.poll() is None
         finally:
             fresh.close()

@@ -16,8 +16,8 @@ import pytest
 from conftest import GitRepo
 from helpers import cli, docs, manifest
 from setpoint.model.redact import redact_text, redact_url
-from setpoint.providers.probes import run_probe
-from setpoint.providers.service_spec import HttpProbe, ProbeSpec
+from setpoint.providers.services.probes import run_probe
+from setpoint.providers.services.service_spec import HttpProbe, ProbeSpec
 from setpoint.source.git import redact_url as git_redact_url
 from svc_support import Env, sha, tar_gz
 

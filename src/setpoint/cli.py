@@ -25,7 +25,7 @@ from setpoint.engine.controller import Controller
 from setpoint.engine.desired import order_stack
 from setpoint.engine.outcome import PassResult
 from setpoint.model.errors import ManifestErrors, SetpointError
-from setpoint.providers.base import Target
+from setpoint.providers.base import ProviderContext
 from setpoint.providers.registry import default_registry
 from setpoint.render import load_stack
 from setpoint.state import StateDB
@@ -143,7 +143,7 @@ def validate(directory: Annotated[Path, typer.Argument(help="Directory of manife
     try:
         # Templates see this host's facts, as the agent's would (`render --labels` for more).
         resources = load_stack(tree, subdir, registry, host=Host(gather()))
-        order_stack("", resources, registry.providers(Target(Path("/"))))
+        order_stack("", resources, registry.providers(ProviderContext()))
     except ManifestErrors as exc:
         for e in exc.errors:
             typer.echo(f"{shown_path(directory, tree, subdir, e.file)}:{e.line}: {e.message}")
@@ -488,7 +488,7 @@ def logs(
     ] = False,
 ) -> None:
     """Show a service's output (stdout and stderr), from its rotated logs in the state dir."""
-    from setpoint.providers.service_proc import tail_logs
+    from setpoint.providers.services.service_proc import tail_logs
 
     out = sys.stdout.buffer
 

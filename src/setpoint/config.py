@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,9 +20,12 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
     Tag,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -172,7 +176,13 @@ class NotificationConfig(_Model):
 
 
 class StackPolicy(_Model):
-    """How a stack is reconciled: the fields a config stack and a Fleet entry share."""
+    """How a stack is reconciled: the fields a config stack and a Fleet entry share.
+
+    Besides its own fields a stack takes the sections provider families register
+    (``Registry.register_settings``, e.g. a database family's connection): each is
+    parsed by its model into ``provider_settings`` and dumped back under its key. A
+    key nobody registered is still an unknown field.
+    """
 
     name: str = Field(pattern=NAME)
     path: str = "."
@@ -182,6 +192,52 @@ class StackPolicy(_Model):
     suspend: bool = False
     # Outgoing webhooks (in a Fleet file, give secretFile as an absolute path on the host).
     notifications: list[NotificationConfig] = Field(default_factory=list)
+    # Registered provider sections, by key (filled from the stack's own keys, see above).
+    provider_settings: dict[str, Any] = Field(default_factory=dict, repr=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_sections(cls, value: Any) -> Any:
+        if not isinstance(value, dict) or _SETTINGS in value:
+            return value  # built in code (``provider_settings=`` given): checked after
+        models = settings_models()
+        keys = [k for k in value if k in models]
+        if not keys:
+            return value
+        rest = {k: v for k, v in value.items() if k not in models}
+        parsed: dict[str, BaseModel] = {}
+        for key in keys:
+            try:
+                parsed[key] = models[key].model_validate(value[key])
+            except ValidationError as exc:
+                raise ValueError(_section_errors(key, exc)) from None
+        rest[_SETTINGS] = parsed
+        return rest
+
+    @model_validator(mode="after")
+    def _sections_typed(self) -> StackPolicy:
+        models = settings_models()
+        for key, section in self.provider_settings.items():
+            model = models.get(key)
+            if model is None or not isinstance(section, model):
+                raise ValueError(f"{_SETTINGS}: unknown field")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        data = handler(self)
+        if isinstance(data, dict):
+            data.pop(_SETTINGS, None)
+            for key, section in self.provider_settings.items():
+                data[key] = section.model_dump(
+                    mode=info.mode, by_alias=bool(info.by_alias), exclude_none=True
+                )
+        return data
+
+    def settings(self, key: str) -> BaseModel | None:
+        """This stack's section ``key`` (parsed by its registered model), or None."""
+        section = self.provider_settings.get(key)
+        return section if isinstance(section, BaseModel) else None
 
     @model_validator(mode="after")
     def _relative_path(self) -> StackPolicy:
@@ -191,6 +247,28 @@ class StackPolicy(_Model):
                 f"path {p!r} must be a directory inside the repository (relative, no ..)"
             )
         return self
+
+
+_SETTINGS = "provider_settings"
+
+
+@cache
+def settings_models() -> dict[str, type[BaseModel]]:
+    """The stack-level sections the provider families registered: key -> model."""
+    # Imported here: the registry imports the providers' spec models, not this module.
+    from setpoint.providers.registry import default_registry
+
+    return default_registry().settings_models()
+
+
+def _section_errors(key: str, exc: ValidationError) -> str:
+    """A provider section's validation errors, each with its place inside the section."""
+    parts = []
+    for e in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in (key, *e["loc"]))
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        parts.append(f"{loc}: {str(msg).removeprefix('Value error, ')}")
+    return "; ".join(parts)
 
 
 class StackConfig(StackPolicy):

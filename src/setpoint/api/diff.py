@@ -42,12 +42,13 @@ def live_diff(ctl: Controller, stack: str, rid: str) -> dict[str, Any]:
     effective = getattr(provider, "effective_digest", None)
     if effective is not None:
         r = replace(r, digest=effective(r))
+    rec.begin_outside(stack, desired)
     try:
         change = provider.plan(r, provider.read(r))
     except Exception as exc:  # a provider error is an answer, as in a pass
         return {"resource": rid, "revision": desired.revision, "error": str(exc)}
     finally:
-        ctl.target.close_dirs()  # read() may have cached descriptors; the next pass reopens
+        rec.end_pass()  # read() may have cached descriptors; the next pass reopens
     owned = rec.inventory.stack(stack).get(rid)
     return {
         "resource": rid,

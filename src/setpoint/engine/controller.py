@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from pydantic import BaseModel
+
 from setpoint.config import AgentConfig, ConfigError, StackConfig
 from setpoint.engine.fleet import FleetChange, FleetView, with_stacks
 from setpoint.engine.fleet_sync import refresh
@@ -39,7 +41,7 @@ from setpoint.engine.reconciler import Reconciler
 from setpoint.engine.status import record_tag
 from setpoint.facts import host_labels
 from setpoint.model.errors import SetpointError, SourceError
-from setpoint.providers.base import Registry, Target
+from setpoint.providers.base import ProviderContext, Registry
 from setpoint.providers.registry import default_registry
 from setpoint.render import Host, Limits, RenderCache
 from setpoint.render.decrypt import host_keys
@@ -102,12 +104,12 @@ class Controller:
                 "--root DIR"
             )
         self.db = StateDB(Path(config.state))
-        self.target = Target(root, state_dir=Path(config.state))
+        self.ctx = ProviderContext(root, state_dir=Path(config.state))
         lim = config.limits
         limits = Limits(lim.max_manifest_bytes, lim.max_source_bytes, lim.max_nodes, lim.max_depth)
         cache = RenderCache(limits=limits)
         self.reconciler = Reconciler(
-            self.db, registry or default_registry(), self.target, cache=cache
+            self.db, registry or default_registry(), self.ctx, cache=cache
         )
         self.labels = host_labels(config.labels)
         self.fleet = (
@@ -118,7 +120,8 @@ class Controller:
         self.gate = PassGate()
         self._local = threading.local()  # the stack whose pass runs on this thread
         self.waits: dict[str, Wait] = {}  # stack -> what its pass waits for (status)
-        self.target.wait_hook = self._waiting
+        self.ctx.wait_hook = self._waiting
+        self.ctx.settings_hook = self._settings
         self.reconciler.desired.peers = self._peers
         # Fleet stacks whose prune failed (retried at each refresh), by name.
         self._removing: dict[str, StackConfig] = {}
@@ -287,9 +290,16 @@ class Controller:
                 continue
         return out
 
+    def _settings(self, stack: str, key: str) -> BaseModel | None:
+        """ProviderContext.settings: a stack's provider settings section (config or Fleet)."""
+        for st in (*self.config.stacks, *self._removing.values()):
+            if st.name == stack:
+                return st.provider_settings.get(key)
+        return None
+
     @contextmanager
     def _waiting(self, resource: str, what: str, timeout: float) -> Iterator[None]:
-        """Target.waiting: let other stacks' passes run while a provider waits."""
+        """ProviderContext.waiting: let other stacks' passes run while a provider waits."""
         stack = getattr(self._local, "stack", None)
         if stack is not None:
             self.waits[stack] = Wait(resource, what, time.time(), timeout)
@@ -507,7 +517,7 @@ class Controller:
             )
         view = self.reconciler.inventory
         view.refresh()
-        self.target.forget_parents()  # a fresh parent-chain check for every delete
+        self.reconciler.begin_outside(name)  # a fresh parent-chain check for every delete
         try:
             return prune_records(
                 name,
@@ -521,7 +531,7 @@ class Controller:
                 clock=self.reconciler.clock,
             )
         finally:
-            self.target.fsync_touched()
+            self.reconciler.end_pass()
 
     def forget(self, name: str, *, prune: bool = False, to: str | None = None) -> ForgetResult:
         """``setpoint forget``: release stack ``name``'s inventory, prune it, or hand it ``to``.

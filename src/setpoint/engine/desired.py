@@ -5,16 +5,17 @@ or more, so results are cached by (commit, stack path), and also by the Git tree
 id of the stack's path, so a commit that only touches other parts of a monorepo
 costs no re-render. Pure apart from reading the exported tree.
 
-The checks that need the target (not the manifests alone) live here too: a
-``purge: true`` declaration whose directory holds the agent's own state dir is
-refused (:func:`check_purges`), and a path claimed by another stack is refused.
+The checks that need more than the manifests run here too: each provider's
+(:class:`~setpoint.providers.base.StackChecker`, e.g. a purging directory that holds
+the agent's state dir), and a key claimed by another stack is refused. Every
+resource carries its stack's name (``Resource.stack``) from here on.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from setpoint.engine.graph import Ordered, order_resources
 from setpoint.engine.inventory import InventoryView
 from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Provider, Registry, Target
+from setpoint.providers.base import Provider, Registry, StackChecker
 from setpoint.render import Host, RenderCache
 
 Peers = Callable[[StackConfig, str], dict[str, set[str]]]
@@ -51,12 +52,12 @@ class DesiredCache:
         registry: Registry,
         providers: dict[str, Provider],
         cache: RenderCache,
-        target: Target | None = None,
     ) -> None:
         self.registry = registry
         self.providers = providers
         self.cache = cache
-        self.target = target  # for check_purges: its root and the agent's state dir
+        unique = {id(p): p for p in providers.values()}.values()
+        self._checkers = [p for p in unique if isinstance(p, StackChecker)]
         # Stacks the state DB knows but the config no longer names (set by the
         # controller): a conflict with one of them says how to hand it over.
         self.orphans: frozenset[str] = frozenset()
@@ -102,9 +103,10 @@ class DesiredCache:
         if hit is None:
             self.renders += 1
             rendered = self.cache.get_or_render(sha, tree, stack.path, self.registry, self.host)
-            resources = list(rendered.resources)
-            if self.target is not None:
-                check_purges(resources, self.target)
+            resources = [replace(r, stack=stack.name) for r in rendered.resources]
+            errors = [e for c in self._checkers for e in c.check_declarations(resources)]
+            if errors:
+                raise ManifestErrors(errors)
             hit = order_stack(sha, resources, self.providers)
             _put(self._by_commit, key, hit)
             if tkey is not None and _self_contained(tree, stack.path, rendered.inputs):
@@ -132,7 +134,8 @@ class DesiredCache:
         if hit is None:
             self.renders += 1
             rendered = self.cache.get_or_render(sha, tree, stack.path, self.registry, self.host)
-            hit = order_stack(sha, list(rendered.resources), self.providers)
+            resources = [replace(r, stack=stack.name) for r in rendered.resources]
+            hit = order_stack(sha, resources, self.providers)
             _put(self._by_commit, key, hit)
         return hit
 
@@ -179,51 +182,6 @@ class DesiredCache:
         if errors:
             raise ManifestErrors(errors)
         self._conflicts_ok = checked
-
-
-def check_purges(resources: Sequence[Resource], target: Target) -> None:
-    """Refuse a ``purge: true`` declaration whose directory holds the agent's state dir.
-
-    Everything the agent keeps (state DB, git cache and exported trees, release
-    store, service records) lives under ``target.state_dir``; a purge of a directory
-    at or above it would delete the agent's memory of what it owns. Both the
-    declared (absolute) and the resolved (symlinks followed) forms of each path are
-    compared, whatever the root. Kind-agnostic: any spec with ``purge`` and ``path``.
-    """
-    if target.state_dir is None:
-        return
-    errors = []
-    for r in resources:
-        spec = r.spec
-        path = getattr(spec, "path", None)
-        if getattr(spec, "purge", False) is not True or not isinstance(path, str):
-            continue
-        held = state_dir_below(target.host_path(path), target.state_dir)
-        if held is not None:
-            errors.append(
-                ManifestError(
-                    r.location.file,
-                    r.location.line,
-                    f"{r.id}: purge: true on {path} would remove the agent's own state dir "
-                    f"{target.state_dir} (state DB, git cache, release store), which lies "
-                    f"{held} {target.host_path(path)}; set purge: false, or give the agent a "
-                    "state dir (--state / state:) outside this directory",
-                )
-            )
-    if errors:
-        raise ManifestErrors(errors)
-
-
-def state_dir_below(host: str, state_dir: Path) -> str | None:
-    """Where ``state_dir`` lies relative to directory ``host``: "at", "below", or None."""
-    homes = {os.path.abspath(state_dir), os.path.realpath(state_dir)}
-    for h in {os.path.abspath(host), os.path.realpath(host)}:
-        for s in homes:
-            if s == h:
-                return "at"
-            if s.startswith(h.rstrip("/") + "/"):
-                return "below"
-    return None
 
 
 def order_stack(sha: str, resources: list[Resource], providers: dict[str, Provider]) -> Desired:

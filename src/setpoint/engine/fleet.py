@@ -99,6 +99,7 @@ class FleetView:
                 resync=st.resync,
                 suspend=st.suspend,
                 notifications=st.notifications,
+                provider_settings=st.provider_settings,
             )
             for st in chosen
         ]

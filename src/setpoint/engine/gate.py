@@ -9,7 +9,7 @@ target's per-pass data stay single-threaded, as they were designed.
 
 The gate is given up only while a provider waits on the outside world (a
 Service's readiness, a Release's download), through
-:meth:`setpoint.providers.base.Target.waiting`: another stack's pass (a drift
+:meth:`setpoint.providers.base.ProviderContext.waiting`: another stack's pass (a drift
 revert, a new revision) runs meanwhile, and the waiting pass takes the gate back,
 ahead of the queue, when its wait ends. CPU-bound work is serial under the GIL
 anyway; what concurrency buys is that no stack waits for another's rollout.

@@ -1,4 +1,4 @@
-"""The in-memory view of the inventory: what each stack owns, and who owns each path.
+"""The in-memory view of the inventory: what each stack owns, and who owns each claim.
 
 Used by the reconciler (drift vs new declaration, prune, conflicts) and by
 :mod:`setpoint.engine.desired` (cross-stack conflicts). Every pass needs the whole
@@ -40,7 +40,7 @@ class InventoryView:
         return inv
 
     def owners(self) -> dict[str, InventoryRecord]:
-        """Every claimed path, across stacks, with the record that claims it."""
+        """Every claimed key (paths and other providers' keys), across stacks, with its owner."""
         if self._owners is None:
             self._owners = self.db.owners_by_path()
             self.version += 1
@@ -60,17 +60,18 @@ class InventoryView:
             if inv is not None:
                 inv[rec.resource] = rec
             owners = self._owners
-            if owners is None or not rec.path:
+            if owners is None or not rec.claims:
                 continue
-            if old is not None and old.path != rec.path:
-                self._owners = None  # a path moved: reload the owners next time
+            if old is not None and old.claims != rec.claims:
+                self._owners = None  # a claim moved: reload the owners next time
                 continue
-            cur = owners.get(rec.path)
-            if cur is None:
-                owners[rec.path] = rec
-                self.version += 1
-            elif (cur.stack, cur.resource) == (rec.stack, rec.resource):
-                owners[rec.path] = rec  # same owner: the set of owners is unchanged
+            for key in rec.claims:
+                cur = owners.get(key)
+                if cur is None:
+                    owners[key] = rec
+                    self.version += 1
+                elif (cur.stack, cur.resource) == (rec.stack, rec.resource):
+                    owners[key] = rec  # same owner: the set of owners is unchanged
         for st, rid in removed:
             inv = self._stacks.get(st)
             if inv is not None:

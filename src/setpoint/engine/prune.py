@@ -9,11 +9,18 @@ resource instead (kept on the host, dropped from the inventory); a path that
 another resource of the same stack now declares (a renamed resource) is handed
 over, never deleted; a failed delete stays in the inventory, to be tried again:
 bookkeeping follows confirmed outcomes only.
+
+Order: reverse dependency order, from the dependencies each inventory record kept
+when it was applied (a Service before its Release, a file before its directory, a
+role after the database it owns); ties (and records of older inventories, which
+kept none) go deepest path first. A provider deletes from the record it gave at
+claim time (``Provider.record``): the declaration is gone from Git by then.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import heapq
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from setpoint.config import StackConfig
@@ -72,14 +79,15 @@ def prune(
     gone = [rec for rid, rec in inv.items() if rid not in wanted]
     if gone and heirs is not None:
         taken = heirs()
-        for rec in [rec for rec in gone if rec.path in taken]:
+        for rec in [rec for rec in gone if any(k in taken for k in rec.claims)]:
             gone.remove(rec)
+            heir = next(taken[k] for k in rec.claims if k in taken)
             result.prunes.append(
                 Change(
                     rec.resource,
                     Action.NOOP,
                     rec.path,
-                    reason=f"removed from Git, handed over to stack {taken[rec.path]} "
+                    reason=f"removed from Git, handed over to stack {heir} "
                     "(its pass takes it over)",
                 )
             )
@@ -88,7 +96,7 @@ def prune(
     # A renamed resource keeps its path: deleting the old id's path would delete the
     # file the new id declares (and the pass just checked or wrote).
     if declared is None:
-        declared = {rec.path: rid for rid, rec in inv.items() if rid in wanted and rec.path}
+        declared = {k: rid for rid, rec in inv.items() if rid in wanted for k in rec.claims}
     done = prune_records(
         stack.name,
         gone,
@@ -125,10 +133,7 @@ def prune_records(
     outcome is recorded (inventory and journal) in its own transaction.
     """
     out = PruneResult(stack)
-    gone = list(records)
-    # Children before parents: deeper paths first.
-    gone.sort(key=lambda rec: (-rec.path.count("/"), rec.path))
-    for rec in gone:
+    for rec in prune_order(list(records)):
         keep_reason = _keep_reason(stack_prune, rec, declared or {})
         if keep_reason:
             out.changes.append(
@@ -152,7 +157,7 @@ def prune_records(
         try:
             if provider is None:
                 raise SetpointError(f"no provider for kind {rec.kind}")
-            done = provider.delete(rec.kind, rec.path)
+            done = provider.delete(rec.kind, dict(rec.record))
         except (SetpointError, OSError) as exc:
             msg = f"cannot delete {rec.path}: {os_message(exc)}"
             out.failures[rec.resource] = msg
@@ -165,10 +170,49 @@ def prune_records(
     return out
 
 
+def prune_order(records: Sequence[InventoryRecord]) -> list[InventoryRecord]:
+    """``records`` in reverse dependency order: each before every record it depended on.
+
+    From the ids each record depended on when applied (``InventoryRecord.deps``);
+    among records free to go, deeper paths first, then by path and id (stable).
+    Dependencies outside ``records`` (still declared, or already gone) do not count.
+    A cycle (impossible from an ordered stack, but rows may be edited) falls back to
+    the path order for what is left.
+    """
+    by_id = {r.resource: r for r in records}
+    # blockers[x]: records that depend on x and are not deleted yet (x must wait).
+    blockers = {rid: 0 for rid in by_id}
+    for r in records:
+        for dep in set(r.deps):
+            if dep in by_id and dep != r.resource:
+                blockers[dep] += 1
+
+    def key(r: InventoryRecord) -> tuple[int, str, str]:
+        return (-r.path.count("/"), r.path, r.resource)
+
+    ready = [(key(r), r.resource) for r in records if blockers[r.resource] == 0]
+    heapq.heapify(ready)
+    out: list[InventoryRecord] = []
+    while ready:
+        _k, rid = heapq.heappop(ready)
+        rec = by_id[rid]
+        out.append(rec)
+        for dep in set(rec.deps):
+            if dep in blockers and dep != rid:
+                blockers[dep] -= 1
+                if blockers[dep] == 0:
+                    heapq.heappush(ready, (key(by_id[dep]), dep))
+    if len(out) < len(records):
+        done = {r.resource for r in out}
+        out.extend(sorted((r for r in records if r.resource not in done), key=key))
+    return out
+
+
 def _keep_reason(stack_prune: bool, rec: InventoryRecord, declared: dict[str, str]) -> str | None:
-    heir = declared.get(rec.path) if rec.path else None
-    if heir is not None and heir != rec.resource:
-        return f"{rec.path} is now declared by {heir}"
+    for claim in rec.claims:
+        heir = declared.get(claim)
+        if heir is not None and heir != rec.resource:
+            return f"{claim} is now declared by {heir}"
     if not stack_prune:
         return "prune is disabled for this stack"
     if not rec.prune:

@@ -25,7 +25,15 @@ from setpoint.engine.status import update_status
 from setpoint.model.errors import ManifestErrors, SetpointError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Provider, Registry, StallError, Target
+from setpoint.providers.base import (
+    EventSource,
+    PassAware,
+    PassInfo,
+    Provider,
+    ProviderContext,
+    Registry,
+    StallError,
+)
 from setpoint.render import RenderCache
 from setpoint.state import InventoryRecord, JournalEntry, StateDB
 
@@ -62,25 +70,26 @@ class Reconciler:
         self,
         db: StateDB,
         registry: Registry,
-        target: Target,
+        ctx: ProviderContext,
         cache: RenderCache | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
-        self.target = target
-        self.providers = registry.providers(target)
+        self.ctx = ctx
+        self.providers = registry.providers(ctx)
         # Not ``cache or ...``: an empty RenderCache is falsy (it has __len__).
         self.desired = DesiredCache(
-            registry, self.providers, cache if cache is not None else RenderCache(), target
+            registry, self.providers, cache if cache is not None else RenderCache()
         )
         self.inventory = InventoryView(db)
         self.clock = clock
         self._heads: dict[str, _Head] = {}
-        # target.declared, and the (desired state, owners version) it was built from.
+        # The keys claimed in a pass (PassInfo.claimed), and the (desired state, owners
+        # version) they were built from: one set object while neither changes.
         self._declared: tuple[Desired, int, set[str]] | None = None
-        # Per stack, the pass under way's (desired state, declared paths): restored when
-        # a pass resumes after a provider's wait, during which other stacks' passes ran.
-        self._context: dict[str, tuple[Desired, set[str]]] = {}
+        # Per stack, the pass under way's (desired state, pass info): restored when a
+        # pass resumes after a provider's wait, during which other stacks' passes ran.
+        self._context: dict[str, tuple[Desired, PassInfo]] = {}
         # Optional provider hooks, looked up once (the per-resource ones sit on the hot path).
         unique = list({id(p): p for p in self.providers.values()}.values())
         self._effective = {
@@ -88,11 +97,9 @@ class Reconciler:
         }
         self._health_of = {k: getattr(p, "health", None) for k, p in self.providers.items()}
         self._desired_hooks = [h for p in unique if (h := getattr(p, "set_desired", None))]
-        self._drains = [d for p in unique if (d := getattr(p, "drain_events", None))]
-        # PassAware.begin_pass (providers/base.py): told whether a pass is full or partial.
-        self._pass_hooks: list[Callable[[bool, float], None]] = [
-            h for p in unique if (h := getattr(p, "begin_pass", None))
-        ]
+        self._drains = [p for p in unique if isinstance(p, EventSource)]
+        # PassAware (providers/base.py): told when a pass starts and ends.
+        self._pass_aware = [p for p in unique if isinstance(p, PassAware)]
         self._by_id: tuple[Desired, dict[str, Resource]] | None = None
 
     @property
@@ -187,8 +194,8 @@ class Reconciler:
             return
         ids = head.desired.index.keys()
         entries: list[JournalEntry] = []
-        for drain in self._drains:
-            for ev in drain(ids):
+        for source in self._drains:
+            for ev in source.drain_events(ids):
                 entries.append(
                     JournalEntry(
                         ev.at, stack.name, ev.event, revision, ev.resource, ev.message, ev.detail
@@ -244,17 +251,15 @@ class Reconciler:
         full = only is None
         inventory = self.inventory.stack(stack.name)
         owners = self.inventory.owners()
-        target = self.target
-        target.forget_parents()
-        # One set object per (desired, owners): the provider caches what it derives from it.
+        # One set object per (desired, owners): a provider caches what it derives from it.
         d = self._declared
         if d is None or d[0] is not desired or d[1] != self.inventory.version:
             d = self._declared = (desired, self.inventory.version, set(desired.paths) | set(owners))
-        target.declared = d[2]
-        self._context[stack.name] = (desired, d[2])
+        info = PassInfo(stack.name, full, stack.resync, d[2])
+        self._context[stack.name] = (desired, info)
         self._bind_desired(desired)
-        for begin_pass in self._pass_hooks:
-            begin_pass(full, stack.resync)
+        for p in self._pass_aware:
+            p.begin_pass(info)
         blocked: set[str] = set()
         deps = desired.ordered.deps
         order = desired.ordered.order
@@ -277,6 +282,7 @@ class Reconciler:
                 dry_run,
                 r.id in reported,
                 event_at,
+                deps[r.id],
             )
             result.outcomes.append(outcome)
             self._health(r, result)
@@ -296,8 +302,24 @@ class Reconciler:
                 declared=desired.paths,
                 heirs=lambda: self._heirs(stack, desired.revision),
             )
-        if not dry_run:
-            target.fsync_touched()
+        self.end_pass()
+
+    def begin_outside(self, stack: str, desired: Desired | None = None) -> None:
+        """Before work outside a pass (a prune of a stack that left, a live diff).
+
+        Providers get a partial pass's start, with every key the inventory holds (and
+        ``desired`` declares) as claimed; pair it with :meth:`end_pass`.
+        """
+        self.inventory.refresh()
+        claimed = set(self.inventory.owners()) | set(desired.paths if desired else ())
+        info = PassInfo(stack, False, 0.0, claimed)
+        for p in self._pass_aware:
+            p.begin_pass(info)
+
+    def end_pass(self) -> None:
+        """The end of a pass (or of work outside one): providers flush (one fsync per dir)."""
+        for p in self._pass_aware:
+            p.end_pass()
 
     def _one(
         self,
@@ -308,6 +330,7 @@ class Reconciler:
         dry_run: bool,
         already_reported: bool = False,
         event_at: float | None = None,
+        deps: frozenset[str] = frozenset(),
     ) -> ResourceOutcome:
         provider = self._provider(r)
         effective = self._effective[r.kind]
@@ -322,13 +345,15 @@ class Reconciler:
                 return self._failed(stack, r, sha, str(exc), dry_run, stall=exc.reason)
             return self._failed(stack, r, sha, f"cannot read: {_error_text(r, exc)}", dry_run)
         if owned is None and not dry_run:
-            refused = self._take_over(stack, r, provider, sha, change)
+            refused = self._take_over(stack, r, provider, sha, change, deps)
             if refused is not None:
                 return self._failed(stack, r, sha, refused, dry_run)
         drift = owned is not None and owned.digest == r.digest and not change.is_noop
         if change.is_noop:
             if (owned is None or owned.digest != r.digest) and not dry_run:
-                self.inventory.record_outcome(records=[self._record(stack, r, sha)])
+                self.inventory.record_outcome(
+                    records=[self._record(stack, r, sha, deps, owned=owned, keep=False)]
+                )
             return ResourceOutcome(r.id, "in_sync")
         if dry_run:
             return ResourceOutcome(r.id, "drifted" if drift else "pending", change=change)
@@ -350,7 +375,8 @@ class Reconciler:
             # Write-ahead: own the path before creating it, so that a crash between the
             # create and its record cannot leave a file that no inventory knows (which
             # prune would then never remove). Digest "" = not applied yet (never drift).
-            self.inventory.record_outcome(records=[replace(self._record(stack, r, sha), digest="")])
+            claim = replace(self._record(stack, r, sha, deps), digest="")
+            self.inventory.record_outcome(records=[claim])
         t0 = time.monotonic()
         try:
             provider.apply(r, change)
@@ -373,42 +399,57 @@ class Reconciler:
         entries.append(
             JournalEntry(self.clock(), stack.name, event, sha, r.id, change.summary(), detail)
         )
-        self.inventory.record_outcome(records=[self._record(stack, r, sha, owned)], entries=entries)
+        self.inventory.record_outcome(
+            records=[self._record(stack, r, sha, deps, owned=owned)], entries=entries
+        )
         return ResourceOutcome(r.id, "reverted" if drift else "changed", change=change)
 
     def _take_over(
-        self, stack: StackConfig, r: Resource, provider: Provider, sha: str, change: Change
+        self,
+        stack: StackConfig,
+        r: Resource,
+        provider: Provider,
+        sha: str,
+        change: Change,
+        deps: frozenset[str],
     ) -> str | None:
-        """Before this stack first records ``r``: the path must be free, or handed over.
+        """Before this stack first records ``r``: every claim must be free, or handed over.
 
-        Another stack may own it: one that gives it up in this same commit (the path
+        Another stack may own one: one that gives it up in this same commit (the path
         moves between stacks) hands its record over here, in one transaction with this
         claim, so the path is never unowned nor deleted; any other owner (one that
         claimed it while this pass waited for a rollout) refuses the resource.
         """
-        path = next(iter(provider.claims(r)), "")
-        other = self.inventory.owners().get(path) if path else None
-        if other is None or other.stack == stack.name:
+        owners = self.inventory.owners()
+        taken: list[tuple[str, InventoryRecord]] = []
+        for key in provider.claims(r):
+            other = owners.get(key)
+            if other is None or other.stack == stack.name:
+                continue
+            if not self.desired.handed_over(stack, sha, key, other.stack):
+                return (
+                    f"cannot {change.action.value} {key}: stack {other.stack} claimed it "
+                    f"meanwhile ({other.resource}); refused"
+                )
+            taken.append((key, other))
+        if not taken:
             return None
-        if not self.desired.handed_over(stack, sha, path, other.stack):
-            return (
-                f"cannot {change.action.value} {path}: stack {other.stack} claimed it "
-                f"meanwhile ({other.resource}); refused"
+        entries = [
+            JournalEntry(
+                self.clock(),
+                stack.name,
+                "handover",
+                sha,
+                r.id,
+                f"{key} handed over from stack {other.stack} ({other.resource}), which no "
+                "longer declares it",
+                {"path": key, "from": other.stack},
             )
-        entry = JournalEntry(
-            self.clock(),
-            stack.name,
-            "handover",
-            sha,
-            r.id,
-            f"{path} handed over from stack {other.stack} ({other.resource}), which no "
-            "longer declares it",
-            {"path": path, "from": other.stack},
-        )
-        claim = replace(self._record(stack, r, sha), digest="")  # applied below
-        self.inventory.record_outcome(
-            records=[claim], removed=[(other.stack, other.resource)], entries=[entry]
-        )
+            for key, other in taken
+        ]
+        claim = replace(self._record(stack, r, sha, deps), digest="")  # applied below
+        removed = sorted({(other.stack, other.resource) for _key, other in taken})
+        self.inventory.record_outcome(records=[claim], removed=removed, entries=entries)
         return None
 
     def _heirs(self, stack: StackConfig, sha: str) -> dict[str, str]:
@@ -425,9 +466,10 @@ class Reconciler:
         ctx = self._context.get(stack)
         if ctx is None:
             return
-        desired, declared = ctx
-        self.target.declared = declared
-        self.target.forget_parents()
+        desired, info = ctx
+        resumed = replace(info, resumed=True)
+        for p in self._pass_aware:
+            p.begin_pass(resumed)
         self._bind_desired(desired)
 
     def _bind_desired(self, desired: Desired) -> None:
@@ -473,21 +515,37 @@ class Reconciler:
         return ResourceOutcome(r.id, "failed", error=message, stall=stall)
 
     def _record(
-        self, stack: StackConfig, r: Resource, sha: str, owned: InventoryRecord | None = None
+        self,
+        stack: StackConfig,
+        r: Resource,
+        sha: str,
+        deps: frozenset[str],
+        owned: InventoryRecord | None = None,
+        keep: bool = True,
     ) -> InventoryRecord:
+        """The inventory row of ``r``: every claim, the provider's delete record, deps.
+
+        ``deps`` are the resolved dependency ids (explicit and implicit), so that a
+        later prune deletes dependents first, from the inventory alone.
+        """
+        provider = self._provider(r)
+        claims = tuple(provider.claims(r))
         # The revision kept is the one that last changed the declaration, so that
         # "which commit declared this" stays answerable without rewriting every row.
-        keep = owned is not None and owned.digest == r.digest
+        keep = keep and owned is not None and owned.digest == r.digest
         return InventoryRecord(
             stack=stack.name,
             resource=r.id,
             kind=r.kind,
-            path=next(iter(self._provider(r).claims(r)), ""),
+            path=claims[0] if claims else "",
             location=str(r.location),
             digest=r.digest,
             revision=owned.revision if keep and owned else sha,
             applied_at=self.clock(),
             prune=not r.prune_disabled,
+            claims=claims,
+            record=provider.record(r),
+            deps=tuple(sorted(deps)),
         )
 
 

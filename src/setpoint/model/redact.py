@@ -1,7 +1,7 @@
 """Credentials masked out of URLs before a URL is shown (plans, errors, the journal, status).
 
-Pure (no I/O). Used by the Release kind (:mod:`setpoint.providers.release`: download
-errors), the Service probes (:mod:`setpoint.providers.probes`: health messages) and the
+Pure (no I/O). Used by the Release kind (:mod:`setpoint.providers.services.release`: download
+errors), the Service probes (:mod:`setpoint.providers.services.probes`: health messages) and the
 spec validators; :func:`setpoint.source.git.redact_url` follows the same rule for Git URLs.
 
 A URL can carry a secret in two places: its user part (``user:password@`` or, for

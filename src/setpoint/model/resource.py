@@ -53,6 +53,10 @@ class Resource:
     labels: Mapping[str, str] = field(default_factory=dict)
     blob: bytes | None = None
     digest: str = ""
+    # The stack it belongs to, set by the engine after rendering (a render may serve two
+    # stacks of one path); "" outside a stack (validate). Not part of the digest: a
+    # provider reads the stack's settings with it (ProviderContext.settings).
+    stack: str = ""
 
     @cached_property
     def id(self) -> str:

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from setpoint.model.status import StackStatus
 from setpoint.state import JournalEntry
-from setpoint.state.db import DB_NAME, InventoryRecord, _record, _status_from_doc
+from setpoint.state.db import (
+    _SELECT_RECORDS,
+    DB_NAME,
+    InventoryRecord,
+    _record,
+    _status_from_doc,
+)
 
 if TYPE_CHECKING:
     from setpoint.engine.controller import Controller
@@ -47,11 +53,7 @@ class StateReader:
 
     def inventory(self, stack: str) -> dict[str, InventoryRecord]:
         with self._lock:
-            rows = self._conn.execute(
-                "SELECT stack, resource, kind, path, location, digest, revision, applied_at, "
-                "prune FROM inventory WHERE stack = ?",
-                (stack,),
-            ).fetchall()
+            rows = self._conn.execute(_SELECT_RECORDS + " WHERE stack = ?", (stack,)).fetchall()
         return {r[1]: _record(r) for r in rows}
 
     def journal(

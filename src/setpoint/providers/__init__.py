@@ -4,7 +4,7 @@
 engine only ever talks to providers through :class:`~setpoint.providers.base.Provider`.
 """
 
-from setpoint.providers.base import Observed, Provider, Registry, Target
+from setpoint.providers.base import Observed, Provider, ProviderContext, Registry
 from setpoint.providers.registry import default_registry
 
-__all__ = ["Observed", "Provider", "Registry", "Target", "default_registry"]
+__all__ = ["Observed", "Provider", "ProviderContext", "Registry", "default_registry"]

@@ -1,4 +1,4 @@
-"""The provider contract, the target context and the kind registry.
+"""The provider contract, the provider context and the kind registry.
 
 The engine (:mod:`setpoint.engine`) calls providers only through
 :class:`Provider`; the renderer (:mod:`setpoint.render`) only uses
@@ -16,56 +16,54 @@ Contract (checked by ``tests/test_provider_contract.py`` for every kind):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from setpoint.model.errors import ProviderError, SetpointError
+from setpoint.model.errors import ManifestError, ProviderError, SetpointError
 from setpoint.model.plan import Change
 from setpoint.model.resource import Resource
 
 WaitHook = Callable[[str, str, float], AbstractContextManager[None]]
 """(resource id, what is awaited, timeout s) -> a context manager around the wait."""
 
+SettingsHook = Callable[[str, str], BaseModel | None]
+"""(stack name, settings key) -> the stack's parsed section of that key, or None."""
+
 
 @dataclass
-class Target:
-    """The target a pass acts on: a root directory under which absolute paths are placed.
+class ProviderContext:
+    """What a provider factory receives: the agent's context, the same for every stack.
 
-    ``declared`` holds every path any resource declares in this pass (all
-    stacks), so that ``Directory.purge`` knows what to keep. ``touched_dirs``
-    collects the directories whose entries changed, for one batched fsync.
-    ``links`` maps the path of each declared Symlink to its declared target (kept by
-    the file-system provider): only those symlinks may be followed on the way to a
-    managed path, and only while the path is still declared. ``dir_fds`` caches the
-    directory descriptors the file-system provider opened for reading in this pass
-    (see :mod:`setpoint.providers.fs_walk`).
+    ``root`` is where declared absolute host paths are placed (a File's path, a
+    Service's ``workingDir``, a ``file://`` release URL); ``state_dir`` holds the
+    agent's own data (release store, service records, ...). Per-pass state of a
+    family (the file provider's declared paths, touched directories, descriptor
+    cache) lives inside that family's provider, never here.
+
+    Example::
+
+        ctx = ProviderContext(Path("/srv/root"), state_dir=Path("/var/lib/setpoint"))
+        provider = FilesystemProvider(ctx)
     """
 
-    root: Path
-    state_dir: Path | None = None  # the agent's own data (release store, service logs, ...)
-    declared: set[str] = field(default_factory=set)
-    touched_dirs: set[str] = field(default_factory=set)
-    links: dict[str, str] = field(default_factory=dict)
-    dir_fds: dict[str, int] = field(default_factory=dict, repr=False)
+    root: Path = Path("/")
+    state_dir: Path | None = None
     # Set by the engine: how a provider's wait on the outside world lets other stacks'
     # passes run meanwhile (see :meth:`waiting`).
     wait_hook: WaitHook | None = field(default=None, repr=False)
+    # Set by the engine: the stacks' provider settings sections (see :meth:`settings`).
+    settings_hook: SettingsHook | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(os.path.realpath(self.root))
-        # In the names of our temporary files (``.NAME.setpoint-<token>.tmp``): a user's
-        # file of a similar name is never taken for ours, and another agent's (another
-        # state dir) are left to it.
-        where = os.path.realpath(self.state_dir) if self.state_dir is not None else ""
-        self.tmp_token = hashlib.sha256(where.encode()).hexdigest()[:8]
 
     def host_path(self, path: str) -> str:
         """The real path of a declared absolute path under the root (no resolution)."""
@@ -73,14 +71,25 @@ class Target:
             return path
         return str(self.root) + path
 
+    def settings(self, stack: str, key: str) -> BaseModel | None:
+        """The section ``key`` of stack ``stack``'s config, parsed by its registered model.
+
+        E.g. ``settings("db", "postgres")`` for a stack declared with ``postgres:
+        {connection: {...}}`` (in the local config or a Fleet entry); None when the
+        stack has no such section (or is unknown). See :meth:`Registry.register_settings`.
+        """
+        hook = self.settings_hook
+        return hook(stack, key) if hook is not None else None
+
     @contextmanager
     def waiting(self, resource: str, what: str, timeout: float) -> Iterator[None]:
         """Wrap a provider's wait on the outside world (readiness, a download).
 
         ``what`` says what is awaited, for status ("rollout of Service/app: waiting for
         readiness"); ``timeout`` is the wait's bound in seconds. The engine runs other
-        stacks' passes during the block; the provider must hold no engine state across
-        it (no cached directory descriptor, no per-pass set) and re-read after it.
+        stacks' passes during the block; the provider must hold no per-pass state
+        across it (no cached directory descriptor, no per-pass set) and re-read after
+        it: the engine calls ``begin_pass`` again (``resumed``) before the block ends.
         """
         hook = self.wait_hook
         if hook is None:
@@ -88,33 +97,6 @@ class Target:
             return
         with hook(resource, what, timeout):
             yield
-
-    def forget_parents(self) -> None:
-        """Start of a pass: close the directory descriptors cached by the last one."""
-        self.close_dirs()
-
-    def close_dirs(self) -> None:
-        """Close the cached directory descriptors (they pin directories and mounts)."""
-        fds = self.dir_fds
-        while fds:
-            os.close(fds.popitem()[1])
-
-    def fsync_touched(self) -> None:
-        """fsync every directory whose entries changed, once each (batched per pass).
-
-        The end of a pass: the cached directory descriptors are closed too.
-        """
-        self.close_dirs()
-        for d in sorted(self.touched_dirs):
-            try:
-                fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-            except OSError:
-                continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        self.touched_dirs.clear()
 
 
 @dataclass(frozen=True)
@@ -131,7 +113,21 @@ class Provider(Protocol):
     kinds: ClassVar[tuple[str, ...]]
 
     def claims(self, resource: Resource) -> tuple[str, ...]:
-        """Target paths this resource owns (for conflicts and implicit ordering)."""
+        """Keys this resource owns, chosen by the provider (for conflicts and ordering).
+
+        A file's path (``/etc/motd``); ``release:NAME``; a database object's URL-like
+        key (``postgres://host:port/db/schema/NAME``). The inventory records every
+        claim; a key claimed by two stacks is a conflict. Keys of different families
+        must not collide (files are absolute paths, others carry a prefix).
+        """
+
+    def record(self, resource: Resource) -> dict[str, Any]:
+        """JSON data ``delete`` needs to remove this resource later (stored at claim time).
+
+        The declaration is gone from Git by the time a prune runs: give what is needed
+        to find and remove the object (a path, a name, a connection's host, port and
+        database, a reference to a password *file*), never a secret itself.
+        """
 
     def read(self, resource: Resource) -> Observed | None: ...
 
@@ -139,8 +135,12 @@ class Provider(Protocol):
 
     def apply(self, resource: Resource, change: Change) -> None: ...
 
-    def delete(self, kind: str, path: str) -> str:
-        """Remove what a pruned resource left at ``path``; return what was done."""
+    def delete(self, kind: str, record: dict[str, Any]) -> str:
+        """Remove a pruned resource of ``kind`` from its ``record``; return what was done.
+
+        Records of inventories written before records existed are ``{"path": P}``,
+        ``P`` the resource's first claim.
+        """
 
     def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> Iterable[str]:
         """Ids this resource must wait for (e.g. the Directory that holds it)."""
@@ -156,6 +156,7 @@ class Watcher(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
 class Watchable(Protocol):
     """Optional provider capability: report changes as they happen (polling is the fallback).
 
@@ -186,6 +187,7 @@ class ProviderEvent:
     at: float = field(default_factory=time.time)
 
 
+@runtime_checkable
 class EventSource(Protocol):
     """Optional provider capability: events to journal, drained by the engine.
 
@@ -197,17 +199,52 @@ class EventSource(Protocol):
     def drain_events(self, resources: Collection[str]) -> list[ProviderEvent]: ...
 
 
-class PassAware(Protocol):
-    """Optional provider capability: told when a pass of a stack starts.
+@dataclass(frozen=True)
+class PassInfo:
+    """What the engine tells providers at the start of a pass (see :class:`PassAware`).
 
-    The engine calls ``begin_pass(full, resync)`` before reading any resource of the
-    pass: ``full`` is False for a partial pass (only some resources, e.g. after a watch
-    event); ``resync`` is the stack's resync interval in seconds. A provider with a costly
-    deep check (hashing whole release trees) runs it once per resync interval and a cheap
-    one in between.
+    ``full`` is False for a partial pass (only some resources, e.g. after a watch
+    event) and for a prune outside a pass; ``resync`` is the stack's resync interval
+    in seconds; ``claimed`` holds every key claimed in this pass: the stack's
+    declarations and every stack's inventory (the file provider's ``Directory.purge``
+    keeps them). ``resumed`` is True when a pass continues after a provider's wait
+    (other stacks' passes ran meanwhile): restore, do not start anew.
     """
 
-    def begin_pass(self, full: bool, resync: float) -> None: ...
+    stack: str
+    full: bool
+    resync: float
+    claimed: AbstractSet[str] = frozenset()
+    resumed: bool = False
+
+
+@runtime_checkable
+class PassAware(Protocol):
+    """Optional provider capability: told when a pass of a stack starts and ends.
+
+    The engine calls ``begin_pass`` before reading any resource of the pass (and again,
+    ``resumed``, after a wait), and ``end_pass`` after its last write (also after a
+    dry run, and after an out-of-pass prune or diff). E.g. the file provider keeps the
+    pass's claimed paths and descriptor cache and fsyncs the directories it touched
+    once at the end; a provider with a costly deep check (hashing whole release trees)
+    runs it once per resync interval and a cheap one in between.
+    """
+
+    def begin_pass(self, info: PassInfo) -> None: ...
+
+    def end_pass(self) -> None: ...
+
+
+@runtime_checkable
+class StackChecker(Protocol):
+    """Optional provider capability: checks of a rendered stack that need the target.
+
+    The engine calls ``check_declarations`` with the stack's resources once per render
+    (before ordering); any error refuses the revision, like a manifest error (e.g. the
+    file provider refuses a ``purge: true`` directory holding the agent's state dir).
+    """
+
+    def check_declarations(self, resources: Sequence[Resource]) -> list[ManifestError]: ...
 
 
 class RegistryError(SetpointError):
@@ -227,7 +264,7 @@ class StallError(ProviderError):
 
 
 class ProviderFactory(Protocol):
-    def __call__(self, target: Target) -> Provider: ...
+    def __call__(self, ctx: ProviderContext) -> Provider: ...
 
 
 class Registry:
@@ -236,12 +273,29 @@ class Registry:
     def __init__(self) -> None:
         self._specs: dict[str, type[BaseModel]] = {}
         self._factories: dict[str, ProviderFactory] = {}
+        self._settings: dict[str, type[BaseModel]] = {}
 
     def register(self, kind: str, spec: type[BaseModel], factory: ProviderFactory) -> None:
         if kind in self._specs:
             raise RegistryError(f"kind {kind} is registered twice")
         self._specs[kind] = spec
         self._factories[kind] = factory
+
+    def register_settings(self, key: str, model: type[BaseModel]) -> None:
+        """Declare a stack-level config section ``key`` parsed by ``model``.
+
+        E.g. ``register_settings("postgres", PostgresSettings)`` lets a stack (in the
+        config file or a Fleet entry) carry ``postgres: {connection: {...}}``; providers
+        read it through :meth:`ProviderContext.settings`. A key registers once, and
+        never one of the stack's own fields.
+        """
+        if key in self._settings:
+            raise RegistryError(f"settings key {key} is registered twice")
+        self._settings[key] = model
+
+    def settings_models(self) -> dict[str, type[BaseModel]]:
+        """The registered settings sections: key -> model."""
+        return dict(self._settings)
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -250,13 +304,13 @@ class Registry:
     def spec_model(self, kind: str) -> type[BaseModel] | None:
         return self._specs.get(kind)
 
-    def providers(self, target: Target) -> dict[str, Provider]:
-        """One provider instance per factory, bound to ``target``, keyed by kind."""
+    def providers(self, ctx: ProviderContext) -> dict[str, Provider]:
+        """One provider instance per factory, made with ``ctx``, keyed by kind."""
         made: dict[int, Provider] = {}
         out: dict[str, Provider] = {}
         for kind, factory in self._factories.items():
             key = id(factory)
             if key not in made:
-                made[key] = factory(target)
+                made[key] = factory(ctx)
             out[kind] = made[key]
         return out

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from setpoint.providers import postgres
 from setpoint.providers.base import Registry
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
-from setpoint.providers.service_spec import ReleaseSpec, ServiceSpec
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.services.service_spec import ReleaseSpec, ServiceSpec
 
 
 def default_registry() -> Registry:
-    from setpoint.providers.fs import FilesystemProvider
-    from setpoint.providers.release import ReleaseProvider
-    from setpoint.providers.service import ServiceProvider
+    from setpoint.providers.files.provider import FilesystemProvider
+    from setpoint.providers.services.release import ReleaseProvider
+    from setpoint.providers.services.service import ServiceProvider
 
     reg = Registry()
     reg.register("File", FileSpec, FilesystemProvider)

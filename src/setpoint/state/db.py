@@ -21,7 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +32,7 @@ from setpoint.model.status import StackStatus
 from setpoint.state.journal import JournalEntry, cap_text, encode_detail
 
 DB_NAME = "setpoint.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # How long a writer waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 10_000
 
@@ -72,19 +72,28 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             doc   TEXT NOT NULL
         ) WITHOUT ROWID""",
     ),
+    # The provider seam (issue 11): every claim of a resource, what its provider needs to
+    # delete it, and its resolved dependencies (prune order). "" in a row written before:
+    # claims = (path,), record = {"path": path}, deps = () (see _record).
+    2: (
+        "ALTER TABLE inventory ADD COLUMN claims TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE inventory ADD COLUMN record TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE inventory ADD COLUMN deps TEXT NOT NULL DEFAULT ''",
+    ),
 }
 
 # Whole statements spelled out (no formatting): every value is a bound parameter.
 _SELECT_RECORDS = (
-    "SELECT stack, resource, kind, path, location, digest, revision, applied_at, prune "
-    "FROM inventory"
+    "SELECT stack, resource, kind, path, location, digest, revision, applied_at, prune, "
+    "claims, record, deps FROM inventory"
 )
 _UPSERT_RECORD = (
     "INSERT INTO inventory (stack, resource, kind, path, location, digest, revision, applied_at, "
-    "prune) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    "prune, claims, record, deps) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (stack, resource) DO UPDATE SET kind = excluded.kind, path = excluded.path, "
     "location = excluded.location, digest = excluded.digest, revision = excluded.revision, "
-    "applied_at = excluded.applied_at, prune = excluded.prune"
+    "applied_at = excluded.applied_at, prune = excluded.prune, claims = excluded.claims, "
+    "record = excluded.record, deps = excluded.deps"
 )
 _DELETE_RECORD = "DELETE FROM inventory WHERE stack = ? AND resource = ?"
 _INSERT_ENTRY = (
@@ -98,12 +107,15 @@ _STATUS_FIELDS = frozenset(f.name for f in dataclasses.fields(StackStatus))
 class InventoryRecord:
     """One resource a stack has applied, and therefore owns (what prune may delete).
 
-    ``resource`` is the id ``Kind/name``; ``path`` is the target path it claims
-    ("" if none); ``location`` is ``file.yaml:12`` where it was declared;
-    ``digest`` is the :attr:`Resource.digest` of the declaration applied and
-    ``revision`` the commit that last changed that declaration; ``prune`` is
-    false when the declaration was labelled ``setpoint/prune: disabled`` (kept,
-    not deleted, when it leaves Git).
+    ``resource`` is the id ``Kind/name``; ``path`` is its first claim (shown to
+    operators; "" if none) and ``claims`` every key it owns (paths, ``release:NAME``,
+    ``postgres://...``: conflicts are checked on each); ``location`` is
+    ``file.yaml:12`` where it was declared; ``digest`` is the :attr:`Resource.digest`
+    of the declaration applied and ``revision`` the commit that last changed that
+    declaration; ``prune`` is false when the declaration was labelled
+    ``setpoint/prune: disabled`` (kept, not deleted, when it leaves Git); ``record``
+    is what its provider needs to delete it (``Provider.record``, JSON, no secrets);
+    ``deps`` the ids it depended on when applied (prune deletes dependents first).
     """
 
     stack: str
@@ -115,6 +127,14 @@ class InventoryRecord:
     revision: str
     applied_at: float
     prune: bool = True
+    claims: tuple[str, ...] = ()
+    record: dict[str, Any] = field(default_factory=dict)
+    deps: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # A record built without claims (tests, old callers) claims its path.
+        if not self.claims and self.path:
+            object.__setattr__(self, "claims", (self.path,))
 
 
 class StateDB:
@@ -247,10 +267,10 @@ class StateDB:
         return {row[1]: _record(row) for row in rows}
 
     def owners_by_path(self) -> dict[str, InventoryRecord]:
-        """Every claimed target path, across all stacks, with the record that claims it.
+        """Every claimed key (every claim of every record), across all stacks, with its owner.
 
-        For the engine's cross-stack conflict check. Records without a path are
-        left out. Should two records claim one path (the conflict check exists to
+        For the engine's cross-stack conflict check. Records without a claim are
+        left out. Should two records claim one key (the conflict check exists to
         prevent that), the one applied first is returned.
         """
         with self._lock:
@@ -259,7 +279,9 @@ class StateDB:
             ).fetchall()
         owners: dict[str, InventoryRecord] = {}
         for row in rows:
-            owners.setdefault(row[3], _record(row))
+            rec = _record(row)
+            for key in rec.claims:
+                owners.setdefault(key, rec)
         return owners
 
     def stack_sizes(self) -> dict[str, int]:
@@ -391,9 +413,14 @@ class StateDB:
 
 def _record_row(r: InventoryRecord) -> tuple[Any, ...]:
     # Spelled out: dataclasses.astuple deep-copies and was half the cost of a call.
+    # The common rows cost no JSON: one claim equal to the path, no deps, the record
+    # {"path": path} are stored as "" (what rows written before version 2 hold too).
+    claims = "" if r.claims == (r.path,) or not r.claims else json.dumps(list(r.claims))
+    record = "" if r.record == {"path": r.path} else json.dumps(r.record, sort_keys=True)
+    deps = json.dumps(list(r.deps)) if r.deps else ""
     return (
         r.stack, r.resource, r.kind, r.path, r.location, r.digest, r.revision, r.applied_at,
-        int(r.prune),
+        int(r.prune), claims, record, deps,
     )
 
 
@@ -439,7 +466,21 @@ def _history_sql(by_stack: bool, by_events: bool, after: bool) -> str:
 
 
 def _record(row: tuple[Any, ...]) -> InventoryRecord:
-    stack, resource, kind, path, location, digest, revision, applied_at, prune = row
+    stack, resource, kind, path, location, digest, revision, applied_at, prune = row[:9]
+    claims, record, deps = row[9:]
     return InventoryRecord(
-        stack, resource, kind, path, location, digest, revision, applied_at, bool(prune)
+        stack,
+        resource,
+        kind,
+        path,
+        location,
+        digest,
+        revision,
+        applied_at,
+        bool(prune),
+        tuple(json.loads(claims)) if claims else ((path,) if path else ()),
+        # A row written before records existed: its provider derives what to delete from
+        # the path it claimed (``release:NAME`` -> the release NAME).
+        json.loads(record) if record else {"path": path},
+        tuple(json.loads(deps)) if deps else (),
     )

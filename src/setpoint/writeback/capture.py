@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from setpoint.model.errors import SetpointError
-from setpoint.providers.fs_plan import TRUNCATED, _diff
+from setpoint.providers.files.plan import TRUNCATED, _diff
 from setpoint.state import StateDB
 from setpoint.writeback.setfield import FieldSetter
 from setpoint.writeback.stack import Doc, assemble

@@ -15,7 +15,7 @@ from pathlib import Path
 import setpoint.render as render
 from setpoint.engine.desired import order_stack
 from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
-from setpoint.providers.base import Target
+from setpoint.providers.base import ProviderContext
 from setpoint.providers.registry import default_registry
 
 
@@ -33,6 +33,6 @@ def validate_tree(tree: Path, path: str) -> None:
     registry = default_registry()
     try:
         resources = render.load_stack(tree, path, registry)
-        order_stack("", resources, registry.providers(Target(Path("/"))))
+        order_stack("", resources, registry.providers(ProviderContext()))
     except ManifestErrors as exc:
         raise InvalidStack(list(exc.errors)) from None

@@ -1,7 +1,7 @@
 """Reaching a declared path without following a symlink planted in its parent chain.
 
 Every read, create, rename, chmod, chown, unlink and rmdir of the file-system provider
-(:mod:`~setpoint.providers.fs`, :mod:`~setpoint.providers.fs_apply`) is made relative to
+(:mod:`.provider`, :mod:`.apply`) is made relative to
 a descriptor of the path's parent directory that this module opens by walking from the
 target root, never by a path string the kernel resolves on its own:
 
@@ -12,15 +12,15 @@ target root, never by a path string the kernel resolves on its own:
   opened ``O_PATH | O_DIRECTORY | O_NOFOLLOW`` relative to the previous descriptor.
 
 A symlink in the chain is refused (:class:`SymlinkInPath`, naming it as declared) unless
-it is a *declared* symlink: a Symlink resource of the pass (``Target.links``, path still
-in ``Target.declared``) whose link holds exactly the declared text. Then its declared
+it is a *declared* symlink: a Symlink resource of the pass (``FileTarget.links``, path still
+in ``FileTarget.declared``) whose link holds exactly the declared text. Then its declared
 target is walked by these same rules, and ``..`` can never climb above the root. A
 directory swapped for a symlink after the walk changes nothing: the descriptor still
 refers to the directory that was walked, never to where the symlink points.
 
 Reads (the hot drift check) reuse the descriptors of the pass, cached in
-``Target.dir_fds`` by declared directory path and closed at the start and end of each
-pass (``Target.forget_parents``, ``Target.fsync_touched``); every write walks afresh.
+``FileTarget.dir_fds`` by declared directory path and closed at the start and end of each
+pass (``FileTarget.forget_parents``, ``FileTarget.fsync_touched``); every write walks afresh.
 Only one pass runs on a target at a time (the agent runs passes on one thread).
 """
 
@@ -35,9 +35,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from setpoint.model.errors import ProviderError
-from setpoint.providers.base import Target
-from setpoint.providers.fs_common import TYPE_WORDS
-from setpoint.providers.fs_plan import link_text
+from setpoint.providers.files.common import TYPE_WORDS
+from setpoint.providers.files.plan import link_text
+from setpoint.providers.files.target import FileTarget
 
 DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _STEP_FLAGS = DIR_FLAGS | os.O_NOFOLLOW
@@ -112,7 +112,7 @@ class Openat2:
 OPENAT2 = Openat2()
 
 
-def open_dir(target: Target, dirpath: str, path: str, *, create: bool = False) -> int | None:
+def open_dir(target: FileTarget, dirpath: str, path: str, *, create: bool = False) -> int | None:
     """A new ``O_PATH`` descriptor of the declared directory ``dirpath`` ("/": the root).
 
     ``path`` is the declared path acted on, for messages. Missing directories are made
@@ -138,7 +138,7 @@ def open_dir(target: Target, dirpath: str, path: str, *, create: bool = False) -
 
 
 @contextmanager
-def parent_dir(target: Target, path: str, *, create: bool = False) -> Iterator[int | None]:
+def parent_dir(target: FileTarget, path: str, *, create: bool = False) -> Iterator[int | None]:
     """A fresh descriptor of ``path``'s parent for a write, closed on exit (see open_dir)."""
     fd = open_dir(target, parent_of(path), path, create=create)
     try:
@@ -149,7 +149,7 @@ def parent_dir(target: Target, path: str, *, create: bool = False) -> Iterator[i
 
 
 @contextmanager
-def the_dir(target: Target, path: str) -> Iterator[int | None]:
+def the_dir(target: FileTarget, path: str) -> Iterator[int | None]:
     """A fresh descriptor of the declared directory ``path`` itself (a symlink refused)."""
     fd = open_dir(target, path, path)
     try:
@@ -159,7 +159,7 @@ def the_dir(target: Target, path: str) -> Iterator[int | None]:
             os.close(fd)
 
 
-def cached_parent(target: Target, path: str) -> int | None:
+def cached_parent(target: FileTarget, path: str) -> int | None:
     """The parent descriptor of ``path`` for a read, kept for the rest of the pass.
 
     Owned by ``target.dir_fds``: never close it. ``None`` when the parent is absent.
@@ -177,7 +177,7 @@ def cached_parent(target: Target, path: str) -> int | None:
     return fd
 
 
-def forget_below(target: Target, path: str) -> None:
+def forget_below(target: FileTarget, path: str) -> None:
     """Drop cached descriptors of ``path`` and below (we removed or replaced it)."""
     prefix = path + "/"
     fds = target.dir_fds
@@ -189,7 +189,7 @@ def parent_of(path: str) -> str:
     return path.rpartition("/")[0] or "/"
 
 
-def _walk(target: Target, root_fd: int, dirpath: str, path: str, create: bool) -> int | None:
+def _walk(target: FileTarget, root_fd: int, dirpath: str, path: str, create: bool) -> int | None:
     """The component walk; takes ownership of ``root_fd``."""
     stack = [root_fd]  # descriptors of the chain walked so far: ".." pops, lexically
     names = [""]  # the declared-style path of each
@@ -269,7 +269,7 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
         return None
 
 
-def _make_dir(target: Target, parent_fd: int, name: str, parent: str) -> bool:
+def _make_dir(target: FileTarget, parent_fd: int, name: str, parent: str) -> bool:
     """mkdir a missing parent (0755 whatever the umask; not owned by setpoint)."""
     try:
         os.mkdir(name, PARENT_MODE, dir_fd=parent_fd)
@@ -284,12 +284,12 @@ def _make_dir(target: Target, parent_fd: int, name: str, parent: str) -> bool:
     return True
 
 
-def host_dir(target: Target, dirpath: str) -> str:
+def host_dir(target: FileTarget, dirpath: str) -> str:
     """The host path of a declared directory ("/": the root), for ``touched_dirs``."""
     return str(target.root) if dirpath == "/" else target.host_path(dirpath)
 
 
-def _declared_text(target: Target, dir_fd: int, name: str, here: str, path: str) -> str | None:
+def _declared_text(target: FileTarget, dir_fd: int, name: str, here: str, path: str) -> str | None:
     """The declared target of the symlink ``here`` if it may be followed (None: it vanished)."""
     try:
         live = os.readlink(name, dir_fd=dir_fd)
@@ -315,7 +315,7 @@ def _declared_text(target: Target, dir_fd: int, name: str, here: str, path: str)
     )
 
 
-def _where(target: Target, here: str, live: str) -> str:
+def _where(target: FileTarget, here: str, live: str) -> str:
     # For the message only: where the kernel would have gone (nothing is opened there).
     real = os.path.realpath(target.host_path(here))
     root = str(target.root)

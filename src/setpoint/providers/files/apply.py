@@ -1,17 +1,17 @@
 """Changing the file system to match a File, Directory or Symlink, and pruning them.
 
-Called by :meth:`setpoint.providers.fs.FilesystemProvider.apply` with a Change that
-:mod:`setpoint.providers.fs_plan` made, and by ``FilesystemProvider.delete`` for prune.
+Called by :meth:`setpoint.providers.files.provider.FilesystemProvider.apply` with a Change that
+:mod:`setpoint.providers.files.plan` made, and by ``FilesystemProvider.delete`` for prune.
 
 Files and symlinks are written atomically: a temporary ``.<name>.setpoint-<token>.tmp`` in the
 same directory, filled, fsynced, then renamed over the path, so a crash leaves the old
 state or the new one, never half of either (and the temporary is unlinked on any error).
 Directory fsyncs are batched: every directory whose entries changed is added to
-``Target.touched_dirs`` and the engine calls ``Target.fsync_touched()`` once per pass.
+the provider's ``FileTarget.touched_dirs``, fsynced once per pass (``end_pass``).
 Attribute-only changes are made in place, so an unchanged file keeps its mtime and inode.
 
 Every operation is relative to a descriptor of the parent directory that
-:mod:`setpoint.providers.fs_walk` opened afresh, without following a symlink (missing
+:mod:`setpoint.providers.files.walk` opened afresh, without following a symlink (missing
 parents are made by that walk, mode 0755): ``openat``/``mkdirat``/``renameat``/
 ``unlinkat``/``symlinkat``, ``fchown``/``fchmod`` on ``O_NOFOLLOW`` descriptors, and
 ``shutil.rmtree(dir_fd=...)`` (descriptor-based: never follows a symlink inside). A
@@ -31,13 +31,13 @@ from collections.abc import Iterator
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Target
-from setpoint.providers.fs_common import IdCache, desired_bytes, os_error, tmp_name
-from setpoint.providers.fs_guard import holds_state_dir
-from setpoint.providers.fs_plan import link_text
-from setpoint.providers.fs_read import list_dir, lstat_or_none
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
-from setpoint.providers.fs_walk import forget_below, host_dir, parent_dir, parent_of, the_dir
+from setpoint.providers.files.common import IdCache, desired_bytes, os_error, tmp_name
+from setpoint.providers.files.guard import holds_state_dir
+from setpoint.providers.files.plan import link_text
+from setpoint.providers.files.read import list_dir, lstat_or_none
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.files.target import FileTarget
+from setpoint.providers.files.walk import forget_below, host_dir, parent_dir, parent_of, the_dir
 
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _ATTR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -45,7 +45,7 @@ _ATTR_FIELDS = frozenset({"mode", "owner", "group"})
 
 
 def apply_file(
-    target: Target, ids: IdCache, resource: Resource, spec: FileSpec, change: Change
+    target: FileTarget, ids: IdCache, resource: Resource, spec: FileSpec, change: Change
 ) -> None:
     if change.action is not Action.UPDATE or any(f.field == "content" for f in change.fields):
         _write_file(target, ids, resource, spec, change)
@@ -53,7 +53,9 @@ def apply_file(
         _set_attrs(target, ids, spec, change, want_dir=False)
 
 
-def apply_directory(target: Target, ids: IdCache, spec: DirectorySpec, change: Change) -> None:
+def apply_directory(
+    target: FileTarget, ids: IdCache, spec: DirectorySpec, change: Change
+) -> None:
     path = spec.path
     if change.action is Action.UPDATE:
         if any(f.field in _ATTR_FIELDS for f in change.fields):
@@ -76,7 +78,7 @@ def apply_directory(target: Target, ids: IdCache, spec: DirectorySpec, change: C
     target.touched_dirs.add(host_dir(target, parent_of(path)))
 
 
-def apply_symlink(target: Target, spec: SymlinkSpec, change: Change) -> None:
+def apply_symlink(target: FileTarget, spec: SymlinkSpec, change: Change) -> None:
     path = spec.path
     name = _name(path)
     text = link_text(spec.target, str(target.root))
@@ -94,7 +96,7 @@ def apply_symlink(target: Target, spec: SymlinkSpec, change: Change) -> None:
     target.touched_dirs.add(host_dir(target, parent_of(path)))
 
 
-def purge(target: Target, path: str, entries: tuple[str, ...]) -> None:
+def purge(target: FileTarget, path: str, entries: tuple[str, ...]) -> None:
     """Remove the undeclared ``entries`` (declared-style paths) of directory ``path``."""
     prefix = path + "/"
     names = []
@@ -123,7 +125,7 @@ def purge(target: Target, path: str, entries: tuple[str, ...]) -> None:
     target.touched_dirs.add(target.host_path(path))
 
 
-def delete(target: Target, kind: str, path: str) -> str:
+def delete(target: FileTarget, kind: str, path: str) -> str:
     """Prune what a File, Symlink or Directory left at ``path``; say what was done."""
     name = _name(path)
     try:
@@ -159,7 +161,7 @@ def delete(target: Target, kind: str, path: str) -> str:
 
 
 def _write_file(
-    target: Target, ids: IdCache, resource: Resource, spec: FileSpec, change: Change
+    target: FileTarget, ids: IdCache, resource: Resource, spec: FileSpec, change: Change
 ) -> None:
     path = spec.path
     name = _name(path)
@@ -194,7 +196,7 @@ def _write_file(
 
 
 def _set_attrs(
-    target: Target,
+    target: FileTarget,
     ids: IdCache,
     spec: FileSpec | DirectorySpec,
     change: Change,
@@ -247,7 +249,7 @@ def _fd_attrs(
 
 
 @contextlib.contextmanager
-def _parent(target: Target, path: str) -> Iterator[int]:
+def _parent(target: FileTarget, path: str) -> Iterator[int]:
     """A fresh descriptor of ``path``'s parent, missing parents made (see fs_walk)."""
     with parent_dir(target, path, create=True) as pfd:
         if pfd is None:  # create=True never gives None; kept for the type checker
@@ -295,7 +297,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _clear_directory(
-    target: Target, pfd: int, name: str, path: str, force: bool, rid: str
+    target: FileTarget, pfd: int, name: str, path: str, force: bool, rid: str
 ) -> None:
     """Remove a directory standing where a File or Symlink is declared (a REPLACE).
 
@@ -317,7 +319,7 @@ def _clear_directory(
     _remove_entry(target, pfd, name, path)
 
 
-def _remove_entry(target: Target, pfd: int, name: str, path: str) -> None:
+def _remove_entry(target: FileTarget, pfd: int, name: str, path: str) -> None:
     """Remove ``name`` in ``pfd``: a directory recursively, by descriptors, never
     following a symlink (shutil.rmtree's fd-based walk, given ``dir_fd``)."""
     if stat.S_ISDIR(os.stat(name, dir_fd=pfd, follow_symlinks=False).st_mode):

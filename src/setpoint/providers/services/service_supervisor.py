@@ -1,6 +1,6 @@
 """The supervisor of one Service process: waits for it, restarts it by policy, probes it.
 
-Created by :class:`setpoint.providers.service.ServiceProvider` (when it starts a process
+Created by :class:`setpoint.providers.services.service.ServiceProvider` (when it starts a process
 or adopts one after an agent restart), which it calls back through :class:`Host`: to
 start the recorded configuration again, to record an exit, to ask the engine for a pass
 (the watch callback) and to queue :class:`~setpoint.providers.base.ProviderEvent` values
@@ -28,9 +28,9 @@ from typing import Any, Protocol
 
 from setpoint.model.errors import ProviderError
 from setpoint.providers.base import ProviderEvent
-from setpoint.providers.probes import run_probe
-from setpoint.providers.service_proc import Handle, rotate, stop
-from setpoint.providers.service_spec import ServiceSpec
+from setpoint.providers.services.probes import run_probe
+from setpoint.providers.services.service_proc import Handle, rotate, stop
+from setpoint.providers.services.service_spec import ServiceSpec
 
 HEALTHY, PROGRESSING, DEGRADED, MISSING = "Healthy", "Progressing", "Degraded", "Missing"
 UNKNOWN_EXIT = "exited (exit status unknown: adopted process)"

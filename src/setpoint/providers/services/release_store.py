@@ -1,4 +1,4 @@
-"""The release store on disk: ``<state>/releases/<name>/`` (see :mod:`setpoint.providers.release`).
+"""The release store on disk: ``<state>/releases/<name>/`` (see :mod:`.release`).
 
 Paths, the ``current`` switch, the rollout hold, the history used for GC, checked
 removals and the temporaries a crash can leave behind. Used by the Release provider and
@@ -19,9 +19,9 @@ import sys
 import uuid
 from pathlib import Path
 
-from setpoint.providers.release_unpack import fsync_dir
-from setpoint.providers.service_proc import live_release_dirs, read_json, write_json_atomic
-from setpoint.providers.service_spec import ReleaseSpec
+from setpoint.providers.services.release_unpack import fsync_dir
+from setpoint.providers.services.service_proc import live_release_dirs, read_json, write_json_atomic
+from setpoint.providers.services.service_spec import ReleaseSpec
 
 HOLD = "hold.json"
 

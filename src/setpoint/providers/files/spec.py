@@ -1,6 +1,6 @@
 """Spec models of the file-system kinds: File, Directory, Symlink.
 
-Validated by :mod:`setpoint.render`; used by :mod:`setpoint.providers.fs`.
+Validated by :mod:`setpoint.render`; used by :mod:`setpoint.providers.files.provider`.
 """
 
 from __future__ import annotations

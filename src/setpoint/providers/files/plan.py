@@ -1,9 +1,9 @@
 """Deciding what a File, Directory or Symlink needs: the pure half of the drift check.
 
-Called by :meth:`setpoint.providers.fs.FilesystemProvider.plan` with the
-:class:`~setpoint.providers.fs_common.FsState` that :mod:`setpoint.providers.fs_read`
+Called by :meth:`setpoint.providers.files.provider.FilesystemProvider.plan` with the
+:class:`~setpoint.providers.files.common.FsState` that :mod:`setpoint.providers.files.read`
 built. No I/O here except the cached user-database lookups of
-:class:`~setpoint.providers.fs_common.IdCache`; the same inputs give the same Change.
+:class:`~setpoint.providers.files.common.IdCache`; the same inputs give the same Change.
 Diffs and digests are computed only when content differs.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from setpoint.model.plan import Action, Change, FieldChange
 from setpoint.model.resource import Resource
-from setpoint.providers.fs_common import (
+from setpoint.providers.files.common import (
     DIFF_INPUT_LIMIT,
     DIFF_OUTPUT_LIMIT,
     DIR,
@@ -26,7 +26,7 @@ from setpoint.providers.fs_common import (
     IdCache,
     desired_bytes,
 )
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 
 TRUNCATED = "… (diff truncated)\n"
 NO_EOL = "\n\\ No newline at end of file\n"

@@ -1,10 +1,11 @@
 """The last guard of ``Directory.purge``: never remove the agent's own state dir.
 
-Called by :func:`setpoint.providers.fs_apply.purge` for each entry it is about to
-remove. The engine already refuses, at render time, a purging Directory that
-holds the state dir (:func:`setpoint.engine.desired.check_purges`); this catches
+Called by :func:`setpoint.providers.files.apply.purge` for each entry it is about to
+remove. The provider already refuses, at render time, a purging Directory that
+holds the state dir (``FilesystemProvider.check_declarations``, with
+:func:`state_dir_below`); this catches
 what slips past that check (a symlink changed since, a caller that bypasses the
-engine). Everything the agent keeps lives under ``Target.state_dir``: the state
+engine). Everything the agent keeps lives under ``FileTarget.state_dir``: the state
 DB, the git cache and exported trees, the release store and service records.
 """
 
@@ -12,13 +13,14 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
-from setpoint.providers.base import Target
+from setpoint.providers.files.target import FileTarget
 
 log = logging.getLogger("setpoint.fs")
 
 
-def holds_state_dir(target: Target, host: str) -> bool:
+def holds_state_dir(target: FileTarget, host: str) -> bool:
     """True when removing the entry ``host`` (a real path) would remove the state dir.
 
     The entry's own last component is not resolved: a symlink entry is unlinked,
@@ -35,3 +37,15 @@ def holds_state_dir(target: Target, host: str) -> bool:
                 log.warning("not purging %s: it holds setpoint's own state dir %s", host, state)
                 return True
     return False
+
+
+def state_dir_below(host: str, state_dir: Path) -> str | None:
+    """Where ``state_dir`` lies relative to directory ``host``: "at", "below", or None."""
+    homes = {os.path.abspath(state_dir), os.path.realpath(state_dir)}
+    for h in {os.path.abspath(host), os.path.realpath(host)}:
+        for s in homes:
+            if s == h:
+                return "at"
+            if s.startswith(h.rstrip("/") + "/"):
+                return "below"
+    return None

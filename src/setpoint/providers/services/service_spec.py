@@ -1,7 +1,7 @@
 """Spec models of the process kinds: Release (an unpacked artefact) and Service (a process).
 
 Validated by :mod:`setpoint.render` through the registry; used by
-:mod:`setpoint.providers.release` and :mod:`setpoint.providers.service`.
+:mod:`setpoint.providers.services.release` and :mod:`setpoint.providers.services.service`.
 """
 
 from __future__ import annotations

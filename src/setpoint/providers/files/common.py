@@ -1,7 +1,7 @@
 """Shared pieces of the file-system provider: the observed state, error mapping, id lookups.
 
-Used by :mod:`setpoint.providers.fs_read`, :mod:`setpoint.providers.fs_plan` and
-:mod:`setpoint.providers.fs_apply`; the public face is :mod:`setpoint.providers.fs`.
+Used by :mod:`setpoint.providers.files.read`, :mod:`setpoint.providers.files.plan` and
+:mod:`setpoint.providers.files.apply`; the public face is :mod:`setpoint.providers.files.provider`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from setpoint.model.errors import ProviderError
 from setpoint.model.resource import Resource
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 
 # What lstat found at a path.
 FILE, DIR, LINK, OTHER = "file", "dir", "link", "other"

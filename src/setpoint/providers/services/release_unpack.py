@@ -1,6 +1,6 @@
 """Unpacking a verified release archive, and checking an unpacked tree against its record.
 
-Used by :class:`setpoint.providers.release.ReleaseProvider`:
+Used by :class:`setpoint.providers.services.release.ReleaseProvider`:
 
 - :func:`extract` unpacks an archive, refusing the whole archive when any member would
   escape the release (absolute paths, ``..``, links outside, devices);

@@ -2,33 +2,44 @@
 
 Registered for those kinds by :func:`setpoint.providers.registry.default_registry`; the
 engine calls it only through the :class:`~setpoint.providers.base.Provider` protocol.
-Reading lives in :mod:`~setpoint.providers.fs_read`, deciding in
-:mod:`~setpoint.providers.fs_plan`, writing in :mod:`~setpoint.providers.fs_apply`;
-all of them reach a path through :mod:`~setpoint.providers.fs_walk` (directory
+Reading lives in :mod:`~setpoint.providers.files.read`, deciding in
+:mod:`~setpoint.providers.files.plan`, writing in :mod:`~setpoint.providers.files.apply`;
+all of them reach a path through :mod:`~setpoint.providers.files.walk` (directory
 descriptors opened from the root; a symlink in the chain is refused unless a Symlink
 resource declares it), never through a path string the kernel would resolve.
 
 Example::
 
-    provider = FilesystemProvider(Target(root=Path("/srv/root")))
+    provider = FilesystemProvider(ProviderContext(root=Path("/srv/root")))
     change = provider.plan(resource, provider.read(resource))
     if not change.is_noop:
         provider.apply(resource, change)
-    provider.target.fsync_touched()  # the engine does this once per pass
+    provider.end_pass()  # the engine does this once per pass: one fsync per directory
+
+The provider keeps its :class:`~setpoint.providers.files.target.FileTarget` (root,
+declared paths, touched directories, descriptor cache) itself: one per agent, shared
+by every stack, fed by the engine's generic ``begin_pass``/``end_pass``.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Collection, Iterable, Sequence, Set
-from typing import ClassVar
+from typing import Any, ClassVar
 
-from setpoint.model.errors import ProviderError
+from setpoint.model.errors import ManifestError, ProviderError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
-from setpoint.providers import fs_apply
-from setpoint.providers.base import Observed, ProviderEvent, Target, WatchCallback, Watcher
-from setpoint.providers.fs_common import (
+from setpoint.providers.base import (
+    Observed,
+    PassInfo,
+    ProviderContext,
+    ProviderEvent,
+    WatchCallback,
+    Watcher,
+)
+from setpoint.providers.files import apply as fs_apply
+from setpoint.providers.files.common import (
     FsState,
     IdCache,
     desired_bytes,
@@ -36,11 +47,13 @@ from setpoint.providers.fs_common import (
     is_tmp_name,
     os_error,
 )
-from setpoint.providers.fs_plan import plan_directory, plan_file, plan_symlink
-from setpoint.providers.fs_read import declared_ancestors, lstat_or_none, observe
-from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
-from setpoint.providers.fs_walk import cached_parent
-from setpoint.providers.fs_watch import FsWatch
+from setpoint.providers.files.guard import state_dir_below
+from setpoint.providers.files.plan import plan_directory, plan_file, plan_symlink
+from setpoint.providers.files.read import declared_ancestors, lstat_or_none, observe
+from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
+from setpoint.providers.files.target import FileTarget
+from setpoint.providers.files.walk import cached_parent
+from setpoint.providers.files.watch import FsWatch
 
 __all__ = ["FilesystemProvider", "FsState"]
 
@@ -52,12 +65,12 @@ class FilesystemProvider:
 
     kinds: ClassVar[tuple[str, ...]] = ("File", "Directory", "Symlink")
 
-    def __init__(self, target: Target) -> None:
-        self.target = target
+    def __init__(self, ctx: ProviderContext) -> None:
+        self.target = FileTarget(ctx.root, ctx.state_dir)
         self.ids = IdCache()
         # The declared set the ancestors were derived from, held (not its id: a freed
         # set's id can be reused by the next one) with its size (it may grow in place).
-        self._ancestors_of: tuple[set[str], int] | None = None
+        self._ancestors_of: tuple[Set[str], int] | None = None
         self._ancestors: frozenset[str] = frozenset()
         self._watches: list[FsWatch] = []
         # Full passes sweep each directory they visit (once) for our own temporary
@@ -66,10 +79,52 @@ class FilesystemProvider:
         self._swept: set[str] = set()
         self._events: list[ProviderEvent] = []
 
-    def begin_pass(self, full: bool, resync: float) -> None:
-        """PassAware: full passes sweep the directories they visit for crash leftovers."""
-        self._sweep = full
-        self._swept = set()
+    def begin_pass(self, info: PassInfo) -> None:
+        """PassAware: take the pass's claimed paths (what ``Directory.purge`` keeps).
+
+        Cached descriptors of another pass are closed (a fresh parent-chain check);
+        full passes sweep the directories they visit for crash leftovers.
+        """
+        self.target.declared = info.claimed
+        self.target.forget_parents()
+        if not info.resumed:
+            self._sweep = info.full
+            self._swept = set()
+
+    def end_pass(self) -> None:
+        """PassAware: one fsync per directory touched in the pass; descriptors closed."""
+        self.target.fsync_touched()
+
+    def check_declarations(self, resources: Sequence[Resource]) -> list[ManifestError]:
+        """StackChecker: refuse a ``purge: true`` Directory holding the agent's state dir.
+
+        Everything the agent keeps (state DB, git cache and exported trees, release
+        store, service records) lives under the state dir; a purge of a directory at
+        or above it would delete the agent's memory of what it owns. Both the declared
+        and the resolved (symlinks followed) forms are compared, whatever the root.
+        """
+        state_dir = self.target.state_dir
+        if state_dir is None:
+            return []
+        errors = []
+        for r in resources:
+            spec = r.spec
+            if not isinstance(spec, DirectorySpec) or not spec.purge:
+                continue
+            host = self.target.host_path(spec.path)
+            held = state_dir_below(host, state_dir)
+            if held is not None:
+                errors.append(
+                    ManifestError(
+                        r.location.file,
+                        r.location.line,
+                        f"{r.id}: purge: true on {spec.path} would remove the agent's own "
+                        f"state dir {state_dir} (state DB, git cache, release store), which "
+                        f"lies {held} {host}; set purge: false, or give the agent a state dir "
+                        "(--state / state:) outside this directory",
+                    )
+                )
+        return errors
 
     def drain_events(self, resources: Collection[str]) -> list[ProviderEvent]:
         """EventSource: the leftovers removed, journaled with the resource that found them."""
@@ -124,6 +179,10 @@ class FilesystemProvider:
     def claims(self, resource: Resource) -> tuple[str, ...]:
         return (fs_spec(resource).path,)
 
+    def record(self, resource: Resource) -> dict[str, Any]:
+        """What prune needs: the path (the kind tells unlink from rmdir)."""
+        return {"path": fs_spec(resource).path}
+
     def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> Iterable[str]:
         """The nearest declared ancestor of the path (a Symlink's target is not one)."""
         path = fs_spec(resource).path
@@ -167,8 +226,8 @@ class FilesystemProvider:
             if path not in target.declared:
                 # An unfilled declared set would make every entry a stray: refuse to purge.
                 raise ProviderError(
-                    f"cannot check {path} for purge: the pass's declared paths "
-                    "(Target.declared) do not include it, so setpoint cannot tell which "
+                    f"cannot check {path} for purge: the pass's claimed paths "
+                    "(PassInfo.claimed) do not include it, so setpoint cannot tell which "
                     "entries it manages",
                     transient=False,
                 )
@@ -196,7 +255,7 @@ class FilesystemProvider:
             return
         spec = fs_spec(resource)
         if change.action is Action.DELETE:
-            self.delete(resource.kind, spec.path)
+            self.delete(resource.kind, {"path": spec.path})
             return
         try:
             if isinstance(spec, FileSpec):
@@ -208,14 +267,17 @@ class FilesystemProvider:
         except OSError as err:
             raise os_error(_VERBS.get(change.action, "change"), spec.path, err) from err
 
-    def delete(self, kind: str, path: str) -> str:
+    def delete(self, kind: str, record: dict[str, Any]) -> str:
         """Prune: unlink a File/Symlink; rmdir a Directory only when empty."""
+        path = record.get("path")
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise ProviderError(f"cannot delete {kind}: its inventory record {record} has no path")
         if kind == "Symlink":
             self.target.links.pop(path, None)  # no longer declared: never followed again
         return fs_apply.delete(self.target, kind, path)
 
     def watch(self, resources: Sequence[Resource], notify: WatchCallback) -> Watcher:
-        """Watch the resources' paths with inotify (see :mod:`~setpoint.providers.fs_watch`)."""
+        """Watch the resources' paths with inotify (see :mod:`~setpoint.providers.files.watch`)."""
         w = FsWatch(self.target, resources, notify)
         self._watches = [x for x in self._watches if not x.closed] + [w]
         return w
@@ -225,7 +287,7 @@ class FilesystemProvider:
         return {rid for w in self._watches if not w.closed for rid in w.unwatched()}
 
     def _declared_ancestors(self) -> frozenset[str]:
-        # Recomputed when the engine swaps or grows ``target.declared`` (once per pass).
+        # Recomputed when begin_pass swaps ``target.declared`` or it grows (once per pass).
         declared = self.target.declared
         of = self._ancestors_of
         if of is None or of[0] is not declared or of[1] != len(declared):

@@ -1,6 +1,6 @@
 """Processes of the Service kind: pid records, identity checks, spawning, stopping, logs.
 
-Used by :mod:`setpoint.providers.service` (and by the release store, to keep the
+Used by :mod:`setpoint.providers.services.service` (and by the release store, to keep the
 directories a live process runs from). No engine imports.
 
 A process is identified by its pid *and* its start time (``/proc/PID/stat`` field 22,

@@ -1,9 +1,9 @@
 """Reading what is at a declared path: the I/O half of the drift check (its hot path).
 
-Called by :meth:`setpoint.providers.fs.FilesystemProvider.read`; the :class:`FsState`
-it builds is compared with the declaration by :mod:`setpoint.providers.fs_plan`.
+Called by :meth:`setpoint.providers.files.provider.FilesystemProvider.read`; the :class:`FsState`
+it builds is compared with the declaration by :mod:`setpoint.providers.files.plan`.
 Everything is read relative to the descriptor of the path's parent directory that
-:func:`setpoint.providers.fs_walk.cached_parent` opened without following a symlink, so
+:func:`setpoint.providers.files.walk.cached_parent` opened without following a symlink, so
 a planted symlink can never make the agent read another file (``/etc/shadow``) into a
 diff. The leaf is never followed (``lstat``, ``O_NOFOLLOW``); file bytes are read only
 when the sizes match (to compare) or when a diff will be shown.
@@ -18,7 +18,7 @@ import stat
 from collections.abc import Set
 
 from setpoint.model.errors import ProviderError
-from setpoint.providers.fs_common import (
+from setpoint.providers.files.common import (
     DIFF_INPUT_LIMIT,
     DIR,
     FILE,

@@ -1,6 +1,6 @@
 """What the Service kind reads and decides: :class:`ServiceState` and the pure :func:`decide`.
 
-Used by :class:`setpoint.providers.service.ServiceProvider`: its ``read`` builds a
+Used by :class:`setpoint.providers.services.service.ServiceProvider`: its ``read`` builds a
 ``ServiceState`` (from the record, ``/proc`` and the supervisor), its ``plan`` computes
 the desired run configuration and calls :func:`decide`, which does no I/O.
 """
@@ -14,8 +14,8 @@ from typing import Any
 
 from setpoint.model.plan import Action, Change, FieldChange
 from setpoint.providers.base import StallError
-from setpoint.providers.service_spec import ServiceSpec
-from setpoint.providers.service_supervisor import MISSING, digest, supervision_digest
+from setpoint.providers.services.service_spec import ServiceSpec
+from setpoint.providers.services.service_supervisor import MISSING, digest, supervision_digest
 
 SUPERVISION, RELOAD, LAST_HEALTHY = "supervision", "reload", "last healthy"
 

@@ -1,7 +1,7 @@
 """Readiness and liveness probes of the Service kind: http, tcp or exec, once.
 
 ``run_probe(spec, cwd, env)`` returns ``(ok, message)``; it never raises. Used by the
-service supervisor (:mod:`setpoint.providers.service`). The message reaches the status
+service supervisor (:mod:`setpoint.providers.services.service`). The message reaches the status
 and the journal: an http probe's URL is shown redacted (:mod:`setpoint.model.redact`),
 and ``user:password@`` in it is sent as a Basic ``Authorization`` header.
 """
@@ -15,7 +15,7 @@ import subprocess
 from urllib.parse import unquote, urlsplit
 
 from setpoint.model.redact import redact_text, redact_url
-from setpoint.providers.service_spec import ProbeSpec
+from setpoint.providers.services.service_spec import ProbeSpec
 
 
 def run_probe(

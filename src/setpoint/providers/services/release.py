@@ -27,10 +27,10 @@ why) and tried again at the next pass. A release URL is shown redacted everywher
 (:mod:`setpoint.model.redact`); ``user:password@`` in it is sent as Basic auth.
 
 When a Service's rollout of the declared version fails, the service provider calls
-:func:`~setpoint.providers.release_store.hold_release`: ``current`` goes back to the
+:func:`~setpoint.providers.services.release_store.hold_release`: ``current`` goes back to the
 last healthy version and stays there (``plan`` is a NOOP with the reason, ``health`` is
 Degraded) while that version is declared; a new declaration is installed normally, and
-a rollout that passes readiness calls :func:`~setpoint.providers.release_store.lift_hold`.
+a rollout that passes readiness calls :func:`~setpoint.providers.services.release_store.lift_hold`.
 
 Modules: this one (the provider); ``release_store`` (the store on disk: paths, switch,
 hold, checked removals, leftovers); ``release_unpack`` (extract, fsync, scan, check).
@@ -49,15 +49,16 @@ import uuid
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, ClassVar
+from typing import IO, Any, ClassVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change, FieldChange
 from setpoint.model.redact import redact_text, redact_url
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Observed, ProviderEvent, Target
-from setpoint.providers.release_store import (
+from setpoint.providers.base import Observed, PassInfo, ProviderContext, ProviderEvent
+from setpoint.providers.services.common import record_name
+from setpoint.providers.services.release_store import (
     HOLD,
     collect_orphans,
     current_dir,
@@ -74,7 +75,7 @@ from setpoint.providers.release_store import (
     traversable,
     version_dir_name,
 )
-from setpoint.providers.release_unpack import (
+from setpoint.providers.services.release_unpack import (
     check_tree,
     extract,
     fsync_dir,
@@ -82,9 +83,13 @@ from setpoint.providers.release_unpack import (
     scan,
     sha256_file,
 )
-from setpoint.providers.service_proc import ensure_private_dir, live_release_dirs, read_json
-from setpoint.providers.service_proc import write_json_atomic as _write_json
-from setpoint.providers.service_spec import ReleaseSpec
+from setpoint.providers.services.service_proc import (
+    ensure_private_dir,
+    live_release_dirs,
+    read_json,
+)
+from setpoint.providers.services.service_proc import write_json_atomic as _write_json
+from setpoint.providers.services.service_spec import ReleaseSpec
 
 __all__ = [
     "ReleaseProvider",
@@ -136,8 +141,8 @@ class ReleaseProvider:
 
     kinds: ClassVar[tuple[str, ...]] = ("Release",)
 
-    def __init__(self, target: Target, clock: Callable[[], float] = time.monotonic) -> None:
-        self.target = target
+    def __init__(self, ctx: ProviderContext, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ctx = ctx
         self.clock = clock
         # Seconds between full hashes of a tree. 0 (every read) until the engine says
         # otherwise through begin_pass: used alone, the provider always hashes fully.
@@ -147,12 +152,16 @@ class ReleaseProvider:
 
     @property
     def store(self) -> Path:
-        if self.target.state_dir is None:
+        if self.ctx.state_dir is None:
             raise ProviderError("the Release kind needs the agent's state dir", transient=False)
-        return releases_dir(self.target.state_dir)
+        return releases_dir(self.ctx.state_dir)
 
     def claims(self, resource: Resource) -> tuple[str, ...]:
         return (CLAIM_PREFIX + resource.name,)
+
+    def record(self, resource: Resource) -> dict[str, Any]:
+        """What prune needs: the release's name (its store is under the state dir)."""
+        return {"name": resource.name}
 
     def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> Iterable[str]:
         """A ``file://`` archive that a resource of the stack (a File) puts in place."""
@@ -165,13 +174,17 @@ class ReleaseProvider:
 
     # -- engine hooks -----------------------------------------------------------------
 
-    def begin_pass(self, full: bool, resync: float) -> None:
+    def begin_pass(self, info: PassInfo) -> None:
         """A pass starts (:class:`~setpoint.providers.base.PassAware`).
 
         A full pass hashes every file of a tree last hashed more than most of a resync
         interval ago; otherwise (and in a partial pass) the cheap check runs.
         """
-        self._full_every = _FULL_SHARE * resync if full else float("inf")
+        if not info.resumed:
+            self._full_every = _FULL_SHARE * info.resync if info.full else float("inf")
+
+    def end_pass(self) -> None:
+        """Nothing to flush: every write of a release is fsynced where it is made."""
 
     def drain_events(self, resources: Collection[str]) -> list[ProviderEvent]:
         """Removals that failed, for the journal (:class:`~setpoint.providers.base.EventSource`)."""
@@ -234,8 +247,8 @@ class ReleaseProvider:
         order += [d for d in present if d not in order]
         order = [d for d in order if d != want] + [want]  # the declared one is newest
         keep = set(order[-spec.keep :])
-        assert self.target.state_dir is not None
-        in_use = {Path(p).name for p in live_release_dirs(self.target.state_dir)}
+        assert self.ctx.state_dir is not None
+        in_use = {Path(p).name for p in live_release_dirs(self.ctx.state_dir)}
         return tuple(d for d in order if d not in keep and d not in in_use and d in present)
 
     def plan(self, resource: Resource, observed: Observed | None) -> Change:
@@ -345,7 +358,7 @@ class ReleaseProvider:
         h = hashlib.sha256()
         deadline = time.monotonic() + spec.timeoutSeconds
         try:
-            waiting = self.target.waiting(
+            waiting = self.ctx.waiting(
                 resource.id, f"download of {resource.id}", spec.timeoutSeconds
             )
             with waiting, self._open(spec, deadline) as src, open(tmp, "wb") as dst:
@@ -390,7 +403,7 @@ class ReleaseProvider:
     def _open(self, spec: ReleaseSpec, deadline: float) -> IO[bytes]:
         parts = urlsplit(spec.url)
         if parts.scheme == "file":
-            path = self.target.host_path(unquote(parts.path))
+            path = self.ctx.host_path(unquote(parts.path))
             try:
                 return open(path, "rb")
             except OSError as err:
@@ -454,16 +467,16 @@ class ReleaseProvider:
 
     # -- prune ------------------------------------------------------------------------
 
-    def delete(self, kind: str, path: str) -> str:
+    def delete(self, kind: str, record: dict[str, Any]) -> str:
         """Remove the release's ``current`` link and every version no live service runs from.
 
         Says what really happened: what a live service still runs from is kept, and a
         removal that fails is an error (the release stays in the inventory, to be
         pruned again at the next pass).
         """
-        name = path[len(CLAIM_PREFIX) :] if path.startswith(CLAIM_PREFIX) else ""
+        name = record_name(record, CLAIM_PREFIX)
         if not name or "/" in name or name in (".", ".."):
-            raise ProviderError(f"cannot delete release {path!r}: not a release", transient=False)
+            raise ProviderError(f"cannot delete release {record}: not a release", transient=False)
         base = self.store / name
         if not base.exists():
             return f"release {name} already absent"
@@ -481,6 +494,7 @@ class ReleaseProvider:
 
 
 # -- helpers --------------------------------------------------------------------------
+
 
 
 def _request(url: str) -> urllib.request.Request:

@@ -1,6 +1,6 @@
 """Watching managed paths with inotify: the file-system provider's ``watch`` capability.
 
-Called through :meth:`setpoint.providers.fs.FilesystemProvider.watch` by the agent
+Called through :meth:`setpoint.providers.files.provider.FilesystemProvider.watch` by the agent
 (:mod:`setpoint.engine.watch`), which turns each callback into a pass over only
 the resources named.
 
@@ -47,9 +47,10 @@ from collections.abc import Iterable, Sequence
 from asyncinotify import Event, Inotify, Mask
 
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Target, WatchCallback
-from setpoint.providers.fs_common import fs_spec
-from setpoint.providers.fs_spec import DirectorySpec
+from setpoint.providers.base import WatchCallback
+from setpoint.providers.files.common import fs_spec
+from setpoint.providers.files.spec import DirectorySpec
+from setpoint.providers.files.target import FileTarget
 
 log = logging.getLogger("setpoint.watch")
 
@@ -102,7 +103,7 @@ class FsWatch:
 
     def __init__(
         self,
-        target: Target,
+        target: FileTarget,
         resources: Sequence[Resource],
         notify: WatchCallback,
         *,

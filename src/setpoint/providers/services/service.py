@@ -11,16 +11,16 @@ failed rollout) and ``output.log`` (+ rotated ``output.log.N``).
   without restarting it; a CLI run adopts nothing.
 - ``plan`` compares the desired run configuration (command, env, working dir, user, the
   declared release version's directory, the declarations named in ``restartOn``) with
-  the running one (:func:`~setpoint.providers.service_plan.decide`): a difference is a
+  the running one (:func:`~setpoint.providers.services.service_plan.decide`): a difference is a
   restart (REPLACE); ``reloadOn`` declarations that changed are a reload signal (UPDATE);
   probe or policy changes only retune the supervisor.
 - ``apply`` stops gracefully (stop signal, grace, SIGKILL), starts, and waits for the
   readiness probe up to ``readyTimeout`` (blocking the pass meanwhile). A rollout that
   does not become ready is rolled back to the last healthy configuration (and the
-  release's ``current`` put back and held, :func:`~setpoint.providers.release_store.hold_release`)
+  release's ``current`` put back and held, :func:`~.release_store.hold_release`)
   and reported with :class:`StallError` (the stack is Stalled) until the declaration
   changes.
-- A :class:`~setpoint.providers.service_supervisor.Supervisor` per service waits for the
+- A :class:`~setpoint.providers.services.service_supervisor.Supervisor` per service waits for the
   process to exit (event-driven), restarts it by policy with exponential back-off, runs
   the probes, rotates the logs, queues journal events (``drain_events``, drained by the
   engine after each pass) and calls the watch callback so the engine re-reads the
@@ -51,27 +51,28 @@ from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers.base import (
     Observed,
+    ProviderContext,
     ProviderEvent,
     StallError,
-    Target,
     WatchCallback,
 )
-from setpoint.providers.probes import run_probe
-from setpoint.providers.release_store import (
+from setpoint.providers.services.common import record_name
+from setpoint.providers.services.probes import run_probe
+from setpoint.providers.services.release_store import (
     collect_orphans,
     current_dir,
     declared_dir,
     hold_release,
     lift_hold,
 )
-from setpoint.providers.service_plan import (
+from setpoint.providers.services.service_plan import (
     LAST_HEALTHY,
     RELOAD,
     SUPERVISION,
     ServiceState,
     decide,
 )
-from setpoint.providers.service_proc import (
+from setpoint.providers.services.service_proc import (
     DEFAULT_PATH,
     LOG,
     RECORD,
@@ -84,8 +85,8 @@ from setpoint.providers.service_proc import (
     stop,
     write_json_atomic,
 )
-from setpoint.providers.service_spec import ReleaseSpec, ServiceSpec
-from setpoint.providers.service_supervisor import (
+from setpoint.providers.services.service_spec import ReleaseSpec, ServiceSpec
+from setpoint.providers.services.service_supervisor import (
     DEGRADED,
     HEALTHY,
     MISSING,
@@ -117,8 +118,8 @@ class ServiceProvider:
 
     kinds: ClassVar[tuple[str, ...]] = ("Service",)
 
-    def __init__(self, target: Target) -> None:
-        self.target = target
+    def __init__(self, ctx: ProviderContext) -> None:
+        self.ctx = ctx
         self._sups: dict[str, Supervisor] = {}
         self._locks: dict[str, threading.RLock] = {}
         self._guard = threading.Lock()
@@ -130,9 +131,9 @@ class ServiceProvider:
 
     @property
     def state_dir(self) -> Path:
-        if self.target.state_dir is None:
+        if self.ctx.state_dir is None:
             raise ProviderError("the Service kind needs the agent's state dir", transient=False)
-        return self.target.state_dir
+        return self.ctx.state_dir
 
     def _dir(self, name: str) -> Path:
         return service_dir(self.state_dir, name)
@@ -160,6 +161,10 @@ class ServiceProvider:
 
     def claims(self, resource: Resource) -> tuple[str, ...]:
         return (CLAIM_PREFIX + resource.name,)
+
+    def record(self, resource: Resource) -> dict[str, Any]:
+        """What prune needs: the service's name (its record is under the state dir)."""
+        return {"name": resource.name}
 
     def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> Iterable[str]:
         """After its release and the resources it restarts or reloads on."""
@@ -278,13 +283,13 @@ class ServiceProvider:
 
     def run_config(self, spec: ServiceSpec, release_dir: str | None) -> dict[str, Any]:
         """What the process runs with; any difference is a restart."""
-        env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "SETPOINT_ROOT": str(self.target.root)}
+        env = {"PATH": DEFAULT_PATH, "LANG": "C.UTF-8", "SETPOINT_ROOT": str(self.ctx.root)}
         cwd = "/"
         if spec.release is not None and release_dir is not None:
             env["SETPOINT_RELEASE"] = release_dir
             cwd = release_dir
         if spec.workingDir is not None:
-            cwd = self.target.host_path(spec.workingDir)
+            cwd = self.ctx.host_path(spec.workingDir)
         env.update(spec.env)
         argv = ["/bin/sh", "-c", spec.command[0]] if spec.shell else list(spec.command)
         return {
@@ -361,7 +366,7 @@ class ServiceProvider:
         spec = service_spec(resource)
         name = resource.name
         if change.action is Action.DELETE:
-            self.delete(resource.kind, CLAIM_PREFIX + name)
+            self.delete(resource.kind, {"name": name})
             return
         what = {f.field for f in change.fields}
         healthy_only = any(f.new == LAST_HEALTHY for f in change.fields)
@@ -472,7 +477,7 @@ class ServiceProvider:
         deadline = time.monotonic() + spec.readyTimeout
         what = f"rollout of Service/{name}: waiting for readiness"
         # Other stacks' passes run while this one waits (the engine's pass gate).
-        with self.target.waiting(f"Service/{name}", what, spec.readyTimeout):
+        with self.ctx.waiting(f"Service/{name}", what, spec.readyTimeout):
             while True:
                 sup = self._sups.get(name)
                 if sup is None:
@@ -547,11 +552,11 @@ class ServiceProvider:
 
     # -- prune ------------------------------------------------------------------------
 
-    def delete(self, kind: str, path: str) -> str:
+    def delete(self, kind: str, record: dict[str, Any]) -> str:
         """Stop the service gracefully, forget it, and collect its release's orphans."""
-        name = path[len(CLAIM_PREFIX) :] if path.startswith(CLAIM_PREFIX) else ""
+        name = record_name(record, CLAIM_PREFIX)
         if not name or "/" in name or name in (".", ".."):
-            raise ProviderError(f"cannot delete service {path!r}: not a service", transient=False)
+            raise ProviderError(f"cannot delete service {record}: not a service", transient=False)
         with self._lock(name):
             sup = self._sups.pop(name, None)
             if sup is not None:
