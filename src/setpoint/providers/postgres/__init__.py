@@ -19,12 +19,13 @@ from setpoint.providers.postgres.spec import (
     DefaultPrivilegesSpec,
     ExtensionSpec,
     GrantSpec,
+    PostgresSettings,
     RoleSpec,
     SchemaSpec,
 )
 
 if TYPE_CHECKING:
-    from setpoint.providers.base import Registry, Target
+    from setpoint.providers.base import ProviderContext, Registry
     from setpoint.providers.postgres.provider import PostgresProvider
 
 KINDS: dict[str, type[BaseModel]] = {
@@ -37,13 +38,15 @@ KINDS: dict[str, type[BaseModel]] = {
 }
 
 
-def postgres_provider(target: Target) -> PostgresProvider:
+def postgres_provider(ctx: ProviderContext) -> PostgresProvider:
     """The factory: one provider (connections, snapshots) for every PostgreSQL kind."""
     from setpoint.providers.postgres.provider import PostgresProvider
 
-    return PostgresProvider(target.state_dir)
+    return PostgresProvider(ctx)
 
 
 def register(reg: Registry) -> None:
+    """The kinds, and the stack settings section ``postgres: {connection: {...}}``."""
     for kind, spec in KINDS.items():
         reg.register(kind, spec, postgres_provider)
+    reg.register_settings("postgres", PostgresSettings)

@@ -352,7 +352,7 @@ def plan_grant(spec: GrantSpec, database: str, view: GrantView) -> Planned:
                                f"{_label(spec, database, name)}: privileges of {other}",
                                show_privs(obj.grants[other]), None)
     if shown > MAX_FIELDS:
-        out.fields.append(FieldChange("objects", None, f"{shown - MAX_FIELDS} more not listed"))
+        out.fields.append(FieldChange(f"and {shown - MAX_FIELDS} more objects", "…", "…"))
     if need_grant:
         out.steps.extend(_grant_all(spec, database, want, to))
     out.steps.extend(revokes)

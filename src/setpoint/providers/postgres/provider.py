@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import os
 import secrets
-from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -30,7 +27,7 @@ from pydantic import BaseModel
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Change
 from setpoint.model.resource import Resource, dump_spec
-from setpoint.providers.base import Observed
+from setpoint.providers.base import Observed, PassInfo, ProviderContext
 from setpoint.providers.postgres import planner
 from setpoint.providers.postgres.catalog import PUBLIC, Catalog, Privs
 from setpoint.providers.postgres.conn import Connections, Server, error_text
@@ -58,7 +55,6 @@ SPECS: dict[str, type[BaseModel]] = {
     "PostgresExtension": ExtensionSpec,
 }
 FORCE_LABEL = "setpoint/prune"
-SettingsFor = Callable[[Resource], PostgresSettings | None]
 
 
 def _q(value: str) -> str:
@@ -70,29 +66,27 @@ class PostgresProvider:
 
     kinds: ClassVar[tuple[str, ...]] = tuple(SPECS)
 
-    def __init__(self, state_dir: Path | None = None,
-                 settings: SettingsFor | None = None) -> None:
+    def __init__(self, ctx: ProviderContext | None = None) -> None:
+        self.ctx = ctx if ctx is not None else ProviderContext()
         self.conns = Connections()
         self.catalog = Catalog(self.conns)
-        self._settings = settings or (lambda _r: None)
         # Resource id -> snapshots to drop at its next read (it was applied since).
         self._dirty: dict[str, tuple[Server, str, str]] = {}
         self._desired: Mapping[str, Resource] = {}
         self._sweepers: dict[str, frozenset[str]] | None = None
         self._versions: dict[Server, int] = {}
+        self._ext_index: tuple[dict[str, str], dict[str, list[str]]] | None = None
         # Password checks cost a PBKDF2 each: remembered by (verifier, keyed hash of the
         # password), with a key that lives only in this process.
         self._memo_key = secrets.token_bytes(32)
         self._verified: dict[tuple[str, bytes], bool] = {}
-        self._records_file = (
-            state_dir / "postgres-records.json" if state_dir is not None else None
-        )
-        self._records: dict[str, dict[str, Any]] | None = None
 
     # -- identity ---------------------------------------------------------------------------
 
     def server(self, r: Resource) -> Server:
-        stack = self._settings(r)
+        stack = self.ctx.settings(r.stack, "postgres") if r.stack else None
+        if stack is not None and not isinstance(stack, PostgresSettings):
+            stack = PostgresSettings.model_validate(stack.model_dump())
         spec_conn: Connection | None = getattr(r.spec, "connection", None)
         return Server.merge(spec_conn, stack.connection if stack is not None else None)
 
@@ -123,7 +117,14 @@ class PostgresProvider:
         )
 
     def claims(self, resource: Resource) -> tuple[str, ...]:
-        return (self._key(resource),)
+        key = self._key(resource)
+        spec: Any = resource.spec
+        if resource.kind == "PostgresExtension" and spec.schema_ is not None:
+            # An extension creates functions, types and tables in its schema: the grants on
+            # that schema's objects wait for it (see implicit_dependencies).
+            db = f"{self.server(resource).key}/database/{_q(spec.database)}"
+            return (key, f"{db}/schema/{_q(spec.schema_)}/extension/{_q(self.name(resource))}")
+        return (key,)
 
     def implicit_dependencies(self, resource: Resource, by_path: dict[str, str]) -> Iterable[str]:
         """Role before what it owns or is granted, database before its objects, schema
@@ -152,18 +153,39 @@ class PostgresProvider:
                 role(spec.owner)
             elif kind == "PostgresGrant":
                 role(spec.role)
+                if spec.on.endswith(" in schema"):
+                    prefix = f"{db}/schema/{_q(spec.schema_)}/extension/"
+                    keys.extend(self._extensions(by_path).get(prefix, ()))
             elif kind == "PostgresDefaultPrivileges":
                 role(spec.role)
                 role(spec.forRole)
         return [by_path[k] for k in keys if k in by_path and by_path[k] != resource.id]
 
+    def _extensions(self, by_path: dict[str, str]) -> dict[str, list[str]]:
+        """The extension claims of ``by_path`` by schema prefix (indexed once per dict)."""
+        cached = self._ext_index
+        if cached is None or cached[0] is not by_path:
+            index: dict[str, list[str]] = {}
+            for key in by_path:
+                head, sep, _name = key.rpartition("/extension/")
+                if sep and "/schema/" in head:
+                    index.setdefault(head + sep, []).append(key)
+            cached = self._ext_index = (by_path, index)
+        return cached[1]
+
     # -- pass hooks -------------------------------------------------------------------------
 
-    def begin_pass(self, full: bool, resync: float) -> None:
-        """A pass starts: the catalog is read afresh (once per kind)."""
+    def begin_pass(self, info: PassInfo) -> None:
+        """A pass starts: the catalog is read afresh (once per kind).
+
+        After a wait (``resumed``) too: other stacks' passes may have changed the server.
+        """
         self.catalog.reset()
         self.conns.forget_failures()
         self._dirty.clear()
+
+    def end_pass(self) -> None:
+        """Nothing to flush: each apply committed its own transaction."""
 
     def set_desired(self, resources: Mapping[str, Resource]) -> None:
         if resources is not self._desired:
@@ -208,7 +230,6 @@ class PostgresProvider:
         stale = self._dirty.pop(resource.id, None)
         if stale is not None:
             self.catalog.invalidate(*stale)
-        self._remember(resource)
         data = self._observe(resource)
         return None if data is None else Observed(resource.id, data)
 
@@ -343,11 +364,13 @@ class PostgresProvider:
                 sql.Identifier(self.name(resource)), sql.Literal(verifier)))
         self._run(server, dbname, steps, p.in_transaction, resource.id)
         snapshot = self._snapshot_of(resource, server)
-        if resource.kind in ("PostgresDatabase", "PostgresSchema"):
+        if resource.kind in ("PostgresDatabase", "PostgresSchema", "PostgresExtension"):
             # Structure the next resources of the pass look up (does the database, the
-            # schema exist?): re-read at once. Other applies change only their own rows,
-            # re-read when that resource is read again.
+            # schema exist? which objects did the extension create?): re-read at once.
+            # Other applies change only their own rows, re-read when read again.
             self.catalog.invalidate(*snapshot)
+            if resource.kind == "PostgresExtension":
+                self.catalog.invalidate(server, snapshot[1], "acls")
         else:
             self._dirty[resource.id] = snapshot
 
@@ -383,6 +406,17 @@ class PostgresProvider:
 
     # -- records and prune -----------------------------------------------------------------
 
+    def effective_digest(self, resource: Resource) -> str:
+        """The declaration's digest, plus the ``setpoint/prune: force`` label.
+
+        Labels are not part of a declaration's digest, but prune reads ``force`` from
+        the record: adding the label must re-record the resource (a new declaration,
+        not drift), or a prune would still refuse what the operator allowed.
+        """
+        if resource.labels.get(FORCE_LABEL) == "force":
+            return hashlib.sha256(f"{resource.digest}\0prune=force".encode()).hexdigest()
+        return resource.digest
+
     def record(self, resource: Resource) -> dict[str, Any]:
         """What prune needs once the declaration is gone (never a password)."""
         return {
@@ -393,39 +427,14 @@ class PostgresProvider:
             "force": resource.labels.get(FORCE_LABEL) == "force",
         }
 
-    def _load_records(self) -> dict[str, dict[str, Any]]:
-        if self._records is None:
-            self._records = {}
-            if self._records_file is not None and self._records_file.exists():
-                self._records = json.loads(self._records_file.read_text())
-        return self._records
-
-    def _remember(self, r: Resource) -> None:
-        """Keep the record of each resource by claim (today's ``delete(kind, path)``)."""
-        records = self._load_records()
-        key, rec = self._key(r), self.record(r)
-        if records.get(key) == rec:
-            return
-        records[key] = rec
-        if self._records_file is not None:
-            self._records_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._records_file.with_name(f".{self._records_file.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(records, f, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._records_file)
-
-    def delete(self, kind: str, path: str) -> str:
-        rec = self._load_records().get(path)
-        if rec is None:
+    def delete(self, kind: str, record: dict[str, Any]) -> str:
+        if "name" not in record:
             raise ProviderError(
-                f"no record of {path}: setpoint does not know how it connected to it; "
-                "drop it by hand if it should go",
+                f"no record of how to reach {record.get('path', 'this object')} (an inventory "
+                "written before records existed): drop it by hand if it should go",
                 transient=False,
             )
-        return self.delete_record(kind, rec)
+        return self.delete_record(kind, record)
 
     def delete_record(self, kind: str, rec: dict[str, Any]) -> str:
         from setpoint.providers.postgres.prune import delete_object
