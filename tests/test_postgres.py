@@ -274,7 +274,7 @@ def test_prune_leaves_what_the_stack_did_not_create(stack: Stack, pg: PgServer) 
 
 
 def test_a_down_server_is_transient_and_the_rest_of_the_stack_reconciles(
-    stack: Stack, tmp_path: Path  # noqa: F811
+    stack: Stack, tmp_path: Path
 ) -> None:
     dead = {"host": "127.0.0.1", "port": free_port()}  # nothing listens there
     stack.commit(docs(
