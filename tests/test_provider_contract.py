@@ -396,6 +396,6 @@ def test_every_kind_has_contract_cases() -> None:
     from test_postgres_contract import POSTGRES_SPECS  # run against a real server there
 
     covered = (
-        set(SPECS) | {"Release": RELEASE_SPECS, "Service": SERVICE_SPECS}.keys() | POSTGRES_SPECS
+        set(SPECS) | {"Release": RELEASE_SPECS, "Service": SERVICE_SPECS}.keys() | set(POSTGRES_SPECS)
     )
     assert set(default_registry().kinds) == covered
