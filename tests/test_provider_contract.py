@@ -395,7 +395,6 @@ def test_service_converges_and_is_idempotent(
 def test_every_kind_has_contract_cases() -> None:
     from test_postgres_contract import POSTGRES_SPECS  # run against a real server there
 
-    covered = (
-        set(SPECS) | {"Release": RELEASE_SPECS, "Service": SERVICE_SPECS}.keys() | set(POSTGRES_SPECS)
-    )
+    covered = set(SPECS) | {"Release": RELEASE_SPECS, "Service": SERVICE_SPECS}.keys()
+    covered |= set(POSTGRES_SPECS)
     assert set(default_registry().kinds) == covered
