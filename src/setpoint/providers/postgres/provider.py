@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
@@ -57,8 +58,12 @@ SPECS: dict[str, type[BaseModel]] = {
 FORCE_LABEL = "setpoint/prune"
 
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.-]+")
+
+
 def _q(value: str) -> str:
-    return quote(value, safe="")
+    """A name in a claim key: percent-quoted when it holds anything but [A-Za-z0-9_.-]."""
+    return value if _PLAIN.fullmatch(value) else quote(value, safe="")
 
 
 class PostgresProvider:
@@ -76,6 +81,9 @@ class PostgresProvider:
         self._sweepers: dict[str, frozenset[str]] | None = None
         self._versions: dict[Server, int] = {}
         self._ext_index: tuple[dict[str, str], dict[str, list[str]]] | None = None
+        # id(spec) -> (spec, stack, name, server, claim key); the spec is kept, so its id
+        # cannot be reused while the entry lives. Emptied at each pass (settings may change).
+        self._ident: dict[int, tuple[BaseModel, str, str, Server, str]] = {}
         # Password checks cost a PBKDF2 each: remembered by (verifier, keyed hash of the
         # password), with a key that lives only in this process.
         self._memo_key = secrets.token_bytes(32)
@@ -84,6 +92,19 @@ class PostgresProvider:
     # -- identity ---------------------------------------------------------------------------
 
     def server(self, r: Resource) -> Server:
+        return self._identity(r)[0]
+
+    def _identity(self, r: Resource) -> tuple[Server, str]:
+        """(server, claim key) of ``r``, computed once per pass per declaration."""
+        hit = self._ident.get(id(r.spec))
+        if hit is not None and hit[0] is r.spec and hit[1] == r.stack and hit[2] == r.name:
+            return hit[3], hit[4]
+        server = self._server(r)
+        key = self._key_of(r.kind, server.key, r.spec, self.name(r))
+        self._ident[id(r.spec)] = (r.spec, r.stack, r.name, server, key)
+        return server, key
+
+    def _server(self, r: Resource) -> Server:
         stack = self.ctx.settings(r.stack, "postgres") if r.stack else None
         if stack is not None and not isinstance(stack, PostgresSettings):
             stack = PostgresSettings.model_validate(stack.model_dump())
@@ -95,7 +116,7 @@ class PostgresProvider:
         return getattr(r.spec, "name", None) or r.name
 
     def _key(self, r: Resource) -> str:
-        return self._key_of(r.kind, self.server(r).key, r.spec, self.name(r))
+        return self._identity(r)[1]
 
     @staticmethod
     def _key_of(kind: str, srv: str, spec: Any, name: str) -> str:
@@ -183,6 +204,8 @@ class PostgresProvider:
         self.catalog.reset()
         self.conns.forget_failures()
         self._dirty.clear()
+        if not info.resumed:
+            self._ident.clear()
 
     def end_pass(self) -> None:
         """Nothing to flush: each apply committed its own transaction."""
