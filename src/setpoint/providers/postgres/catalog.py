@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
-
 from setpoint.model.errors import ProviderError
 from setpoint.providers.postgres.conn import Connections, Server
 
@@ -86,6 +84,17 @@ class Objects:
     # (forRole, schema or "", objtype r/S/f) -> grantee -> privs; a row's whole ACL
     defaults: dict[tuple[str, str, str], dict[str, Privs]] = field(default_factory=dict)
     extensions: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (ver, schema)
+
+
+@dataclass(frozen=True)
+class GrantView:
+    """What a PostgresGrant sees: its scope's objects (None: the scope does not exist),
+    the privilege set of the object type, and — for the one grant per scope that sweeps
+    (the first by id) — the roles whose grants on the scope the stack declares."""
+
+    objects: dict[str, AclObject] | None
+    full: tuple[str, ...]
+    sweep_except: frozenset[str] | None = None  # None: this grant does not sweep
 
 
 _ROLES_AUTHID = """
@@ -192,6 +201,8 @@ class Catalog:
         return self._get(server, "", "roles", lambda: self._load_roles(server))  # type: ignore[no-any-return]
 
     def _load_roles(self, server: Server) -> Roles:
+        import psycopg
+
         try:
             rows = self.conns.fetch(server, None, _ROLES_AUTHID)
             authid = True

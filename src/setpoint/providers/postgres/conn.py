@@ -15,14 +15,17 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import psycopg
-from psycopg import sql
 
 from setpoint.model.errors import ProviderError
 from setpoint.providers.postgres.spec import Connection
+
+if TYPE_CHECKING:  # psycopg is imported when a connection is first needed
+    import psycopg
+    from psycopg import sql
+
+    Query = sql.Composed | sql.SQL | str
 
 CONNECT_TIMEOUT = "5"  # seconds, unless PGCONNECT_TIMEOUT says otherwise
 
@@ -114,9 +117,6 @@ def _read_password(path: str) -> str:
         ) from None
 
 
-Query = sql.Composed | sql.SQL | str
-
-
 class Connections:
     """Open connections by (server, database), autocommit, reused across passes.
 
@@ -140,6 +140,8 @@ class Connections:
         if conn is not None and not conn.closed and not conn.broken:
             return conn
         self._open.pop(key, None)
+        import psycopg
+
         failed = self._failed.get(key)
         if failed is not None:
             raise failed
@@ -158,6 +160,8 @@ class Connections:
     def fetch(self, server: Server, dbname: str | None, query: Query,
               params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run one read query; a connection lost since the last pass is re-opened once."""
+        import psycopg
+
         for attempt in (0, 1):
             conn = self.get(server, dbname)
             try:

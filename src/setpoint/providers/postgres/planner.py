@@ -20,7 +20,14 @@ from psycopg import sql
 
 from setpoint.model.plan import Action, FieldChange
 from setpoint.providers.base import StallError
-from setpoint.providers.postgres.catalog import PUBLIC, AclObject, DatabaseRow, Privs, RoleRow
+from setpoint.providers.postgres.catalog import (
+    PUBLIC,
+    AclObject,
+    DatabaseRow,
+    GrantView,
+    Privs,
+    RoleRow,
+)
 from setpoint.providers.postgres.spec import (
     DatabaseSpec,
     DefaultPrivilegesSpec,
@@ -263,17 +270,6 @@ def plan_extension(spec: ExtensionSpec, name: str, have: tuple[str, str] | None)
 
 
 # -- grants -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GrantView:
-    """What a PostgresGrant sees: its scope's objects (None: the scope does not exist),
-    the privilege set of the object type, and — for the one grant per scope that sweeps
-    (the first by id) — the roles whose grants on the scope the stack declares."""
-
-    objects: dict[str, AclObject] | None
-    full: tuple[str, ...]
-    sweep_except: frozenset[str] | None = None  # None: this grant does not sweep
 
 
 def _object_sql(spec: GrantSpec, database: str, name: str, obj: AclObject) -> sql.Composable:

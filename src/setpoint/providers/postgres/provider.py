@@ -18,23 +18,20 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
-import psycopg
-from psycopg import sql
 from pydantic import BaseModel
 
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Change
 from setpoint.model.resource import Resource, dump_spec
 from setpoint.providers.base import Observed, PassInfo, ProviderContext
-from setpoint.providers.postgres import planner
-from setpoint.providers.postgres.catalog import PUBLIC, Catalog, Privs
+from setpoint.providers.postgres.catalog import PUBLIC, Catalog, GrantView, Privs
 from setpoint.providers.postgres.conn import Connections, Server, error_text
-from setpoint.providers.postgres.planner import GrantView, Planned
 from setpoint.providers.postgres.spec import (
     OBJECT_TYPES,
+    OBJTYPE_CHARS,
     PRIVILEGES,
     Connection,
     DatabaseSpec,
@@ -46,6 +43,10 @@ from setpoint.providers.postgres.spec import (
     SchemaSpec,
 )
 from setpoint.providers.postgres.values import password_matches, scram_verifier
+
+if TYPE_CHECKING:  # psycopg (and planner, which composes with it) load on first use
+    from setpoint.providers.postgres import planner
+    from setpoint.providers.postgres.planner import Planned
 
 SPECS: dict[str, type[BaseModel]] = {
     "PostgresRole": RoleSpec,
@@ -289,7 +290,7 @@ class PostgresProvider:
         full = self._full(server, OBJECT_TYPES[spec.objectType])
         if not exists:
             return (frozenset(), full)
-        objtype = planner.DEFAULT_TYPES[spec.objectType][0]
+        objtype = OBJTYPE_CHARS[spec.objectType]
         rows = cat.defaults(server, db).defaults
         row: dict[str, Privs] | None = rows.get((spec.forRole, spec.schema_ or "", objtype))
         if row is None and spec.schema_ is None:
@@ -350,6 +351,8 @@ class PostgresProvider:
     # -- plan / apply -----------------------------------------------------------------------
 
     def _planned(self, r: Resource, observed: Observed | None) -> Planned:
+        from setpoint.providers.postgres import planner  # psycopg.sql, on first use
+
         data = observed.data if observed is not None else None
         spec, name = r.spec, self.name(r)
         if isinstance(spec, RoleSpec):
@@ -382,6 +385,8 @@ class PostgresProvider:
         dbname = getattr(resource.spec, "database", None)
         steps = list(p.steps)
         if p.set_password:
+            from psycopg import sql
+
             verifier = scram_verifier(self._password(resource))
             steps.append(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(self.name(resource)), sql.Literal(verifier)))
@@ -409,6 +414,8 @@ class PostgresProvider:
 
     def _run(self, server: Server, dbname: str | None, steps: list[planner.Stmt],
              in_transaction: bool, what: str) -> None:
+        import psycopg
+
         conn = self.conns.get(server, dbname)
         try:
             if in_transaction:

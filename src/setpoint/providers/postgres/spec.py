@@ -49,6 +49,7 @@ PRIVILEGES: dict[str, tuple[str, ...]] = {
     "sequences in schema": ("USAGE", "SELECT", "UPDATE"),
     "functions in schema": ("EXECUTE",),
 }
+OBJTYPE_CHARS = {"tables": "r", "sequences": "S", "functions": "f"}  # pg_default_acl's
 OBJECT_TYPES = {"tables": "tables in schema", "sequences": "sequences in schema",
                 "functions": "functions in schema"}
 
