@@ -17,6 +17,7 @@ import pytest
 
 from pg_support import PgServer, pg, pg_server  # noqa: F401 (fixtures)
 from setpoint.model import Location, Resource
+from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action
 from setpoint.providers.base import PassInfo, ProviderContext, StallError
 from setpoint.providers.postgres.provider import PostgresProvider
@@ -201,4 +202,49 @@ def test_prune_of_a_grant_revokes_only_what_it_declared(pg: PgServer) -> None:  
                   "WHERE c.oid = 's.t'::regclass AND a.grantee = 'r'::regrole", db="d")
     assert rows == [("UPDATE",)]
     assert Action.DELETE  # (the engine journals the delete; see test_postgres.py)
+    p.close()
+
+
+def test_without_superuser_passwords_are_refused_with_the_reason(
+    pg: PgServer, tmp_path: Path  # noqa: F811
+) -> None:
+    pg.sql("CREATE ROLE admin LOGIN CREATEROLE")
+    pw = tmp_path / "pw"
+    pw.write_text("secret-1\n")
+    p = provider()
+    as_admin = {"user": "admin"}
+    plain = res("PostgresRole", "plain", login=True, connection=as_admin)
+    p.apply(plain, p.plan(plain, p.read(plain)))
+    assert p.plan(plain, p.read(plain)).is_noop  # roles are still managed
+    with_pw = res("PostgresRole", "withpw", connection=as_admin,
+                  passwordFrom={"file": str(pw)})
+    with pytest.raises(ProviderError) as err:
+        p.read(with_pw)
+    assert "needs to read pg_authid, which only a superuser may" in str(err.value)
+    assert not err.value.transient
+    p.close()
+
+
+def test_password_from_a_file_is_compared_with_the_stored_verifier(
+    pg: PgServer, tmp_path: Path  # noqa: F811
+) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("first-password\n")
+    p = provider()
+    r = res("PostgresRole", "withpw", login=True, passwordFrom={"file": str(pw)})
+    p.apply(r, p.plan(r, p.read(r)))
+    ((stored,),) = pg.sql("SELECT rolpassword FROM pg_authid WHERE rolname = 'withpw'")
+    assert stored.startswith("SCRAM-SHA-256$4096:")
+    assert p.plan(r, p.read(r)).is_noop
+    pw.write_text("second-password\n")  # the file changed: a new password to set
+    change = p.plan(r, p.read(r))
+    assert [(f.field, f.old, f.new) for f in change.fields] == [
+        ("password", "(another password)", "(passwordFrom)")]
+    assert "second-password" not in change.summary()
+    p.apply(r, change)
+    p.begin_pass(PassInfo("t", True, 60.0))
+    assert p.plan(r, p.read(r)).is_noop
+    pg.sql("ALTER ROLE withpw PASSWORD 'second-password'")  # the server's own verifier
+    p.begin_pass(PassInfo("t", True, 60.0))
+    assert p.plan(r, p.read(r)).is_noop
     p.close()

@@ -204,7 +204,7 @@ class Catalog:
         import psycopg
 
         try:
-            rows = self.conns.fetch(server, None, _ROLES_AUTHID)
+            rows = self.conns.fetch(server, None, _ROLES_AUTHID, denied_ok=True)
             authid = True
         except ProviderError:
             raise

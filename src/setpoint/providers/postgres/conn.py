@@ -158,7 +158,8 @@ class Connections:
         return conn
 
     def fetch(self, server: Server, dbname: str | None, query: Query,
-              params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+              params: Sequence[Any] = (), *, denied_ok: bool = False
+              ) -> list[tuple[Any, ...]]:
         """Run one read query; a connection lost since the last pass is re-opened once."""
         import psycopg
 
@@ -175,6 +176,13 @@ class Connections:
                     continue
                 raise ProviderError(
                     f"{server.where(dbname)}: {_first_line(exc)}", transient=True
+                ) from None
+            except psycopg.Error as exc:
+                if denied_ok and isinstance(exc, psycopg.errors.InsufficientPrivilege):
+                    raise  # the caller falls back (pg_authid -> pg_roles)
+                raise ProviderError(
+                    f"cannot read the catalog of {server.where(dbname)}: {error_text(exc)}",
+                    transient=False,
                 ) from None
         raise AssertionError("unreachable")
 

@@ -262,18 +262,20 @@ class PostgresProvider:
         cat = self.catalog
         if kind == "PostgresRole":
             roles = cat.roles(server)
+            with_password = isinstance(spec, RoleSpec) and spec.passwordFrom is not None
+            if with_password and not roles.authid:
+                # Refused before creating too: a password set once could never be checked.
+                raise ProviderError(
+                    f"{r.id}: comparing passwordFrom with the stored verifier needs to "
+                    f"read pg_authid, which only a superuser may: connect as a superuser "
+                    "(postgres.connection.user) or remove passwordFrom",
+                    transient=False,
+                )
             role_row = roles.rows.get(name)
             if role_row is None:
                 return None
             ok = None
-            if isinstance(spec, RoleSpec) and spec.passwordFrom is not None:
-                if not roles.authid:
-                    raise ProviderError(
-                        f"{r.id}: comparing passwordFrom with the stored verifier needs to "
-                        f"read pg_authid, which only a superuser may: connect as a superuser "
-                        "(postgres.connection.user) or remove passwordFrom",
-                        transient=False,
-                    )
+            if with_password:
                 ok = self._verify(self._password(r), role_row.password, name)
             return (role_row, ok)
         if kind == "PostgresDatabase":
