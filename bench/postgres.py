@@ -33,16 +33,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from pg_support import start_server, stop_server  # noqa: E402
-from setpoint.config import AgentConfig  # noqa: E402
-from setpoint.engine.controller import Controller  # noqa: E402
-from setpoint.providers.base import PassInfo  # noqa: E402
-from setpoint.providers.postgres.catalog import (  # noqa: E402
+from pg_support import start_server, stop_server
+from setpoint.config import AgentConfig
+from setpoint.engine.controller import Controller
+from setpoint.providers.base import PassInfo
+from setpoint.providers.postgres.catalog import (
     _DATABASES,
     _OBJECT_ACLS,
     _ROLES_AUTHID,
 )
-from setpoint.providers.postgres.provider import PostgresProvider  # noqa: E402
+from setpoint.providers.postgres.provider import PostgresProvider
 
 GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@invalid",
            "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@invalid"}
