@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from psycopg import sql
 
@@ -158,9 +159,8 @@ def plan_role(spec: RoleSpec, name: str, row: RoleRow | None,
     return out
 
 
-def _epoch(value: float | None):  # type: ignore[no-untyped-def]
-    from datetime import UTC, datetime
-
+def _epoch(value: float | None) -> datetime | None:
+    """``rolvaliduntil`` as read (epoch seconds, inf for infinity) as an aware datetime."""
     if value is None:
         return None
     if value == float("inf"):
