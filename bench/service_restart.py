@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from conftest import GitRepo
 from helpers import docs, start_agent
-from setpoint.providers.services.service_proc import RECORD, read_json
+from setpoint.providers.services.common import RECORD, read_json
 from svc_support import (
     app_archive,
     body,

@@ -23,8 +23,8 @@ from setpoint.config import AgentConfig
 from setpoint.engine.controller import Controller
 from setpoint.engine.outcome import PassResult
 from setpoint.model import Resource
+from setpoint.providers.services.common import RECORD, read_json, start_time
 from setpoint.providers.services.service import ServiceProvider
-from setpoint.providers.services.service_proc import RECORD, read_json, start_time
 
 # The service under test. It reads its port from $PORT, its version from version.txt in
 # its working directory (the release), and a config file named by $CONFIG at start.

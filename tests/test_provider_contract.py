@@ -7,10 +7,15 @@ File, Directory and Symlink run on a temp root; Release on real archives served 
 ``file://`` and from an HTTP server on 127.0.0.1; Service with real processes (the same
 process keeps running through the second cycle). ``test_every_kind_has_contract_cases``
 fails when a kind is registered without cases here.
+
+Deletion (``test_record_then_delete_removes_it``): the ``record`` a provider gives at
+claim time is JSON with no secret in it, and ``delete(kind, record)`` alone (the
+declaration is gone by then) removes what was applied: the next plan is a CREATE.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import threading
@@ -23,20 +28,17 @@ from pathlib import Path
 import pytest
 
 from helpers import TMP_RE
+from setpoint.atomic import write_json_atomic
 from setpoint.model import Location, Resource
+from setpoint.model.plan import Action
 from setpoint.providers.base import PassAware, PassInfo, ProviderContext
 from setpoint.providers.files.provider import FilesystemProvider
 from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.registry import default_registry
+from setpoint.providers.services.common import RECORD, read_json, start_time
 from setpoint.providers.services.release import ReleaseProvider
 from setpoint.providers.services.release_store import leftovers
 from setpoint.providers.services.service import ServiceProvider
-from setpoint.providers.services.service_proc import (
-    RECORD,
-    read_json,
-    start_time,
-    write_json_atomic,
-)
 from setpoint.providers.services.service_spec import ReleaseSpec, ServiceSpec
 from svc_support import kill_recorded, sha, tar_gz, zip_bytes
 
@@ -392,9 +394,47 @@ def test_service_converges_and_is_idempotent(
         kill_recorded(state_dir)
 
 
+DELETE_CASES: dict[str, Callable[[str], Resource]] = {
+    "File": lambda http: SPECS["File"]["text"](),
+    "Directory": lambda http: SPECS["Directory"]["plain"](),
+    "Symlink": lambda http: SPECS["Symlink"]["absolute"](),
+    "Release": lambda http: RELEASE_SPECS["http"](http),
+    "Service": lambda http: _service(env={"TOKEN": "s3cret"}),
+}
+
+
+@pytest.mark.parametrize("kind", DELETE_CASES)
+def test_record_then_delete_removes_it(
+    kind: str, root: Path, tmp_path: Path, http_base: str
+) -> None:
+    state_dir = tmp_path / "state"
+    provider = default_registry().providers(ProviderContext(root=root, state_dir=state_dir))[kind]
+    res = DELETE_CASES[kind](http_base)
+    assert res.kind == kind
+    claims = provider.claims(res)
+    if isinstance(provider, PassAware):
+        provider.begin_pass(PassInfo("s", True, 300.0, set(claims)))
+    try:
+        provider.apply(res, provider.plan(res, provider.read(res)))
+        record = provider.record(res)
+        text = json.dumps(record)  # what the inventory stores
+        assert json.loads(text) == record
+        assert "s3cret" not in text
+        said = provider.delete(kind, json.loads(text))
+        assert isinstance(said, str) and said
+        if isinstance(provider, PassAware):
+            provider.end_pass()
+        after = provider.plan(res, provider.read(res))
+        assert after.action is Action.CREATE, after.summary()
+    finally:
+        if kind == "Service":
+            kill_recorded(state_dir)
+
+
 def test_every_kind_has_contract_cases() -> None:
     from test_postgres_contract import POSTGRES_SPECS  # run against a real server there
 
     covered = set(SPECS) | {"Release": RELEASE_SPECS, "Service": SERVICE_SPECS}.keys()
     covered |= set(POSTGRES_SPECS)
     assert set(default_registry().kinds) == covered
+    assert set(default_registry().kinds) == set(DELETE_CASES)

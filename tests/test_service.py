@@ -21,13 +21,10 @@ import pytest
 
 from conftest import GitRepo
 from helpers import cli, docs, manifest, start_agent, wait_for
+from setpoint.atomic import write_json_atomic
 from setpoint.providers.base import ProviderEvent
-from setpoint.providers.services.service_proc import (
-    Handle,
-    log_files,
-    start_time,
-    write_json_atomic,
-)
+from setpoint.providers.services.common import start_time
+from setpoint.providers.services.service_proc import Handle, log_files
 from setpoint.providers.services.service_spec import ServiceSpec
 from setpoint.providers.services.service_supervisor import Stopping, Supervisor
 from setpoint.state import StateDB

@@ -267,6 +267,9 @@ def test_a_watch_that_cannot_be_set_up_falls_back_to_polling_and_is_retried() ->
 
             return W()
 
+        def unwatched(self) -> set[str]:  # the Watchable protocol's other half
+            return set()
+
     flaky = Flaky()
     rs = [
         Resource(kind="Thing", name=n, spec=None, location=Location("m.yaml", 1))  # type: ignore[arg-type]

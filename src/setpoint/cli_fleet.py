@@ -8,7 +8,6 @@ file :func:`unit_text` makes (the same text as ``deploy/systemd/setpoint.service
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from setpoint.atomic import write_atomic
 from setpoint.config import DEFAULT_STATE, ConfigError, load_config
 from setpoint.facts import gather
 from setpoint.model.errors import SetpointError
@@ -172,12 +172,4 @@ def _bootstrap_config(
 
 
 def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), mode=mode)

@@ -7,14 +7,13 @@ never writes plaintext). Files are compatible with the sops tool both ways.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from setpoint.atomic import write_atomic
 from setpoint.model.errors import SetpointError
 
 secrets_app = typer.Typer(
@@ -40,18 +39,7 @@ def _read(path: Path) -> bytes:
 
 def _replace(path: Path, data: bytes) -> None:
     """Write ``data`` over ``path`` atomically (temp file, fsync, rename), keeping its mode."""
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fchmod(out.fileno(), mode)
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data, mode=path.stat().st_mode & 0o7777)
 
 
 @secrets_app.command(

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from setpoint.model.plan import Change
+from setpoint.providers.base import DigestDeriving
 
 if TYPE_CHECKING:
     from setpoint.engine.controller import Controller
@@ -39,9 +40,8 @@ def live_diff(ctl: Controller, stack: str, rid: str) -> dict[str, Any]:
         raise NotDeclared(rid)
     r = desired.ordered.order[desired.index[rid]]
     provider = rec.providers[r.kind]
-    effective = getattr(provider, "effective_digest", None)
-    if effective is not None:
-        r = replace(r, digest=effective(r))
+    if isinstance(provider, DigestDeriving):
+        r = replace(r, digest=provider.effective_digest(r))
     rec.begin_outside(stack, desired)
     try:
         change = provider.plan(r, provider.read(r))

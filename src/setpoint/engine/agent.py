@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from setpoint.atomic import write_atomic
 from setpoint.config import StackConfig
 from setpoint.engine.controller import Controller
 from setpoint.engine.outcome import REVERTED, PassResult
@@ -555,16 +556,7 @@ def write_suspended(state: Path, names: set[str]) -> None:
 
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` with mode 0600, atomically (never readable by others)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(path, text.encode(), mode=0o600)
 
 
 def _retryable(result: PassResult) -> bool:

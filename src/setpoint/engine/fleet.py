@@ -11,11 +11,11 @@ even across a restart, and is not mistaken for a stack removed from the config.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from setpoint.atomic import write_atomic
 from setpoint.config import AgentConfig, FleetConfig, StackConfig
 from setpoint.model.errors import ManifestErrors
 from setpoint.render.fleet import load_fleet, select
@@ -125,14 +125,7 @@ class FleetView:
             "stacks": [s.model_dump(by_alias=True) for s in self.stacks],
             "removing": [s.model_dump(by_alias=True) for s in removing],
         }
-        tmp = self.file.with_name(f".{STATE_FILE}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, json.dumps(doc).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.file)
+        write_atomic(self.file, json.dumps(doc).encode(), mode=0o600)
 
     def _load(self) -> _Saved:
         try:

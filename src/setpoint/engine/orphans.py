@@ -117,12 +117,12 @@ def hand_over(view: InventoryView, old: str, new: str, now: float) -> ForgetResu
 
     A row whose id ``new`` already has for the same kind and path is simply dropped
     (``new`` owns it already). Refused, with nothing changed, when ``new`` has one
-    of the ids for another path or kind, or one of the paths under another id.
+    of the ids for another path or kind, or one of the claims under another id.
     """
     view.refresh()
     theirs = dict(view.stack(old))
     mine = view.stack(new)
-    by_path = {r.path: r for r in mine.values() if r.path}
+    by_claim = {k: r for r in mine.values() for k in r.claims}
     moved: list[InventoryRecord] = []
     problems: list[str] = []
     for rid, rec in sorted(theirs.items()):
@@ -134,11 +134,11 @@ def hand_over(view: InventoryView, old: str, new: str, now: float) -> ForgetResu
                     f"stack {old}'s is at {rec.path or '(no path)'}"
                 )
             continue
-        holder = by_path.get(rec.path) if rec.path else None
-        if holder is not None:
+        held = [(k, by_claim[k]) for k in rec.claims if k in by_claim]
+        if held:
+            key, holder = held[0]
             problems.append(
-                f"{rec.path}: stack {new} already owns it as {holder.resource}; "
-                f"stack {old} as {rid}"
+                f"{key}: stack {new} already owns it as {holder.resource}; stack {old} as {rid}"
             )
             continue
         moved.append(replace(rec, stack=new))

@@ -26,7 +26,10 @@ from setpoint.model.errors import ManifestErrors, SetpointError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers.base import (
+    DesiredAware,
+    DigestDeriving,
     EventSource,
+    HealthReporting,
     PassAware,
     PassInfo,
     Provider,
@@ -93,10 +96,14 @@ class Reconciler:
         # Optional provider hooks, looked up once (the per-resource ones sit on the hot path).
         unique = list({id(p): p for p in self.providers.values()}.values())
         self._effective = {
-            k: getattr(p, "effective_digest", None) for k, p in self.providers.items()
+            k: p.effective_digest if isinstance(p, DigestDeriving) else None
+            for k, p in self.providers.items()
         }
-        self._health_of = {k: getattr(p, "health", None) for k, p in self.providers.items()}
-        self._desired_hooks = [h for p in unique if (h := getattr(p, "set_desired", None))]
+        self._health_of = {
+            k: p.health if isinstance(p, HealthReporting) else None
+            for k, p in self.providers.items()
+        }
+        self._desired_aware = [p for p in unique if isinstance(p, DesiredAware)]
         self._drains = [p for p in unique if isinstance(p, EventSource)]
         # PassAware (providers/base.py): told when a pass starts and ends.
         self._pass_aware = [p for p in unique if isinstance(p, PassAware)]
@@ -460,8 +467,9 @@ class Reconciler:
     def resume(self, stack: str) -> None:
         """A pass of ``stack`` continues after a provider's wait: put its context back.
 
-        Other stacks' passes ran meanwhile and set the target's declared paths, the
-        providers' desired-state binding and the cached directory descriptors.
+        Other stacks' passes ran meanwhile and told the providers theirs: each
+        ``PassAware`` provider gets this pass's info again (``resumed``), and the
+        desired-state binding is restored.
         """
         ctx = self._context.get(stack)
         if ctx is None:
@@ -478,13 +486,12 @@ class Reconciler:
         The Service provider uses it for ``restartOn``/``reloadOn``: it compares the
         digests of the declarations it depends on with those it started with.
         """
-        hooks = self._desired_hooks
-        if not hooks:
+        if not self._desired_aware:
             return
         if self._by_id is None or self._by_id[0] is not desired:
             self._by_id = (desired, {r.id: r for r in desired.ordered.order})
-        for hook in hooks:
-            hook(self._by_id[1])
+        for p in self._desired_aware:
+            p.set_desired(self._by_id[1])
 
     def _health(self, r: Resource, result: PassResult) -> None:
         """Record the health of a resource whose provider reports one (services)."""

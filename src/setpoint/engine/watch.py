@@ -19,7 +19,7 @@ from typing import Any
 
 from setpoint.engine.desired import Desired
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Provider, WatchCallback, Watcher
+from setpoint.providers.base import Provider, RetryingWatcher, Watchable, WatchCallback, Watcher
 from setpoint.state import JournalEntry, StateDB
 
 log = logging.getLogger("setpoint.agent")
@@ -42,15 +42,17 @@ class StackWatches:
     def __init__(self, stack: str, providers: dict[str, Provider], notify: WatchCallback) -> None:
         self.stack = stack
         self.providers = providers
+        # The providers that can watch, by kind (the Watchable check once, not per resource).
+        self._watchable = {k: p for k, p in providers.items() if isinstance(p, Watchable)}
         self.notify = notify
         self._key: tuple[str, int] | None = None
-        self._watchers: list[tuple[Any, Watcher]] = []
+        self._watchers: list[tuple[Watchable, Watcher]] = []
         self.resources = 0
         self.setup_ms = 0.0
         self._limited = False
         # Providers whose watch could not be set up, with their resources: polled by the
         # agent (as unwatched) and tried again at each poll.
-        self._failed: list[tuple[Any, list[Resource]]] = []
+        self._failed: list[tuple[Watchable, list[Resource]]] = []
         self.ids: set[str] = set()  # the resources of the last watch set-up
 
     def update(self, desired: Desired | None) -> bool:
@@ -61,10 +63,11 @@ class StackWatches:
         if key == self._key and not self.unwatched():
             return False
         t0 = time.monotonic()
-        groups: dict[int, tuple[Any, list[Resource]]] = {}
+        groups: dict[int, tuple[Watchable, list[Resource]]] = {}
+        watchable = self._watchable
         for r in desired.ordered.order:
-            p = self.providers.get(r.kind)
-            if p is None or not hasattr(p, "watch"):
+            p = watchable.get(r.kind)
+            if p is None:
                 continue
             groups.setdefault(id(p), (p, []))[1].append(r)
         new, self._failed = self._watch(list(groups.values()))
@@ -81,10 +84,10 @@ class StackWatches:
         return True
 
     def _watch(
-        self, groups: list[tuple[Any, list[Resource]]]
-    ) -> tuple[list[tuple[Any, Watcher]], list[tuple[Any, list[Resource]]]]:
-        made: list[tuple[Any, Watcher]] = []
-        failed: list[tuple[Any, list[Resource]]] = []
+        self, groups: list[tuple[Watchable, list[Resource]]]
+    ) -> tuple[list[tuple[Watchable, Watcher]], list[tuple[Watchable, list[Resource]]]]:
+        made: list[tuple[Watchable, Watcher]] = []
+        failed: list[tuple[Watchable, list[Resource]]] = []
         for p, rs in groups:
             try:
                 made.append((p, p.watch(rs, self.notify)))
@@ -101,22 +104,22 @@ class StackWatches:
     def unwatched(self) -> set[str]:
         out: set[str] = {r.id for _p, rs in self._failed for r in rs}
         for p, w in self._watchers:
-            if hasattr(w, "unwatched"):
+            if isinstance(w, RetryingWatcher):
                 out |= w.unwatched()
-            elif hasattr(p, "unwatched"):
+            else:
                 out |= p.unwatched()
         return out
 
     def retry(self) -> None:
         for _p, w in self._watchers:
-            if hasattr(w, "retry"):
+            if isinstance(w, RetryingWatcher):
                 w.retry()
         if self._failed:
             made, self._failed = self._watch(self._failed)
             self._watchers += made
 
     def watch_count(self) -> int:
-        return sum(int(getattr(w, "watch_count", 0)) for _p, w in self._watchers)
+        return sum(w.watch_count for _p, w in self._watchers if isinstance(w, RetryingWatcher))
 
     def close(self) -> None:
         for _p, w in self._watchers:

@@ -36,6 +36,10 @@ class Change:
 
     ``diff`` is a unified diff of text content (size-capped), when relevant.
     ``path`` is the target path the change acts on, as declared (not under the root).
+    ``fields``, ``diff``, ``reason`` and ``extra`` are for people (plans, the journal);
+    ``payload`` is for the provider's own ``apply``: a typed value of its choosing
+    (e.g. the release provider's ``ReleaseWork``) saying what to do, so apply never
+    parses display fields. The engine never reads it.
     """
 
     resource: str
@@ -45,6 +49,7 @@ class Change:
     diff: str | None = None
     reason: str = ""
     extra: tuple[str, ...] = field(default=())  # e.g. purged entries of a Directory
+    payload: object = field(default=None, compare=False, repr=False)
 
     @property
     def is_noop(self) -> bool:

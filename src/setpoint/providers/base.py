@@ -12,18 +12,28 @@ Contract (checked by ``tests/test_provider_contract.py`` for every kind):
   change when in sync.
 - ``apply(resource, change)`` executes exactly that change, atomically.
 - after ``apply``, ``plan(resource, read(resource))`` is a NOOP (idempotence).
+- ``claims(resource)`` are keys of the provider's choosing (a path, ``release:NAME``,
+  ``postgres://...``), every one recorded and checked against other stacks;
+  ``record(resource)`` is JSON (no secret) stored with them at claim time, and
+  ``delete(kind, record)`` removes the resource from that record alone (prune).
+
+A factory receives a :class:`ProviderContext` (root, state dir, ``waiting``, the
+stacks' ``settings``); optional capabilities are the runtime-checkable protocols
+below (:class:`PassAware`, :class:`Watchable`, :class:`EventSource`,
+:class:`DesiredAware`, :class:`DigestDeriving`, :class:`HealthReporting`,
+:class:`StackChecker`), which the engine finds with ``isinstance`` once per provider.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 from pydantic import BaseModel
 
@@ -99,12 +109,19 @@ class ProviderContext:
             yield
 
 
+D = TypeVar("D", covariant=True)
+
+
 @dataclass(frozen=True)
-class Observed:
-    """What a provider read from the target for one resource (kind-specific ``data``)."""
+class Observed(Generic[D]):
+    """What a provider read from the target for one resource.
+
+    ``data`` is the provider's own type (``Observed[FsState]``, ``Observed[ReleaseState]``):
+    a provider's ``read`` and ``plan`` are typed with it; the engine only passes it on.
+    """
 
     resource: str
-    data: Any
+    data: D
 
 
 class Provider(Protocol):
@@ -129,9 +146,9 @@ class Provider(Protocol):
         database, a reference to a password *file*), never a secret itself.
         """
 
-    def read(self, resource: Resource) -> Observed | None: ...
+    def read(self, resource: Resource) -> Observed[Any] | None: ...
 
-    def plan(self, resource: Resource, observed: Observed | None) -> Change: ...
+    def plan(self, resource: Resource, observed: Observed[Any] | None) -> Change: ...
 
     def apply(self, resource: Resource, change: Change) -> None: ...
 
@@ -154,6 +171,22 @@ class Watcher(Protocol):
     """A running watch; ``close`` stops it and releases its kernel resources."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RetryingWatcher(Watcher, Protocol):
+    """Optional watcher capability: some resources could not be watched (a kernel limit).
+
+    ``unwatched`` lists their ids (the agent polls and reports them), ``retry`` tries
+    again, ``watch_count`` is how many kernel watches it holds (status, metrics).
+    """
+
+    @property
+    def watch_count(self) -> int: ...
+
+    def unwatched(self) -> set[str]: ...
+
+    def retry(self) -> None: ...
 
 
 @runtime_checkable
@@ -197,6 +230,40 @@ class EventSource(Protocol):
     """
 
     def drain_events(self, resources: Collection[str]) -> list[ProviderEvent]: ...
+
+
+@runtime_checkable
+class DesiredAware(Protocol):
+    """Optional provider capability: given the stack's resources by id before a pass.
+
+    The engine calls ``set_desired`` at the start of each pass (and after a wait): the
+    Service provider compares the digests of the declarations a service's
+    ``restartOn``/``reloadOn`` name with those it started with.
+    """
+
+    def set_desired(self, resources: Mapping[str, Resource]) -> None: ...
+
+
+@runtime_checkable
+class DigestDeriving(Protocol):
+    """Optional provider capability: what a resource's state derives from, as a digest.
+
+    Replaces ``Resource.digest`` for the drift check, so that a change of what a resource
+    derives from (a Service's release version, its ``restartOn`` declarations) is a new
+    declaration, not drift.
+    """
+
+    def effective_digest(self, resource: Resource) -> str: ...
+
+
+@runtime_checkable
+class HealthReporting(Protocol):
+    """Optional provider capability: ``(health, message)`` of a resource after its check.
+
+    Health is one of Healthy / Progressing / Degraded / Missing / Unknown.
+    """
+
+    def health(self, resource: Resource) -> tuple[str, str]: ...
 
 
 @dataclass(frozen=True)

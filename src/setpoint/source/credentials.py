@@ -17,11 +17,11 @@ import os
 import re
 import shlex
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
+from setpoint.atomic import write_atomic
 from setpoint.model.errors import SourceError
 
 # Schemes whose credentials git asks a credential helper for (through curl).
@@ -129,14 +129,5 @@ def _write_private(path: Path, text: str) -> None:
             return
     except FileNotFoundError:
         pass
-    # mkstemp creates the file 0600: the secret is never readable by others, not even briefly.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    # Created 0600: the secret is never readable by others, not even briefly.
+    write_atomic(path, data, mode=0o600, tmp_prefix=".tmp-", tmp_suffix="")

@@ -21,11 +21,12 @@ import hashlib
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+from setpoint.atomic import write_atomic
 
 MANIFEST_SUFFIX = ".manifest"
 _HEADER = b"setpoint-export 1 "
@@ -101,17 +102,9 @@ def manifest_path(tree_dir: Path) -> Path:
 
 def write_manifest(path: Path, commit: str, tree: str, listing: bytes) -> None:
     """Write the manifest through a temp file, fsynced, renamed, directory fsynced."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-manifest-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_HEADER + f"{commit} {tree}\n".encode() + listing)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    data = _HEADER + f"{commit} {tree}\n".encode() + listing
+    # ".tmp-": what the trees' cleaner removes after a crash (source/trees.py).
+    write_atomic(path, data, sync_dir=True, tmp_prefix=".tmp-manifest-", tmp_suffix="")
 
 
 def read_manifest(path: Path, commit: str) -> tuple[str, list[Entry]] | None:
@@ -193,14 +186,6 @@ def _compare_blob(entry: Entry, chunks: Iterable[bytes]) -> str | None:
 
 
 # -- durable writes and removal ---------------------------------------------------------
-
-
-def fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_tree(root: Path) -> None:

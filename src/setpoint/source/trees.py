@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from setpoint.atomic import fsync_dir
 from setpoint.model.errors import SourceError
 from setpoint.source import export
 
@@ -158,7 +159,7 @@ class TreeStore:
                 export.remove_tree(old)
                 dest.rename(old)  # removed below, once the new tree is in place
             staging.rename(dest)
-            export.fsync_dir(self.trees_dir)
+            fsync_dir(self.trees_dir)
             export.write_manifest(manifest, sha, tree, listing)
             st = manifest.stat()
             self._verified[sha] = (st.st_dev, st.st_ino)

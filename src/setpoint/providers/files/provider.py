@@ -195,7 +195,7 @@ class FilesystemProvider:
             parent = parent.rpartition("/")[0]
         return ()
 
-    def read(self, resource: Resource) -> Observed | None:
+    def read(self, resource: Resource) -> Observed[FsState] | None:
         spec = fs_spec(resource)
         path = spec.path
         target = self.target
@@ -236,7 +236,7 @@ class FilesystemProvider:
         state = observe(st, (dir_fd, name), path, want_size, purge, count)
         return Observed(resource.id, state)
 
-    def plan(self, resource: Resource, observed: Observed | None) -> Change:
+    def plan(self, resource: Resource, observed: Observed[FsState] | None) -> Change:
         spec = fs_spec(resource)
         state = None
         if observed is not None:

@@ -47,17 +47,24 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, ClassVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from setpoint.atomic import fsync_dir
+from setpoint.atomic import write_json_atomic as _write_json
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change, FieldChange
 from setpoint.model.redact import redact_text, redact_url
 from setpoint.model.resource import Resource
 from setpoint.providers.base import Observed, PassInfo, ProviderContext, ProviderEvent
-from setpoint.providers.services.common import record_name
+from setpoint.providers.services.common import (
+    ensure_private_dir,
+    live_release_dirs,
+    read_json,
+    record_name,
+)
 from setpoint.providers.services.release_store import (
     HOLD,
     collect_orphans,
@@ -78,17 +85,10 @@ from setpoint.providers.services.release_store import (
 from setpoint.providers.services.release_unpack import (
     check_tree,
     extract,
-    fsync_dir,
     fsync_tree,
     scan,
     sha256_file,
 )
-from setpoint.providers.services.service_proc import (
-    ensure_private_dir,
-    live_release_dirs,
-    read_json,
-)
-from setpoint.providers.services.service_proc import write_json_atomic as _write_json
 from setpoint.providers.services.service_spec import ReleaseSpec
 
 __all__ = [
@@ -101,8 +101,9 @@ __all__ = [
 ]
 
 CLAIM_PREFIX = "release:"
-OLD = "old version"  # a FieldChange naming a version dir to collect
-LEFTOVER = "leftover"  # a FieldChange naming a crash's temporary to remove
+# Labels of the plan's fields (for people; apply reads the ReleaseWork payload).
+OLD = "old version"  # a version dir to collect
+LEFTOVER = "leftover"  # a crash's temporary to remove
 RESTORED = "as released"  # the new value of a tampered entry
 _CHUNK = 1 << 20
 # A full hash is due when the last one is older than this share of the resync interval
@@ -124,6 +125,23 @@ def release_spec(resource: Resource) -> ReleaseSpec:
     if not isinstance(resource.spec, ReleaseSpec):
         raise ProviderError(f"{resource.id}: not a Release spec", transient=False)
     return resource.spec
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseWork:
+    """What ``apply`` must do for a Release change (``Change.payload``).
+
+    ``unpack``: download (or reuse the cached archive), verify, unpack the declared
+    version; ``restore``: unpack it again over a tampered tree; ``switch``: point
+    ``current`` at it; ``collect``: old version dirs to remove; ``leftovers``: a
+    crash's temporaries to remove (relative to the release dir; re-checked at apply).
+    """
+
+    unpack: bool = False
+    restore: bool = False
+    switch: bool = False
+    collect: tuple[str, ...] = ()
+    leftovers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +223,7 @@ class ReleaseProvider:
 
     # -- read / plan ------------------------------------------------------------------
 
-    def read(self, resource: Resource) -> Observed | None:
+    def read(self, resource: Resource) -> Observed[ReleaseState] | None:
         spec = release_spec(resource)
         base = self.store / resource.name
         versions = base / "versions"
@@ -251,7 +269,7 @@ class ReleaseProvider:
         in_use = {Path(p).name for p in live_release_dirs(self.ctx.state_dir)}
         return tuple(d for d in order if d not in keep and d not in in_use and d in present)
 
-    def plan(self, resource: Resource, observed: Observed | None) -> Change:
+    def plan(self, resource: Resource, observed: Observed[ReleaseState] | None) -> Change:
         spec = release_spec(resource)
         want = version_dir_name(spec)
         path = str(self.store / resource.name / "versions" / want)
@@ -259,18 +277,24 @@ class ReleaseProvider:
         if state is not None and not isinstance(state, ReleaseState):
             raise ProviderError(f"{resource.id}: observed data is not a release state")
         # Tidying the store rides along with any change: old versions, a crash's leftovers.
-        tidy = tuple(FieldChange(OLD, d, None) for d in (state.gc if state else ()))
-        tidy += tuple(FieldChange(LEFTOVER, x, None) for x in (state.leftovers if state else ()))
+        gc, junk = (state.gc, state.leftovers) if state else ((), ())
+        tidy = tuple(FieldChange(OLD, d, None) for d in gc)
+        tidy += tuple(FieldChange(LEFTOVER, x, None) for x in junk)
+        work = ReleaseWork(collect=gc, leftovers=junk)
         if state is None or want not in state.present:
             old = state.current if state else None
             action = Action.CREATE if old is None else Action.UPDATE
             fields = (FieldChange("version", _version_of(old), spec.version), *tidy)
-            return Change(resource.id, action, path, fields=fields)
+            return Change(
+                resource.id, action, path, fields=fields,
+                payload=replace(work, unpack=True, switch=True),
+            )  # fmt: skip
         if state.problems:
             fields = tuple(FieldChange(p, "tampered", RESTORED) for p in state.problems)
             return Change(
                 resource.id, Action.UPDATE, path, fields=(*fields, *tidy),
                 reason="the unpacked release was modified",
+                payload=replace(work, restore=True, switch=True),
             )  # fmt: skip
         if state.current != want and state.held is not None:
             # A service's rollout of this version failed and put the last healthy one back:
@@ -278,17 +302,24 @@ class ReleaseProvider:
             # stall); a new declaration is tried normally.
             reason = _held_reason(spec, state.current, state.held)
             if tidy:
-                return Change(resource.id, Action.UPDATE, path, fields=tidy, reason=reason)
+                return Change(
+                    resource.id, Action.UPDATE, path, fields=tidy, reason=reason, payload=work
+                )
             return Change(resource.id, Action.NOOP, path, reason=reason)
         if state.current != want:
             fields = (FieldChange("current", state.current, want), *tidy)
-            return Change(resource.id, Action.UPDATE, path, fields=fields)
+            return Change(
+                resource.id, Action.UPDATE, path, fields=fields,
+                payload=replace(work, switch=True),
+            )  # fmt: skip
         if tidy:
             reason = (
                 f"keep {spec.keep}" if not state.leftovers
                 else "remove what an interrupted install left in the store"
             )  # fmt: skip
-            return Change(resource.id, Action.UPDATE, path, fields=tidy, reason=reason)
+            return Change(
+                resource.id, Action.UPDATE, path, fields=tidy, reason=reason, payload=work
+            )
         return Change(resource.id, Action.NOOP, path, reason=f"version {spec.version} in place")
 
     # -- apply ------------------------------------------------------------------------
@@ -308,38 +339,31 @@ class ReleaseProvider:
         for sub in ("manifests", "archives"):
             ensure_private_dir(base / sub)
         want = version_dir_name(spec)
-        ops: set[str] = set()
-        junk: list[str] = []
-        for f in change.fields:
-            if f.field == "version":
-                ops |= {"unpack", "switch"}
-            elif f.field == "current":
-                ops.add("switch")
-            elif f.field == OLD and f.old:
-                ops.add("gc:" + f.old)
-            elif f.field == LEFTOVER and f.old:
-                junk.append(f.old)
-            elif f.new == RESTORED:
-                ops |= {"restore", "switch"}
+        work = change.payload
+        if not isinstance(work, ReleaseWork):
+            raise ProviderError(
+                f"{resource.id}: cannot apply a change the Release provider did not plan",
+                transient=False,
+            )
+        switching = work.switch
         hold = read_hold(self.store.parent, resource.name)
         if hold is not None and hold.get("dir") == want:
-            ops.discard("switch")  # held at the last healthy version (see plan)
-        elif "switch" in ops and hold is not None:
+            switching = False  # held at the last healthy version (see plan)
+        elif switching and hold is not None:
             with contextlib.suppress(FileNotFoundError):
                 (base / HOLD).unlink()
         failures: list[str] = []
         try:
-            if "unpack" in ops or "restore" in ops:
+            if work.unpack or work.restore:
                 archive = self._archive(resource, spec, base)
-                failures += self._unpack(spec, archive, base, want, replace="restore" in ops)
-            if "switch" in ops:
+                failures += self._unpack(spec, archive, base, want, replace=work.restore)
+            if switching:
                 switch(base, want)
-            for op in sorted(ops):
-                if op.startswith("gc:"):
-                    failures += remove_version(base, op[3:])
+            for old in sorted(set(work.collect)):
+                failures += remove_version(base, old)
             # Only what is still a leftover now (a name in the change is never trusted
             # to point elsewhere in the store).
-            for rel in sorted(set(junk) & set(leftovers(base))):
+            for rel in sorted(set(work.leftovers) & set(leftovers(base))):
                 if why := remove_path(base / rel):
                     failures.append(f"{rel}: {why}")
         except OSError as err:

@@ -19,8 +19,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from setpoint.providers.services.release_unpack import fsync_dir
-from setpoint.providers.services.service_proc import live_release_dirs, read_json, write_json_atomic
+from setpoint.atomic import fsync_dir, write_json_atomic
+from setpoint.providers.services.common import live_release_dirs, read_json
 from setpoint.providers.services.service_spec import ReleaseSpec
 
 HOLD = "hold.json"

@@ -26,6 +26,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from setpoint.atomic import fsync_dir
 from setpoint.model.errors import ProviderError
 
 _CHUNK = 1 << 20
@@ -104,14 +105,6 @@ def extract(archive: Path, fmt: str, dest: Path, filename: str) -> None:
             if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
                 raise UnsafeArchiveError(f"archive member {m.name!r} is a device or FIFO; refused")
         tf.extractall(dest, members=members, filter="data")
-
-
-def fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_tree(root: Path) -> None:

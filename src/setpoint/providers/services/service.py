@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from setpoint.atomic import write_json_atomic
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
@@ -56,7 +57,14 @@ from setpoint.providers.base import (
     StallError,
     WatchCallback,
 )
-from setpoint.providers.services.common import record_name
+from setpoint.providers.services.common import (
+    RECORD,
+    ensure_private_dir,
+    is_same_process,
+    read_json,
+    record_name,
+    service_dir,
+)
 from setpoint.providers.services.probes import run_probe
 from setpoint.providers.services.release_store import (
     collect_orphans,
@@ -66,25 +74,11 @@ from setpoint.providers.services.release_store import (
     lift_hold,
 )
 from setpoint.providers.services.service_plan import (
-    LAST_HEALTHY,
-    RELOAD,
-    SUPERVISION,
     ServiceState,
+    ServiceWork,
     decide,
 )
-from setpoint.providers.services.service_proc import (
-    DEFAULT_PATH,
-    LOG,
-    RECORD,
-    Handle,
-    ensure_private_dir,
-    is_same_process,
-    read_json,
-    service_dir,
-    spawn,
-    stop,
-    write_json_atomic,
-)
+from setpoint.providers.services.service_proc import DEFAULT_PATH, LOG, Handle, spawn, stop
 from setpoint.providers.services.service_spec import ReleaseSpec, ServiceSpec
 from setpoint.providers.services.service_supervisor import (
     DEGRADED,
@@ -303,7 +297,7 @@ class ServiceProvider:
 
     # -- read / plan ------------------------------------------------------------------
 
-    def read(self, resource: Resource) -> Observed | None:
+    def read(self, resource: Resource) -> Observed[ServiceState] | None:
         spec = service_spec(resource)
         name = resource.name
         release_dir = self._release_dir(spec)
@@ -342,14 +336,16 @@ class ServiceProvider:
             )
         return Observed(resource.id, state)
 
-    def plan(self, resource: Resource, observed: Observed | None) -> Change:
+    def plan(self, resource: Resource, observed: Observed[ServiceState] | None) -> Change:
         spec = service_spec(resource)
         path = CLAIM_PREFIX + resource.name
         state = observed.data if observed is not None else None
         if state is not None and not isinstance(state, ServiceState):
             raise ProviderError(f"{resource.id}: observed data is not a service state")
         if state is None:
-            return Change(resource.id, Action.CREATE, path, reason="start")
+            return Change(
+                resource.id, Action.CREATE, path, reason="start", payload=ServiceWork("start")
+            )
         if spec.release is not None and state.release_dir is None and not state.running:
             raise ProviderError(
                 f"{resource.id}: {spec.release} has no current version in place yet"
@@ -368,9 +364,14 @@ class ServiceProvider:
         if change.action is Action.DELETE:
             self.delete(resource.kind, {"name": name})
             return
-        what = {f.field for f in change.fields}
-        healthy_only = any(f.new == LAST_HEALTHY for f in change.fields)
-        if SUPERVISION in what:
+        work = change.payload
+        if not isinstance(work, ServiceWork):
+            raise ProviderError(
+                f"{resource.id}: cannot apply a change the Service provider did not plan",
+                transient=False,
+            )
+        healthy_only = work.step == "last healthy"
+        if work.step == "supervision":
             with self._lock(name):
                 sup = self._sups.get(name)
                 if sup is not None:
@@ -379,7 +380,7 @@ class ServiceProvider:
                 rec["supervision"] = supervision_digest(spec)
                 self._save(name, rec)
             return
-        if RELOAD in what:
+        if work.step == "reload":
             self._reload(resource, spec)
             return
         release_dir = self._release_dir(spec)

@@ -10,14 +10,29 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from setpoint.model.plan import Action, Change, FieldChange
 from setpoint.providers.base import StallError
 from setpoint.providers.services.service_spec import ServiceSpec
 from setpoint.providers.services.service_supervisor import MISSING, digest, supervision_digest
 
-SUPERVISION, RELOAD, LAST_HEALTHY = "supervision", "reload", "last healthy"
+SUPERVISION, RELOAD, LAST_HEALTHY = "supervision", "reload", "last healthy"  # display only
+
+Step = Literal["start", "last healthy", "supervision", "reload"]
+
+
+@dataclass(frozen=True)
+class ServiceWork:
+    """What ``apply`` must do for a Service change (``Change.payload``).
+
+    ``start``: (re)start the declared configuration and wait for readiness; ``last
+    healthy``: start the last healthy configuration (the declared one failed) and stay
+    stalled; ``supervision``: adopt new restart/probe settings without a restart;
+    ``reload``: signal the process (a ``reloadOn`` declaration changed).
+    """
+
+    step: Step
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +77,14 @@ def decide(
             rid, Action.CREATE, path,
             fields=(FieldChange("configuration", "failed rollout", LAST_HEALTHY),),
             reason="start the last healthy configuration (the declared one failed)",
+            payload=ServiceWork("last healthy"),
         )  # fmt: skip
     if state.digest != want:
         fields = config_fields(state.config or {}, config)
         action = Action.REPLACE if state.running else Action.CREATE
-        return Change(rid, action, path, fields=fields, reason="restart")
+        return Change(
+            rid, action, path, fields=fields, reason="restart", payload=ServiceWork("start")
+        )
     if state.restarting_in is not None:
         # The supervisor restarts it by policy; a crash loop shows as health Degraded.
         return Change(
@@ -82,16 +100,19 @@ def decide(
         return Change(
             rid, Action.CREATE, path,
             fields=(FieldChange("process", state.exit, "running"),), reason="start",
+            payload=ServiceWork("start"),
         )  # fmt: skip
     if state.supervision != supervision_digest(spec):
         return Change(
-            rid, Action.UPDATE, path, fields=(FieldChange(SUPERVISION, "old", "declared"),)
-        )
+            rid, Action.UPDATE, path, fields=(FieldChange(SUPERVISION, "old", "declared"),),
+            payload=ServiceWork("supervision"),
+        )  # fmt: skip
     if (state.reload_digest or "") != reload:
         return Change(
             rid, Action.UPDATE, path,
             fields=(FieldChange(RELOAD, None, spec.reloadSignal),),
             reason=f"{', '.join(spec.reloadOn)} changed",
+            payload=ServiceWork("reload"),
         )  # fmt: skip
     return Change(rid, Action.NOOP, path, reason=f"running (pid {state.pid})")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import json
 import os
 import pwd
 import signal
@@ -26,61 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-RECORD = "record.json"
+from setpoint.providers.services.common import (
+    service_dir,
+    start_time,
+)
+
 LOG = "output.log"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def services_dir(state_dir: Path) -> Path:
-    return state_dir / "services"
-
-
-def service_dir(state_dir: Path, name: str) -> Path:
-    return services_dir(state_dir) / name
-
-
-def ensure_private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON (mode 0600) via temp file + fsync + rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, json.dumps(data, indent=1, sort_keys=True).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot; None if gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return None
-    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
-    rest = raw[raw.rfind(b")") + 2 :].split()
-    if len(rest) < 20 or rest[0] in (b"Z", b"X"):
-        return None
-    return int(rest[19])
-
-
-def is_same_process(pid: int | None, started: int | None) -> bool:
-    return bool(pid) and started is not None and start_time(pid or 0) == started
 
 
 @dataclass
@@ -280,21 +231,7 @@ def log_files(state_dir: Path, name: str) -> list[Path]:
     return [*rotated, base] if base.exists() else rotated
 
 
-def live_release_dirs(state_dir: Path) -> set[str]:
-    """Release directories that a live recorded service process runs from."""
-    out: set[str] = set()
-    root = services_dir(state_dir)
-    if not root.is_dir():
-        return out
-    for d in root.iterdir():
-        rec = read_json(d / RECORD)
-        if not rec:
-            continue
-        cfg = rec.get("config") or {}
-        rel = cfg.get("release_dir")
-        if rel and is_same_process(rec.get("pid"), rec.get("started")):
-            out.add(str(rel))
-    return out
+
 
 
 def tail_logs(
