@@ -250,7 +250,7 @@ class PostgresProvider:
                 return (*base, "MAINTAIN")
         return base
 
-    def read(self, resource: Resource) -> Observed | None:
+    def read(self, resource: Resource) -> Observed[Any] | None:
         stale = self._dirty.pop(resource.id, None)
         if stale is not None:
             self.catalog.invalidate(*stale)
@@ -352,7 +352,7 @@ class PostgresProvider:
 
     # -- plan / apply -----------------------------------------------------------------------
 
-    def _planned(self, r: Resource, observed: Observed | None) -> Planned:
+    def _planned(self, r: Resource, observed: Observed[Any] | None) -> Planned:
         from setpoint.providers.postgres import planner  # psycopg.sql, on first use
 
         data = observed.data if observed is not None else None
@@ -374,7 +374,7 @@ class PostgresProvider:
         have, full = data if data is not None else (frozenset(), ())
         return planner.plan_default_privileges(_public(spec), have, full)
 
-    def plan(self, resource: Resource, observed: Observed | None) -> Change:
+    def plan(self, resource: Resource, observed: Observed[Any] | None) -> Change:
         p = self._planned(resource, observed)
         return Change(resource.id, p.action, self._key(resource), tuple(p.fields),
                       reason=p.reason)
