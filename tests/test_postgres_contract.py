@@ -9,6 +9,7 @@ database properties are a clear error, and a password is compared, never read ba
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -247,4 +248,34 @@ def test_password_from_a_file_is_compared_with_the_stored_verifier(
     pg.sql("ALTER ROLE withpw PASSWORD 'second-password'")  # the server's own verifier
     p.begin_pass(PassInfo("t", True, 60.0))
     assert p.plan(r, p.read(r)).is_noop
+    p.close()
+
+
+POSTGRES_DELETE_CASES: dict[str, Callable[[Path], Resource]] = {
+    "PostgresRole": lambda tmp: res("PostgresRole", "gone", login=True,
+                                    passwordFrom={"file": str(tmp / "pw")}),
+    "PostgresDatabase": lambda tmp: POSTGRES_SPECS["PostgresDatabase"]["owned"](),
+    "PostgresSchema": lambda tmp: POSTGRES_SPECS["PostgresSchema"]["owned"](),
+    "PostgresGrant": lambda tmp: POSTGRES_SPECS["PostgresGrant"]["tables"](),
+    "PostgresDefaultPrivileges": lambda tmp: POSTGRES_SPECS["PostgresDefaultPrivileges"][
+        "schema"](),
+    "PostgresExtension": lambda tmp: POSTGRES_SPECS["PostgresExtension"]["schema"](),
+}
+
+
+@pytest.mark.parametrize("kind", POSTGRES_DELETE_CASES)
+def test_record_then_delete_removes_it(kind: str, pg: PgServer, tmp_path: Path) -> None:  # noqa: F811
+    _base(pg)
+    (tmp_path / "pw").write_text("s3cret-pw\n")
+    p = provider()
+    r = POSTGRES_DELETE_CASES[kind](tmp_path)
+    p.apply(r, p.plan(r, p.read(r)))
+    record = p.record(r)
+    text = json.dumps(record)  # what the inventory stores
+    assert json.loads(text) == record and "s3cret" not in text
+    said = p.delete(kind, json.loads(text))
+    assert isinstance(said, str) and said
+    p.begin_pass(PassInfo("t", True, 60.0))
+    after = p.plan(r, p.read(r))
+    assert not after.is_noop, f"{said}: still there"
     p.close()
