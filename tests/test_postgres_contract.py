@@ -279,3 +279,21 @@ def test_record_then_delete_removes_it(kind: str, pg: PgServer, tmp_path: Path) 
     after = p.plan(r, p.read(r))
     assert not after.is_noop, f"{said}: still there"
     p.close()
+
+
+def test_grants_another_stack_claims_are_not_swept(pg: PgServer) -> None:  # noqa: F811
+    _base(pg)
+    pg.sql("GRANT SELECT ON s.t TO other; GRANT SELECT ON s.t TO stranger", db="d")
+    p = provider()
+    mine = POSTGRES_SPECS["PostgresGrant"]["tables"]()
+    theirs = res("PostgresGrant", "theirs", database="d", role="other", on="tables in schema",
+                 schema="s", privileges=["SELECT"])
+    p.begin_pass(PassInfo("a", True, 60.0, frozenset(p.claims(theirs))))
+    change = p.plan(mine, p.read(mine))
+    swept = {f.field for f in change.fields if "privileges of r" not in f.field}
+    assert swept == {"s.t: privileges of stranger"}  # not other's: another stack owns it
+    p.apply(mine, change)
+    rows = pg.sql("SELECT a.grantee::regrole::text FROM pg_class c, aclexplode(c.relacl) a "
+                  "WHERE c.oid = 's.t'::regclass AND a.grantee <> c.relowner", db="d")
+    assert sorted(r[0] for r in rows) == ["other", "r"]
+    p.close()

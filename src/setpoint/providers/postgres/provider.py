@@ -18,8 +18,9 @@ import hmac
 import re
 import secrets
 from collections.abc import Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel
 
@@ -80,6 +81,8 @@ class PostgresProvider:
         self._dirty: dict[str, tuple[Server, str, str]] = {}
         self._desired: Mapping[str, Resource] = {}
         self._sweepers: dict[str, frozenset[str]] | None = None
+        self._claimed: AbstractSet[str] = frozenset()
+        self._claimed_index: dict[str, frozenset[str]] | None = None
         self._versions: dict[Server, int] = {}
         self._ext_index: tuple[dict[str, str], dict[str, list[str]]] | None = None
         # id(spec) -> (spec, stack, name, server, claim key); the spec is kept, so its id
@@ -205,6 +208,8 @@ class PostgresProvider:
         self.catalog.reset()
         self.conns.forget_failures()
         self._dirty.clear()
+        self._claimed = info.claimed
+        self._claimed_index = None
         if not info.resumed:
             self._ident.clear()
 
@@ -217,7 +222,26 @@ class PostgresProvider:
             self._sweepers = None
 
     def _sweep_except(self, r: Resource) -> frozenset[str] | None:
-        """For the first grant (by id) of each scope: the roles the stack grants on it."""
+        """For the first grant (by id) of each scope: the roles whose grants on the scope
+        setpoint manages (this stack's declarations, and every stack's claims: two stacks
+        granting on one schema never revoke each other's grants)."""
+        sweep = self._sweep_roles(r)
+        if sweep is None:
+            return None
+        return sweep | self._claimed_roles().get(self._scope(r), frozenset())
+
+    def _claimed_roles(self) -> dict[str, frozenset[str]]:
+        """Grant claims of the pass (``PassInfo.claimed``) as scope -> roles, once a pass."""
+        if self._claimed_index is None:
+            index: dict[str, set[str]] = {}
+            for key in self._claimed:
+                if key.startswith("postgres://") and "/grant/" in key:
+                    scope, _, role = key.rpartition("/")
+                    index.setdefault(scope + "/", set()).add(unquote(role))
+            self._claimed_index = {k: frozenset(v) for k, v in index.items()}
+        return self._claimed_index
+
+    def _sweep_roles(self, r: Resource) -> frozenset[str] | None:
         if self._sweepers is None:
             scopes: dict[str, list[Resource]] = {}
             for other in self._desired.values():
@@ -234,8 +258,8 @@ class PostgresProvider:
         return self._sweepers.get(r.id)
 
     def _scope(self, r: Resource) -> str:
-        spec: Any = r.spec
-        return f"{self.server(r).key}/{_q(spec.database)}/{spec.on}/{_q(spec.schema_ or '-')}"
+        """A grant's claim key without its role: the objects it is about."""
+        return self._key(r).rpartition("/")[0] + "/"
 
     # -- read -------------------------------------------------------------------------------
 
