@@ -15,6 +15,7 @@ it), so a fresh object and one whose ACL was spelled out compare the same.
 from __future__ import annotations
 
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from setpoint.model.errors import ProviderError
 from setpoint.providers.postgres.conn import Connections, Server
 
 # (privilege, grantable) held by one grantee on one object.
-Privs = frozenset[tuple[str, bool]]
+Privs = AbstractSet[tuple[str, bool]]  # read-only once a snapshot is loaded
 PUBLIC = "PUBLIC"
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
@@ -171,7 +172,10 @@ def _add(obj: AclObject, grantee: str | None, system: bool | None, priv: str | N
          grantable: bool | None) -> None:
     if grantee is None or priv is None:
         return  # an object with an empty ACL, or a grantee dropped meanwhile
-    obj.grants[grantee] = obj.grants.get(grantee, frozenset()) | {(priv, bool(grantable))}
+    privs = obj.grants.get(grantee)
+    if privs is None:
+        privs = obj.grants[grantee] = set()
+    privs.add((priv, bool(grantable)))  # type: ignore[attr-defined]  # filled here only
     if system and grantee != PUBLIC:
         obj.system.add(grantee)
 
@@ -279,7 +283,7 @@ class Catalog:
         ):
             row = out.defaults.setdefault((for_role, schema, objtype), {})
             if grantee is not None and priv is not None:
-                row[grantee] = row.get(grantee, frozenset()) | {(priv, bool(grantable))}
+                row.setdefault(grantee, set()).add((priv, bool(grantable)))  # type: ignore[attr-defined]
         return out
 
     def _load_extensions(self, server: Server, database: str) -> Objects:
