@@ -172,8 +172,9 @@ def test_each_drift_is_found_reverted_and_journaled(stack: Stack, pg: PgServer) 
         "SELECT rolcreatedb, rolconnlimit, rolpassword FROM pg_authid WHERE rolname = 'app'")
     assert not createdb and limit == 10 and password_matches(PASSWORD, stored, "app")
     assert pg.sql("SELECT pg_has_role('app', 'readers', 'MEMBER')") == [(True,)]
-    drift = {e["resource"]: e for e in stack.journal() if e["event"] == "drift"}
-    reverts = {e["resource"] for e in stack.journal() if e["event"] == "revert"}
+    journal = stack.journal()
+    drift = {e["resource"]: e for e in journal if e["event"] == "drift"}
+    reverts = {e["resource"] for e in journal if e["event"] == "revert"}
     assert {"PostgresRole/app", "PostgresGrant/readers-tables"} <= set(drift) <= reverts
     fields = {f["field"]: (f["old"], f["new"])
               for f in drift["PostgresRole/app"]["detail"]["fields"]}
@@ -216,9 +217,10 @@ def test_drift_report_mode_reports_and_leaves_the_server(
     stack.apply(check=None)  # still drifted: reported once, not on every pass
     assert pg.sql("SELECT rolcreaterole FROM pg_roles WHERE rolname = 'app'") == [(True,)]
     assert pg.sql(acl) == [before] and "readers=" not in before[0]
-    drift = [e["resource"] for e in stack.journal() if e["event"] == "drift"]
+    journal = stack.journal()
+    drift = [e["resource"] for e in journal if e["event"] == "drift"]
     assert sorted(drift) == ["PostgresGrant/readers-connect", "PostgresRole/app"]
-    assert not [e for e in stack.journal() if e["event"] == "revert"]
+    assert not [e for e in journal if e["event"] == "revert"]
     out = stack.plan(check=2)
     assert "createrole: true → false" in out
     assert "database shop: privileges of readers: (none) → CONNECT" in out
