@@ -13,7 +13,8 @@ server, never a password.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -129,6 +130,10 @@ class Connections:
         # fail at once with the same error instead of each waiting for a timeout.
         self._failed: dict[tuple[Server, str | None], ProviderError] = {}
         self.queries = 0
+        # Set by the provider: wraps a wait on the server ((what, timeout) -> context).
+        self.waiting: Callable[[str, float], AbstractContextManager[None]] = (
+            lambda _what, _timeout: nullcontext()
+        )
 
     def forget_failures(self) -> None:
         """A new pass: try the servers that failed in the last one again."""
@@ -145,8 +150,13 @@ class Connections:
         failed = self._failed.get(key)
         if failed is not None:
             raise failed
+        params = server.params(dbname)
         try:
-            conn = psycopg.connect(**server.params(dbname), autocommit=True)
+            # A connect may wait (a host that drops packets: up to connect_timeout): other
+            # stacks' passes run meanwhile (ProviderContext.waiting).
+            with self.waiting(f"connecting to {server.where(dbname)}",
+                              float(params.get("connect_timeout") or 30)):
+                conn = psycopg.connect(**params, autocommit=True)
         except psycopg.OperationalError as exc:
             err = self._failed[key] = ProviderError(
                 f"cannot connect to {server.where(dbname)}: {_first_line(exc)}; "

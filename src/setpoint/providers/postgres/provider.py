@@ -19,6 +19,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, unquote
 
@@ -274,7 +275,13 @@ class PostgresProvider:
                 return (*base, "MAINTAIN")
         return base
 
+    def _bind(self, r: Resource) -> None:
+        """Waits on the server (a slow connect) are reported for ``r`` and yield the gate."""
+        rid = r.id
+        self.conns.waiting = lambda what, timeout: self.ctx.waiting(rid, what, timeout)
+
     def read(self, resource: Resource) -> Observed[Any] | None:
+        self._bind(resource)
         stale = self._dirty.pop(resource.id, None)
         if stale is not None:
             self.catalog.invalidate(*stale)
@@ -493,6 +500,8 @@ class PostgresProvider:
         return self.delete_record(kind, record)
 
     def delete_record(self, kind: str, rec: dict[str, Any]) -> str:
+        # No resource to report a wait for (the declaration is gone): connect in place.
+        self.conns.waiting = lambda _what, _timeout: nullcontext()
         from setpoint.providers.postgres.prune import delete_object
 
         return delete_object(self, kind, rec)
