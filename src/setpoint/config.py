@@ -258,7 +258,13 @@ def settings_models() -> dict[str, type[BaseModel]]:
     # Imported here: the registry imports the providers' spec models, not this module.
     from setpoint.providers.registry import default_registry
 
-    return default_registry().settings_models()
+    models = default_registry().settings_models()
+    fields = StackConfig.model_fields
+    own = {f.alias or n for n, f in fields.items()} | set(fields)
+    clash = sorted(set(models) & (own | {"selector"}))  # selector: a Fleet entry's own field
+    if clash:
+        raise ConfigError(f"provider settings keys {clash} are fields of a stack; rename them")
+    return models
 
 
 def _section_errors(key: str, exc: ValidationError) -> str:

@@ -132,9 +132,13 @@ class InventoryRecord:
     deps: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        # A record built without claims (tests, old callers) claims its path.
-        if not self.claims and self.path:
-            object.__setattr__(self, "claims", (self.path,))
+        # Built without claims or a delete record (old callers, rows from before schema
+        # 2): it claims its path, and its provider deletes from ``{"path": path}``.
+        if self.path:
+            if not self.claims:
+                object.__setattr__(self, "claims", (self.path,))
+            if not self.record:
+                object.__setattr__(self, "record", {"path": self.path})
 
 
 class StateDB:
