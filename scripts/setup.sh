@@ -23,6 +23,8 @@ if [ "${1:-run}" = dev ]; then
   # The web UI tests drive Debian's headless Chromium through its chromedriver.
   command -v chromium >/dev/null || missing="$missing chromium"
   command -v chromedriver >/dev/null || missing="$missing chromium-driver"
+  # The PostgreSQL tests start their own server (initdb into a temp dir): Debian's package.
+  compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing="$missing postgresql"
   if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null

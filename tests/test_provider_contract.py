@@ -432,6 +432,10 @@ def test_record_then_delete_removes_it(
 
 
 def test_every_kind_has_contract_cases() -> None:
+    # The PostgreSQL kinds' cases run against a real server, in test_postgres_contract.py.
+    from test_postgres_contract import POSTGRES_DELETE_CASES, POSTGRES_SPECS
+
     covered = set(SPECS) | {"Release": RELEASE_SPECS, "Service": SERVICE_SPECS}.keys()
+    covered |= set(POSTGRES_SPECS)
     assert set(default_registry().kinds) == covered
-    assert set(default_registry().kinds) == set(DELETE_CASES)
+    assert set(default_registry().kinds) == set(DELETE_CASES) | set(POSTGRES_DELETE_CASES)

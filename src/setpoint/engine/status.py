@@ -128,6 +128,10 @@ def update_status(
         elif failed or result.prune_failures:
             first = next((o for o in result.outcomes if o.state == FAILED), None)
             detail = f": {first.resource}: {first.error}" if first else ""
+            if first is None and result.prune_failures:
+                # Say why a prune was refused (e.g. a schema holding tables).
+                rid, why = min(result.prune_failures.items())
+                detail = f": {rid}: {why}"
             st.set_condition(
                 "Ready",
                 False,

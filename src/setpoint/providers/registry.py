@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from setpoint.providers import postgres
 from setpoint.providers.base import Registry
 from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.services.service_spec import ReleaseSpec, ServiceSpec
@@ -18,4 +19,5 @@ def default_registry() -> Registry:
     reg.register("Symlink", SymlinkSpec, FilesystemProvider)
     reg.register("Release", ReleaseSpec, ReleaseProvider)
     reg.register("Service", ServiceSpec, ServiceProvider)
+    postgres.register(reg)
     return reg

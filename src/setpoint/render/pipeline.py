@@ -36,7 +36,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 from yaml.nodes import Node, ScalarNode
@@ -316,6 +316,8 @@ class _Run:
                 blob = blob_of(e, self._blobs, self.limits)
                 if e.source_real is not None:
                     self.inputs.add(relative(self.tree_real, e.source_real))
+                if isinstance(spec, SecretConsumer) and (ref := spec.secret_ref()) is not None:
+                    blob = self._secret(e, *ref)
         except ReadError as exc:
             field_ = "templateSource" if _templated(spec) else "source"
             msg = f"{d.id}: spec.{field_}: {exc.message}"
@@ -331,6 +333,36 @@ class _Run:
         overlays = tuple(ov.file for ov in e.chain)
         self.origins[id(e)] = Origin(d.location, overlays, e.patched, template_at, secret)
         return res, e
+
+    def _secret(self, e: Entry, name: str, key: str) -> bytes:
+        """A secret value a spec refers to (``passwordFrom: {secret, key}``), as the blob.
+
+        ``key`` is a dotted path in the decrypted document. Errors name the overlay's
+        secrets and the path, never a value.
+        """
+        d = e.declared
+        value: Any = self._values(e.chain)[1]
+        where = ManifestError(d.location.file, e.line("spec", "passwordFrom"), "")
+        if name not in value:
+            raise ManifestError(
+                where.file, where.line,
+                f"{d.id}: spec.passwordFrom: no secret {name!r} in the secretFiles of the "
+                "overlays that include this manifest",
+            )
+        value = value[name]
+        for part in key.split("."):
+            if not isinstance(value, Mapping) or part not in value:
+                raise ManifestError(
+                    where.file, where.line,
+                    f"{d.id}: spec.passwordFrom: secret {name!r} has no key {key!r}",
+                )
+            value = value[part]
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ManifestError(
+                where.file, where.line,
+                f"{d.id}: spec.passwordFrom: {name}.{key} is not a string",
+            )
+        return str(value).encode("utf-8")
 
     def _template(self, e: Entry) -> tuple[bytes, bool, str]:
         """Render a File's template: (bytes, reads secrets, ``file:line`` of the template)."""
@@ -370,6 +402,15 @@ class _Run:
         if isinstance(hit, ManifestError):
             raise ManifestError(hit.file, hit.line, f"{rid}: {hit.message}")
         return hit
+
+
+@runtime_checkable
+class SecretConsumer(Protocol):
+    """A spec that takes one secret value (``PostgresRole.passwordFrom``): the renderer puts
+    it in ``Resource.blob`` (in memory, like a File's content), so providers never see the
+    overlays' secrets and a changed secret is a new declaration (the digest covers it)."""
+
+    def secret_ref(self) -> tuple[str, str] | None: ...
 
 
 def _templated(spec: BaseModel) -> bool:

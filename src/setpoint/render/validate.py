@@ -237,7 +237,7 @@ def _check_spec(
     except ValidationError as exc:
         spec_line = at("spec")
         spec_node = child(root, "spec")
-        fields = sorted(model.model_fields)
+        fields = sorted(f.alias or name for name, f in model.model_fields.items())
         for item in exc.errors(include_url=False, include_context=False, include_input=False):
             loc = tuple(p for p in item["loc"] if isinstance(p, str | int))
             line, found = (
