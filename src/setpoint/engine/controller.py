@@ -238,14 +238,16 @@ class Controller:
         with self._lock:
             repeated = self.fetch_errors[source] == message
             self.fetch_errors[source] = message
+        entries = [
+            JournalEntry(time.time(), s.name, "source.failed", None, None, message)
+            for s in self.config.stacks
+            if s.source == source
+        ]
         if not repeated:
-            self.db.append(
-                *(
-                    JournalEntry(time.time(), s.name, "source.failed", None, None, message)
-                    for s in self.config.stacks
-                    if s.source == source
-                )
-            )
+            self.db.append(*entries)  # one call: the metrics count the source once
+        for e in entries if repeated else ():
+            # The same error again, no success between: counted on its entry.
+            self.db.record_repeat(e, follows=True)
 
     # -- passes ---------------------------------------------------------------------
 

@@ -94,6 +94,9 @@ class Reconciler:
             h for p in unique if (h := getattr(p, "begin_pass", None))
         ]
         self._by_id: tuple[Desired, dict[str, Resource]] | None = None
+        # Per stack, the resources its previous pass failed: a failure repeated by this
+        # pass is counted on its journal entry rather than journaled again.
+        self._failing: dict[str, frozenset[str]] = {}
 
     @property
     def renders(self) -> int:
@@ -132,6 +135,9 @@ class Reconciler:
         self.inventory.refresh()
         status = self.db.load_status(stack.name)
         last_good = status.last_good_revision if status else None
+        self._failing[stack.name] = frozenset(
+            rid for rid, st in (status.resources if status else {}).items() if st == "failed"
+        )
         result = PassResult(
             stack=stack.name, fetched=fetched, fetch_error=fetch_error, partial=only is not None
         )
@@ -295,6 +301,7 @@ class Reconciler:
                 clock=self.clock,
                 declared=desired.paths,
                 heirs=lambda: self._heirs(stack, desired.revision),
+                failing=self._failing.get(stack.name, frozenset()),
             )
         if not dry_run:
             target.fsync_touched()
@@ -460,7 +467,7 @@ class Reconciler:
         stall: str = "",
     ) -> ResourceOutcome:
         if not dry_run:
-            self.db.append(
+            self.db.record_repeat(
                 JournalEntry(
                     self.clock(),
                     stack.name,
@@ -468,7 +475,8 @@ class Reconciler:
                     sha,
                     r.id,
                     f"{r.id} ({r.location}): {message}",
-                )
+                ),
+                follows=r.id in self._failing.get(stack.name, frozenset()),
             )
         return ResourceOutcome(r.id, "failed", error=message, stall=stall)
 
