@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -52,8 +52,11 @@ from setpoint.source.verify import (
     verify_revision,
 )
 from setpoint.state import Event, JournalEntry, StateDB
+from setpoint.state.retention import Retention, TrimResult, trim_if_due
 
 log = logging.getLogger("setpoint.controller")
+# A one-shot apply trims at most this many batches (a few ms each); the agent trims all.
+ONE_SHOT_TRIM_BATCHES = 20
 
 
 class StateLockedError(SetpointError):
@@ -456,9 +459,19 @@ class Controller:
         for name in self.sources:
             self.fetch(name)
         self.refresh_fleet(dry_run=dry_run)
-        return [
+        results = [
             self.reconcile(s.name, dry_run=dry_run) for s in self.config.stacks if not s.suspend
         ]
+        if not dry_run:
+            self.trim_journal(max_batches=ONE_SHOT_TRIM_BATCHES)  # a little, when due
+        return results
+
+    def trim_journal(
+        self, max_batches: int | None = None, between: Callable[[], bool] | None = None
+    ) -> TrimResult | None:
+        """Trim the journal to the ``journal:`` config when due (state/retention.py)."""
+        policy = Retention.of(self.config.journal)
+        return trim_if_due(self.db, policy, max_batches=max_batches, between=between)
 
     # -- stacks that left the config --------------------------------------------------
 

@@ -123,7 +123,7 @@ _INSERT_ENTRY = (
 # The newest repeatable entry of (stack, event, resource); the first term selects the
 # partial index journal_repeats.
 _LAST_REPEATABLE = (
-    "SELECT id, message, ts, count FROM journal WHERE " + _REPEAT_WHERE + " "
+    "SELECT id, message, ts, count FROM journal WHERE " + _REPEAT_WHERE + " "  # noqa: S608
     "AND stack = ? AND event = ? AND resource IS ? ORDER BY id DESC LIMIT 1"
 )
 _STATUS_FIELDS = frozenset(f.name for f in dataclasses.fields(StackStatus))
@@ -419,18 +419,17 @@ class StateDB:
             self.append(entry)
             return entry
         row = _entry_row(entry)
-        with self._lock:
-            with self._write() as conn:
-                prev = conn.execute(_LAST_REPEATABLE, (entry.stack, row[2], entry.resource))
-                found = prev.fetchone()
-                if found is not None and found[1] == row[5]:
-                    conn.execute(
-                        "UPDATE journal SET count = count + 1, last_at = ? WHERE id = ?",
-                        (entry.ts, found[0]),
-                    )
-                    return dataclasses.replace(
-                        entry, id=found[0], ts=found[2], count=found[3] + 1, last_at=entry.ts
-                    )
+        with self._lock, self._write() as conn:
+            prev = conn.execute(_LAST_REPEATABLE, (entry.stack, row[2], entry.resource))
+            found = prev.fetchone()
+            if found is not None and found[1] == row[5]:
+                conn.execute(
+                    "UPDATE journal SET count = count + 1, last_at = ? WHERE id = ?",
+                    (entry.ts, found[0]),
+                )
+                return dataclasses.replace(
+                    entry, id=found[0], ts=found[2], count=found[3] + 1, last_at=entry.ts
+                )
         self.append(entry)
         return entry
 
@@ -522,9 +521,8 @@ def _history_sql(by_stack: bool, by_events: bool, after: bool) -> str:
         where.append("id > ?")
     order = "ASC" if after else "DESC"
     return (
-        "SELECT id, ts, stack, event, revision, resource, message, detail, count, last_at "  # noqa: S608
-        "FROM journal "
-        "WHERE " + " AND ".join(where) + f" ORDER BY id {order} LIMIT ?"
+        "SELECT id, ts, stack, event, revision, resource, message, detail, count, last_at "
+        "FROM journal WHERE " + " AND ".join(where) + f" ORDER BY id {order} LIMIT ?"
     )
 
 

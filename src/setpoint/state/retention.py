@@ -26,14 +26,17 @@ Rules:
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from setpoint.state.db import StateDB
+
+log = logging.getLogger("setpoint.retention")
 
 DAY = 86_400.0
 #: Rows per batch (one write transaction): a few milliseconds.
@@ -50,6 +53,15 @@ _REMOVED = "removed_total"
 _BOUNDS = "SELECT (SELECT min(id) FROM journal), (SELECT max(id) FROM journal)"
 
 
+class _JournalConfig(Protocol):
+    @property
+    def max_age_days(self) -> float: ...
+    @property
+    def max_entries(self) -> int: ...
+    @property
+    def diff_max_age_days(self) -> float: ...
+
+
 @dataclass(frozen=True)
 class Retention:
     """The ``journal:`` config: how long and how much the journal keeps."""
@@ -57,6 +69,10 @@ class Retention:
     max_age_days: float = 90
     max_entries: int = 1_000_000
     diff_max_age_days: float = 30
+
+    @classmethod
+    def of(cls, cfg: _JournalConfig) -> Retention:
+        return cls(cfg.max_age_days, cfg.max_entries, cfg.diff_max_age_days)
 
 
 @dataclass(frozen=True)
@@ -75,7 +91,9 @@ class Trimmed:
         )
 
     def to_json(self) -> dict[str, object]:
-        return {"at": self.at, "before": self.before, "removed": self.removed, "reason": self.reason}
+        return {
+            "at": self.at, "before": self.before, "removed": self.removed, "reason": self.reason
+        }
 
 
 @dataclass
@@ -102,13 +120,14 @@ def trim(
     now: float | None = None,
     batch: int = BATCH,
     max_batches: int | None = None,
-    between: Callable[[], None] | None = None,
+    between: Callable[[], bool] | None = None,
 ) -> TrimResult:
     """Trim the journal to ``policy``, one short transaction per ``batch`` rows.
 
     ``between`` runs after each batch, outside any transaction (the agent pauses
-    there so a waiting pass gets the lock). ``max_batches`` bounds the work (a
-    one-shot ``apply`` trims a little, the agent all of it).
+    there so a waiting pass gets the lock); it returns False to stop (the rest
+    waits for the next trim). ``max_batches`` bounds the work (a one-shot
+    ``apply`` trims a little, the agent all of it).
     """
     now = time.time() if now is None else now
     result = TrimResult()
@@ -132,8 +151,38 @@ def trim(
                 result.removed += n
             else:
                 result.diffs_dropped += n
-            if more and between is not None:
-                between()
+            if more and between is not None and not between():
+                result.finished = False
+                return result
+    return result
+
+
+def trim_if_due(
+    db: StateDB,
+    policy: Retention,
+    *,
+    max_batches: int | None = None,
+    between: Callable[[], bool] | None = None,
+) -> TrimResult | None:
+    """:func:`trim` if :func:`due`; ``None`` if not due or it failed.
+
+    Never raises a database error: trimming must never fail a pass or an apply
+    (it is logged, and tried again next time).
+    """
+    try:
+        if not due(db, policy):
+            return None
+        result = trim(db, policy, max_batches=max_batches, between=between)
+    except sqlite3.Error as exc:
+        log.warning("trimming the journal failed (tried again later): %s", exc)
+        return None
+    if result.removed or result.diffs_dropped:
+        log.info(
+            "journal trimmed: %d entries removed, %d diffs dropped%s",
+            result.removed,
+            result.diffs_dropped,
+            "" if result.finished else " (more at the next trim)",
+        )
     return result
 
 
