@@ -52,11 +52,11 @@ from setpoint.source.verify import (
     verify_revision,
 )
 from setpoint.state import Event, JournalEntry, StateDB
-from setpoint.state.retention import Retention, TrimResult, trim_if_due
+from setpoint.state.retention import Retention, TrimResult, trim_apart, trim_if_due
 
 log = logging.getLogger("setpoint.controller")
 # A one-shot apply trims at most this many batches (a few ms each); the agent trims all.
-ONE_SHOT_TRIM_BATCHES = 20
+ONE_SHOT_TRIM_BATCHES = 40
 
 
 class StateLockedError(SetpointError):
@@ -469,9 +469,12 @@ class Controller:
     def trim_journal(
         self, max_batches: int | None = None, between: Callable[[], bool] | None = None
     ) -> TrimResult | None:
-        """Trim the journal to the ``journal:`` config when due (state/retention.py)."""
+        """Trim the journal to the ``journal:`` config when due (state/retention.py); with
+        ``between`` (the agent's trim thread) all of it, on a connection of its own."""
         policy = Retention.of(self.config.journal)
-        return trim_if_due(self.db, policy, max_batches=max_batches, between=between)
+        if between is not None:
+            return trim_apart(Path(self.config.state), policy, between=between)
+        return trim_if_due(self.db, policy, max_batches=max_batches)
 
     # -- stacks that left the config --------------------------------------------------
 

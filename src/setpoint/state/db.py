@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -180,7 +180,11 @@ class StateDB:
         self.path = self.state_dir / DB_NAME
         # Create the file ourselves so SQLite never creates it with the umask's
         # mode; SQLite gives the -wal and -shm files the database file's mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # O_EXCL: never open (and close) an existing file here, as closing any descriptor
+        # of it drops every POSIX lock this process holds on it, those of another
+        # connection of this process too (the agent's retention trim has its own).
+        with suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
         # Told of the journal entries of each commit (ids filled in), in id order, after
@@ -415,23 +419,29 @@ class StateDB:
         """
         if entry.event not in REPEATABLE:
             raise ValueError(f"journal event {entry.event!r} is not one that may repeat")
-        if not follows:
-            self.append(entry)
-            return entry
         row = _entry_row(entry)
-        with self._lock, self._write() as conn:
-            prev = conn.execute(_LAST_REPEATABLE, (entry.stack, row[2], entry.resource))
-            found = prev.fetchone()
-            if found is not None and found[1] == row[5]:
-                conn.execute(
-                    "UPDATE journal SET count = count + 1, last_at = ? WHERE id = ?",
-                    (entry.ts, found[0]),
+        with self._lock:
+            with self._write() as conn:
+                found = (
+                    conn.execute(_LAST_REPEATABLE, (entry.stack, row[2], entry.resource)).fetchone()
+                    if follows
+                    else None
                 )
-                return dataclasses.replace(
-                    entry, id=found[0], ts=found[2], count=found[3] + 1, last_at=entry.ts
+                if found is not None and found[1] == row[5]:
+                    conn.execute(
+                        "UPDATE journal SET count = count + 1, last_at = ? WHERE id = ?",
+                        (entry.ts, found[0]),
+                    )
+                    return dataclasses.replace(
+                        entry, id=found[0], ts=found[2], count=found[3] + 1, last_at=entry.ts
+                    )
+                conn.execute(_INSERT_ENTRY, row)
+                stored = dataclasses.replace(
+                    entry, id=int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
                 )
-        self.append(entry)
-        return entry
+            if self.on_journal is not None:
+                self.on_journal([stored])
+        return stored
 
     def run_batch(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         """Run ``work`` in one write transaction, under this object's lock.
