@@ -28,17 +28,27 @@ import tempfile
 import time
 from pathlib import Path
 
-GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@invalid",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@invalid"}
+GIT_ENV = {
+    **os.environ,
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@invalid",
+}
 
 
 def make_repo(repo: Path, n: int) -> None:
     (repo / "m").mkdir(parents=True)
-    parts = [f"apiVersion: setpoint/v1\nkind: File\nmetadata: {{name: f{i}}}\n"
-             f"spec: {{path: /data/f{i}.txt, content: \"file {i}\\n\"}}\n" for i in range(n)]
+    parts = [
+        f"apiVersion: setpoint/v1\nkind: File\nmetadata: {{name: f{i}}}\n"
+        f'spec: {{path: /data/f{i}.txt, content: "file {i}\\n"}}\n'
+        for i in range(n)
+    ]
     # Fails on every pass: its parent is a regular file (made by the bench in each root).
-    parts.append("apiVersion: setpoint/v1\nkind: File\nmetadata: {name: stuck}\n"
-                 "spec: {path: /blocker/x/stuck.txt, content: x}\n")
+    parts.append(
+        "apiVersion: setpoint/v1\nkind: File\nmetadata: {name: stuck}\n"
+        "spec: {path: /blocker/x/stuck.txt, content: x}\n"
+    )
     (repo / "m" / "files.yaml").write_text("---\n".join(parts))
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
     subprocess.run(["git", "add", "-A"], cwd=repo, check=True)
@@ -51,20 +61,24 @@ def fill(state: Path, entries: int) -> None:
 
     now = time.time()
     with StateDB(state) as db:
-        db.run_batch(lambda conn: conn.execute(
-            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?) "
-            "INSERT INTO journal (ts, stack, event, revision, resource, message, detail) "
-            "SELECT ? + i * 0.03, 'stack' || (i % 8), "
-            "CASE WHEN i % 5 = 0 THEN 'failure' ELSE 'apply' END, 'abc123def456', "
-            "'File/f' || (i % 5000), 'updated /etc/f' || (i % 5000) || ': content', "
-            "'{\"action\":\"update\",\"path\":\"/etc/f\",\"ms\":1.2}' FROM n",
-            (entries, now - entries * 0.03),
-        ))
+        db.run_batch(
+            lambda conn: conn.execute(
+                "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i + 1 < ?) "
+                "INSERT INTO journal (ts, stack, event, revision, resource, message, detail) "
+                "SELECT ? + i * 0.03, 'stack' || (i % 8), "
+                "CASE WHEN i % 5 = 0 THEN 'failure' ELSE 'apply' END, 'abc123def456', "
+                "'File/f' || (i % 5000), 'updated /etc/f' || (i % 5000) || ': content', "
+                '\'{"action":"update","path":"/etc/f","ms":1.2}\' FROM n',
+                (entries, now - entries * 0.03),
+            )
+        )
 
 
 def db_mb(state: Path) -> float:
-    return sum(os.path.getsize(state / f) for f in os.listdir(state)
-               if f.startswith("setpoint.db")) / 1e6
+    return (
+        sum(os.path.getsize(state / f) for f in os.listdir(state) if f.startswith("setpoint.db"))
+        / 1e6
+    )
 
 
 def main() -> None:
@@ -83,18 +97,25 @@ def main() -> None:
         make_repo(repo, args.files)
         t0 = time.perf_counter()
         fill(work / "state-million", args.entries)
-        print(f"wrote {args.entries:,} entries in {time.perf_counter() - t0:.1f} s "
-              f"({db_mb(work / 'state-million'):.0f} MB with the WAL)")
+        print(
+            f"wrote {args.entries:,} entries in {time.perf_counter() - t0:.1f} s "
+            f"({db_mb(work / 'state-million'):.0f} MB with the WAL)"
+        )
         ctls = {}
         for label in ("empty", "million"):
             root = work / f"root-{label}"
             (root / "data").mkdir(parents=True)
             (root / "blocker").write_text("a file where a directory is needed")
-            ctls[label] = ctl = Controller(AgentConfig.model_validate({
-                "root": str(root), "state": str(work / f"state-{label}"),
-                "sources": [{"name": "s", "url": str(repo)}],
-                "stacks": [{"name": "bench", "source": "s", "path": "m"}],
-            }))
+            ctls[label] = ctl = Controller(
+                AgentConfig.model_validate(
+                    {
+                        "root": str(root),
+                        "state": str(work / f"state-{label}"),
+                        "sources": [{"name": "s", "url": str(repo)}],
+                        "stacks": [{"name": "bench", "source": "s", "path": "m"}],
+                    }
+                )
+            )
             ctl.fetch("s")
             ctl.reconcile("bench")  # first apply
             ctl.reconcile("bench")  # warm, as in a running agent
@@ -128,8 +149,10 @@ def main() -> None:
             m = statistics.median(times[(kind, "million")]) * 1000
             worst = max(worst, m / e)
             print(f"{kind:<8} {e:>17.1f} {m:>14.1f} {m / e:>6.3f}x")
-        print(f"medians of {args.repeat} passes each, {args.files} files, {k} reverted per "
-              f"repair pass; target: ratio <= 1.10x ({'met' if worst <= 1.10 else 'NOT met'})")
+        print(
+            f"medians of {args.repeat} passes each, {args.files} files, {k} reverted per "
+            f"repair pass; target: ratio <= 1.10x ({'met' if worst <= 1.10 else 'NOT met'})"
+        )
         state = work / "state-million"
         ctl = ctls["million"]
         before = db_mb(state)
@@ -138,8 +161,10 @@ def main() -> None:
         took = time.perf_counter() - t0
         for c in ctls.values():
             c.close()
-        print(f"trim to 10,000 entries: {r.removed:,} removed in {r.batches} batches, "
-              f"{took:.1f} s; state DB {before:.0f} MB -> {db_mb(state):.1f} MB")
+        print(
+            f"trim to 10,000 entries: {r.removed:,} removed in {r.batches} batches, "
+            f"{took:.1f} s; state DB {before:.0f} MB -> {db_mb(state):.1f} MB"
+        )
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def test_a_million_entries_trimmed_to_the_bound_keep_the_db_small(state_dir: Pat
                 "INSERT INTO journal (ts, stack, event, revision, resource, message, detail) "
                 "SELECT ? + i, 'web', 'apply', 'abc123def456', 'File/f' || (i % 5000), "
                 "'updated /etc/f' || (i % 5000) || ': content', "
-                "'{\"action\":\"update\",\"path\":\"/etc/f\",\"ms\":1.2}' FROM n",
+                '\'{"action":"update","path":"/etc/f","ms":1.2}\' FROM n',
                 (n, NOW - n),
             )
 

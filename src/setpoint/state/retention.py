@@ -95,7 +95,10 @@ class Trimmed:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "at": self.at, "before": self.before, "removed": self.removed, "reason": self.reason
+            "at": self.at,
+            "before": self.before,
+            "removed": self.removed,
+            "reason": self.reason,
         }
 
 
@@ -262,9 +265,7 @@ def _trim_entries(
             (run.at, before, end - 1, removed, reason),
         )
         run.row = cur.lastrowid
-        conn.execute(
-            "DELETE FROM journal_trims WHERE id <= ?", ((run.row or 0) - KEEP_TRIM_ROWS,)
-        )
+        conn.execute("DELETE FROM journal_trims WHERE id <= ?", ((run.row or 0) - KEEP_TRIM_ROWS,))
     else:
         conn.execute(
             "UPDATE journal_trims SET before_ts = ?, through_id = ?, removed = removed + ?, "
