@@ -161,6 +161,28 @@ def test_a_pass_completes_while_a_trim_is_in_progress(
         ctl.close()
 
 
+def test_apply_trims_a_little_when_a_trim_is_due(
+    git_repo: GitRepo, root: Path, state_dir: Path
+) -> None:
+    git_repo.commit({"m/a.yaml": manifest("File", "motd", path="/etc/motd", content="hi\n")})
+    with StateDB(state_dir) as db:
+        fill(db, 30_000, first_ts=time.time() - 200 * DAY, step=1)  # all past maxAgeDays
+    cfg = one_stack(git_repo.url, root, state_dir)
+    for left in (10_000, 0):  # at most 40 batches of 500 per apply
+        ctl = Controller(cfg)
+        try:
+            (r,) = ctl.run_once()
+            assert r.converged
+            old = ctl.db.use(
+                lambda c: c.execute(
+                    "SELECT count(*) FROM journal WHERE ts < ?", (time.time() - 90 * DAY,)
+                ).fetchone()[0]
+            )
+            assert old == left
+        finally:
+            ctl.close()
+
+
 def test_a_million_entries_trimmed_to_the_bound_keep_the_db_small(state_dir: Path) -> None:
     """1,000,000 entries (~140 MB with the WAL); trimmed to 10,000, the files take < 16 MB."""
     db = StateDB(state_dir)
