@@ -135,7 +135,7 @@ def test_a_pass_completes_while_a_trim_is_in_progress(
         in_trim, pass_done = threading.Event(), threading.Event()
         passes_seen: list[bool] = []
 
-        def between() -> bool:
+        def between(took: float) -> bool:
             # After the first batch: the trim is under way, and waits here for the pass.
             if not in_trim.is_set():
                 in_trim.set()

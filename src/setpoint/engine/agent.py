@@ -59,8 +59,9 @@ FLAP_LIMIT = 20
 FLAP_WINDOW = 10.0
 # Journal retention (state/retention.py): checked at start, then this often.
 TRIM_INTERVAL = 600.0
-# Between two trim batches: a pass waiting for the state DB gets it first.
-TRIM_PAUSE = 0.002
+# Between two trim batches, at least (and twice the batch's time): a pass waiting for
+# the write lock wakes from SQLite's busy sleeps (1, 2, 5, 10 ... ms) inside the pause.
+TRIM_PAUSE = 0.01
 
 
 def jittered(seconds: float, rng: random.Random, spread: float = 0.1) -> float:
@@ -299,9 +300,9 @@ class Agent:
             )
             await self._sleep(jittered(TRIM_INTERVAL, self.rng))
 
-    def _trim_pause(self) -> bool:
+    def _trim_pause(self, took: float) -> bool:
         """Trim thread, between two batches: let a waiting pass in; stop with the agent."""
-        time.sleep(TRIM_PAUSE)
+        time.sleep(max(TRIM_PAUSE, 2 * took))
         return not self.stop.is_set()
 
     # -- main -------------------------------------------------------------------------

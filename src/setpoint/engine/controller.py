@@ -467,7 +467,7 @@ class Controller:
         return results
 
     def trim_journal(
-        self, max_batches: int | None = None, between: Callable[[], bool] | None = None
+        self, max_batches: int | None = None, between: Callable[[float], bool] | None = None
     ) -> TrimResult | None:
         """Trim the journal to the ``journal:`` config when due (state/retention.py); with
         ``between`` (the agent's trim thread) all of it, on a connection of its own."""

@@ -126,14 +126,15 @@ def trim(
     now: float | None = None,
     batch: int = BATCH,
     max_batches: int | None = None,
-    between: Callable[[], bool] | None = None,
+    between: Callable[[float], bool] | None = None,
 ) -> TrimResult:
     """Trim the journal to ``policy``, one short transaction per ``batch`` rows.
 
-    ``between`` runs after each batch, outside any transaction (the agent pauses
-    there so a waiting pass gets the lock); it returns False to stop (the rest
-    waits for the next trim). ``max_batches`` bounds the work (a one-shot
-    ``apply`` trims a little, the agent all of it).
+    ``between(seconds the batch took)`` runs after each batch, outside any
+    transaction (the agent pauses there so that a waiting pass gets the write
+    lock); it returns False to stop (the rest waits for the next trim).
+    ``max_batches`` bounds the work (a one-shot ``apply`` trims a little, the
+    agent all of it).
     """
     now = time.time() if now is None else now
     result = TrimResult()
@@ -149,15 +150,17 @@ def trim(
             if max_batches is not None and result.batches >= max_batches:
                 result.finished = False
                 return result
+            t0 = time.monotonic()
             n, more = db.run_batch(step)
             if n:
                 db.use(_vacuum)
+            took = time.monotonic() - t0
             result.batches += 1
             if i == 0:
                 result.removed += n
             else:
                 result.diffs_dropped += n
-            if more and between is not None and not between():
+            if more and between is not None and not between(took):
                 result.finished = False
                 return result
     return result
@@ -168,7 +171,7 @@ def trim_if_due(
     policy: Retention,
     *,
     max_batches: int | None = None,
-    between: Callable[[], bool] | None = None,
+    between: Callable[[float], bool] | None = None,
 ) -> TrimResult | None:
     """:func:`trim` if :func:`due`; ``None`` if not due or it failed.
 
@@ -193,7 +196,7 @@ def trim_if_due(
 
 
 def trim_apart(
-    state_dir: Path, policy: Retention, *, between: Callable[[], bool] | None = None
+    state_dir: Path, policy: Retention, *, between: Callable[[float], bool] | None = None
 ) -> TrimResult | None:
     """:func:`trim_if_due` on a connection of its own (the agent's trim thread).
 
