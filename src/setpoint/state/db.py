@@ -3,7 +3,9 @@
 Callers: the engine writes (``record_outcome`` after every confirmed apply or
 delete, ``append`` for events that change no inventory, ``save_status`` at the
 end of a pass) and reads the inventory (what prune may delete, who owns a
-path); the CLI and the API read ``history`` and ``all_status``.
+path); the CLI and the API read ``history`` and ``all_status``. Failures a retry
+repeats go through ``record_repeat`` (counted on one entry); journal retention
+(:mod:`setpoint.state.retention`) trims through ``run_batch`` and ``use``.
 
 Durability: the file runs in WAL mode with ``synchronous=NORMAL``. A commit is
 atomic and survives a crash of the process; after a power loss the last few

@@ -1,4 +1,8 @@
-"""Journal entries: the append-only history of what the agent saw and did.
+"""Journal entries: the history of what the agent saw and did.
+
+Entries are appended, never edited, with two exceptions: a failure repeated on
+every retry is counted on its entry (``count``, ``last_at``), and retention
+(:mod:`setpoint.state.retention`) trims the oldest entries and old diffs.
 
 The engine builds :class:`JournalEntry` values (one per fetched revision,
 apply, drift found, revert, prune, failure, pass, ...) and hands them to
