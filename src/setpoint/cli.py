@@ -449,31 +449,36 @@ def history(
     """Show the journal: revisions, applies, drift found and reverted, failures, with times."""
     from setpoint.cli_api import journal_query, running_agent
     from setpoint.state import JournalEntry
+    from setpoint.state.retention import Trimmed, last_trim
 
     client = running_agent(state)
     entries: list[JournalEntry] | None = None
+    trimmed: Trimmed | None = None
     if client is not None:  # the running agent's journal; the state dir if it cannot answer
         try:
-            docs = client.call("GET", journal_query(stack, limit))["entries"]
+            page = client.call("GET", journal_query(stack, limit))
             entries = [
                 JournalEntry(
                     ts=d["ts"], stack=d["stack"], event=d["event"], revision=d["revision"],
                     resource=d["resource"], message=d["message"], detail=d["detail"], id=d["id"],
+                    count=d.get("count", 1), last_at=d.get("lastAt"),
                 )
-                for d in reversed(docs)
+                for d in reversed(page["entries"])
             ]  # fmt: skip
+            trimmed = Trimmed(**page["trimmed"]) if page.get("trimmed") else None
         except (SetpointError, KeyError, TypeError) as exc:
             typer.echo(f"warning: {exc}; reading the state dir instead", err=True)
     if entries is None:
         db = _db(state)
         try:
             entries = db.history(stack=stack, limit=limit)
+            trimmed = db.use(last_trim)
         finally:
             db.close()
     if as_json:
         typer.echo(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
     else:
-        print_history(entries)
+        print_history(entries, trimmed)
 
 
 @app.command(epilog="Example: setpoint logs web --state /var/lib/setpoint -f")

@@ -11,6 +11,7 @@ from setpoint.engine.outcome import PassResult
 from setpoint.model.plan import Action, Change
 from setpoint.model.status import StackStatus
 from setpoint.state import JournalEntry
+from setpoint.state.retention import Trimmed
 
 SYMBOL = {
     Action.CREATE: "+",
@@ -35,6 +36,14 @@ def _short(sha: str | None) -> str:
 
 def _when(ts: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "never"
+
+
+def _when_again(first: float, last: float | None) -> str:
+    """The time of a repeat: only the clock time when it is the first one's day."""
+    if last is None:
+        return "unknown"
+    same_day = time.localtime(first)[:3] == time.localtime(last)[:3]
+    return time.strftime("%H:%M:%S", time.localtime(last)) if same_day else _when(last)
 
 
 def print_change(c: Change, note: str = "") -> None:
@@ -169,11 +178,14 @@ def print_status(stacks: list[StackStatus]) -> None:
             typer.echo(f"    {h.get('health', 'Unknown')}: {rid}{why}")
 
 
-def print_history(entries: list[JournalEntry]) -> None:
+def print_history(entries: list[JournalEntry], trimmed: Trimmed | None = None) -> None:
+    if trimmed is not None:
+        typer.echo(trimmed.describe(_when))
     for e in entries:
         where = f" {e.resource}" if e.resource else ""
         rev = f" @{e.revision[:12]}" if e.revision else ""
-        typer.echo(f"{_when(e.ts)} {e.stack} {e.event}{where}{rev}: {e.message}")
+        times = f" ×{e.count}, last {_when_again(e.ts, e.last_at)}" if e.count > 1 else ""
+        typer.echo(f"{_when(e.ts)} {e.stack} {e.event}{times}{where}{rev}: {e.message}")
         diff = e.detail.get("diff") if isinstance(e.detail, dict) else None
         if isinstance(diff, str):
             for dl in diff.rstrip("\n").splitlines():

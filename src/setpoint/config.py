@@ -304,6 +304,16 @@ class RetryConfig(_Model):
     max: float = Field(default=300.0, gt=0)
 
 
+class JournalConfig(_Model):
+    """Journal retention (``journal:``): entries older than ``maxAgeDays`` or beyond the
+    newest ``maxEntries`` are trimmed in the background; diffs older than ``diffMaxAgeDays``
+    are dropped from their entries, which stay (see setpoint.state.retention)."""
+
+    max_age_days: float = Field(default=90, gt=0, alias="maxAgeDays")
+    max_entries: int = Field(default=1_000_000, ge=1, alias="maxEntries")
+    diff_max_age_days: float = Field(default=30, gt=0, alias="diffMaxAgeDays")
+
+
 class LimitsConfig(_Model):
     """Bounds on untrusted repository input (see render.Limits); errors name file:line."""
 
@@ -354,6 +364,7 @@ class AgentConfig(_Model):
     max_concurrent_stacks: int = Field(default=4, ge=1, le=64, alias="maxConcurrentStacks")
     retry: RetryConfig = RetryConfig()
     limits: LimitsConfig = LimitsConfig()
+    journal: JournalConfig = JournalConfig()
     # The agent's HTTP listener (GET /status, POST /sync, POST /hooks/git): HOST:PORT,
     # port 0 = any free port (written to STATE/agent.json for `setpoint sync`).
     listen: str = Field(default=DEFAULT_LISTEN, pattern=LISTEN_RE)

@@ -126,7 +126,8 @@ def router(agent: Agent, auth: ApiAuth) -> APIRouter:
             entry_json(e) for e in obs.reader.journal(stack=stack or None, events=events, limit=200)
         ]
         return page(request, "journal.html", entries=entries, stack=stack or "",
-                    event=event or "", stacks=list(view.names()), title="journal")  # fmt: skip
+                    event=event or "", stacks=list(view.names()), title="journal",
+                    trimmed=obs.reader.trimmed())  # fmt: skip
 
     @api.get("/static/{name}")
     async def static(name: str) -> Response:

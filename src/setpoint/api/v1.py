@@ -90,11 +90,21 @@ class JournalEntry(BaseModel):
     revision: str | None
     message: str
     detail: dict[str, Any]
+    count: int = 1  # how many times it happened (a failure repeated on every retry)
+    lastAt: float | None = None  # the last time, when more than once
+
+
+class Trimmed(BaseModel):
+    at: float  # when retention last trimmed the journal
+    before: float  # older entries were trimmed
+    removed: int  # entries removed, in all
+    reason: str  # e.g. "maxAgeDays 90"
 
 
 class JournalPage(BaseModel):
     entries: list[JournalEntry]
     next: str | None  # the cursor of the next (older) page
+    trimmed: Trimmed | None = None  # what journal retention removed (None: nothing)
 
 
 class Diff(BaseModel):
@@ -325,7 +335,11 @@ def router(agent: Agent, auth: ApiAuth, view: StacksView | None = None) -> APIRo
             before=before, limit=limit,
         )  # fmt: skip
         nxt = str(entries[-1].id) if len(entries) == limit and entries else None
-        return _json({"entries": [entry_json(e) for e in entries], "next": nxt})
+        trimmed = obs.reader.trimmed()
+        return _json({
+            "entries": [entry_json(e) for e in entries], "next": nxt,
+            "trimmed": trimmed.to_json() if trimmed is not None else None,
+        })  # fmt: skip
 
     @api.post("/stacks/{stack}/sync")
     async def sync(request: Request, stack: str) -> Response:

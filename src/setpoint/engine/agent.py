@@ -58,6 +58,11 @@ SUSPENDED_FILE = "suspended.json"
 _T = TypeVar("_T")
 FLAP_LIMIT = 20
 FLAP_WINDOW = 10.0
+# Journal retention (state/retention.py): checked at start, then this often.
+TRIM_INTERVAL = 600.0
+# Between two trim batches, at least (and twice the batch's time): a pass waiting for
+# the write lock wakes from SQLite's busy sleeps (1, 2, 5, 10 ... ms) inside the pause.
+TRIM_PAUSE = 0.01
 
 
 def jittered(seconds: float, rng: random.Random, spread: float = 0.1) -> float:
@@ -106,6 +111,7 @@ class Agent:
             self.config.max_concurrent_stacks, thread_name_prefix="setpoint-pass"
         )
         self._git = ThreadPoolExecutor(1, thread_name_prefix="setpoint-git")
+        self._trimmer = ThreadPoolExecutor(1, thread_name_prefix="setpoint-trim")
         self._queues = {s.name: _StackQueue(s) for s in self.config.stacks if not s.suspend}
         self._fetched_once = {s.name: asyncio.Event() for s in self.config.sources}
         self._refresh = {s.name: asyncio.Event() for s in self.config.sources}
@@ -283,6 +289,23 @@ class Agent:
                         self._passes, self._gated, w.report, self.controller.db, self.watch_poll
                     )
 
+    async def _trim_journal(self) -> None:
+        """Keep the journal to the ``journal:`` config: at start, then every TRIM_INTERVAL.
+
+        On a thread of its own, in short batches: passes go on meanwhile.
+        """
+        loop = asyncio.get_running_loop()
+        while not self.stop.is_set():
+            await loop.run_in_executor(
+                self._trimmer, self.controller.trim_journal, None, self._trim_pause
+            )
+            await self._sleep(jittered(TRIM_INTERVAL, self.rng))
+
+    def _trim_pause(self, took: float) -> bool:
+        """Trim thread, between two batches: let a waiting pass in; stop with the agent."""
+        time.sleep(max(TRIM_PAUSE, 2 * took))
+        return not self.stop.is_set()
+
     # -- main -------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -293,6 +316,7 @@ class Agent:
         tasks = [asyncio.create_task(self._poll(s.name, s.interval)) for s in self.config.sources]
         self._workers = [asyncio.create_task(self._worker(q)) for q in self._queues.values()]
         tasks.append(asyncio.create_task(self._poll_unwatched()))
+        tasks.append(asyncio.create_task(self._trim_journal()))
         api_task = asyncio.create_task(self._run_api())
         log.info(
             "agent started: %d source(s), %d stack(s)", len(self.config.sources), len(self._queues)
@@ -311,6 +335,7 @@ class Agent:
             await asyncio.wait_for(api_task, timeout=5)
         self._passes.shutdown(wait=True)
         self._git.shutdown(wait=True, cancel_futures=True)
+        self._trimmer.shutdown(wait=True)  # stops after its batch under way
         for w in self._watches.values():
             w.close()
         self.obs.close()

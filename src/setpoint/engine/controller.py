@@ -16,7 +16,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -54,8 +54,11 @@ from setpoint.source.verify import (
     verify_revision,
 )
 from setpoint.state import Event, JournalEntry, StateDB
+from setpoint.state.retention import Retention, TrimResult, trim_apart, trim_if_due
 
 log = logging.getLogger("setpoint.controller")
+# A one-shot apply trims at most this many batches (a few ms each); the agent trims all.
+ONE_SHOT_TRIM_BATCHES = 40
 
 
 class StateLockedError(SetpointError):
@@ -241,14 +244,16 @@ class Controller:
         with self._lock:
             repeated = self.fetch_errors[source] == message
             self.fetch_errors[source] = message
+        entries = [
+            JournalEntry(time.time(), s.name, "source.failed", None, None, message)
+            for s in self.config.stacks
+            if s.source == source
+        ]
         if not repeated:
-            self.db.append(
-                *(
-                    JournalEntry(time.time(), s.name, "source.failed", None, None, message)
-                    for s in self.config.stacks
-                    if s.source == source
-                )
-            )
+            self.db.append(*entries)  # one call: the metrics count the source once
+        for e in entries if repeated else ():
+            # The same error again, no success between: counted on its entry.
+            self.db.record_repeat(e, follows=True)
 
     # -- passes ---------------------------------------------------------------------
 
@@ -464,9 +469,22 @@ class Controller:
         for name in self.sources:
             self.fetch(name)
         self.refresh_fleet(dry_run=dry_run)
-        return [
+        results = [
             self.reconcile(s.name, dry_run=dry_run) for s in self.config.stacks if not s.suspend
         ]
+        if not dry_run:
+            self.trim_journal(max_batches=ONE_SHOT_TRIM_BATCHES)  # a little, when due
+        return results
+
+    def trim_journal(
+        self, max_batches: int | None = None, between: Callable[[float], bool] | None = None
+    ) -> TrimResult | None:
+        """Trim the journal to the ``journal:`` config when due (state/retention.py); with
+        ``between`` (the agent's trim thread) all of it, on a connection of its own."""
+        policy = Retention.of(self.config.journal)
+        if between is not None:
+            return trim_apart(Path(self.config.state), policy, between=between)
+        return trim_if_due(self.db, policy, max_batches=max_batches)
 
     # -- stacks that left the config --------------------------------------------------
 

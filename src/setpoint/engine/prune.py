@@ -20,7 +20,7 @@ claim time (``Provider.record``): the declaration is gone from Git by then.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from setpoint.config import StackConfig
@@ -66,6 +66,7 @@ def prune(
     clock: Callable[[], float],
     declared: dict[str, str] | None = None,
     heirs: Callable[[], dict[str, str]] | None = None,
+    failing: Collection[str] = (),
 ) -> None:
     """End of a full pass: prune what ``stack`` owns and no longer declares (``wanted``).
 
@@ -74,6 +75,8 @@ def prune(
     the paths other stacks of the same source declare at this revision (path ->
     stack): those are neither deleted nor released but left for that stack's pass to
     take over in one transaction, so the path is never unowned nor absent.
+    ``failing``: the resources the previous pass failed (a repeated failure is counted
+    on its journal entry, see ``StateDB.record_repeat``).
     """
     inv = view.stack(stack.name)
     gone = [rec for rid, rec in inv.items() if rid not in wanted]
@@ -108,6 +111,7 @@ def prune(
         why="removed from Git",
         dry_run=dry_run,
         clock=clock,
+        failing=failing,
     )
     result.prunes.extend(done.changes)
     result.prune_failures.update(done.failures)
@@ -125,6 +129,7 @@ def prune_records(
     why: str,
     dry_run: bool,
     clock: Callable[[], float],
+    failing: Collection[str] = (),
 ) -> PruneResult:
     """Delete (or release) ``records`` of ``stack`` through their providers.
 
@@ -161,7 +166,10 @@ def prune_records(
         except (SetpointError, OSError) as exc:
             msg = f"cannot delete {rec.path}: {os_message(exc)}"
             out.failures[rec.resource] = msg
-            view.db.append(JournalEntry(clock(), stack, "failure", revision, rec.resource, msg))
+            view.db.record_repeat(
+                JournalEntry(clock(), stack, "failure", revision, rec.resource, msg),
+                follows=rec.resource in failing,
+            )
             continue
         entry = JournalEntry(
             clock(), stack, "prune", revision, rec.resource, done, {"path": rec.path}

@@ -108,6 +108,9 @@ class Reconciler:
         # PassAware (providers/base.py): told when a pass starts and ends.
         self._pass_aware = [p for p in unique if isinstance(p, PassAware)]
         self._by_id: tuple[Desired, dict[str, Resource]] | None = None
+        # Per stack, the resources its previous pass failed: a failure repeated by this
+        # pass is counted on its journal entry rather than journaled again.
+        self._failing: dict[str, frozenset[str]] = {}
 
     @property
     def renders(self) -> int:
@@ -146,6 +149,9 @@ class Reconciler:
         self.inventory.refresh()
         status = self.db.load_status(stack.name)
         last_good = status.last_good_revision if status else None
+        self._failing[stack.name] = frozenset(
+            rid for rid, st in (status.resources if status else {}).items() if st == "failed"
+        )
         result = PassResult(
             stack=stack.name, fetched=fetched, fetch_error=fetch_error, partial=only is not None
         )
@@ -308,6 +314,7 @@ class Reconciler:
                 clock=self.clock,
                 declared=desired.paths,
                 heirs=lambda: self._heirs(stack, desired.revision),
+                failing=self._failing.get(stack.name, frozenset()),
             )
         self.end_pass()
 
@@ -509,7 +516,7 @@ class Reconciler:
         stall: str = "",
     ) -> ResourceOutcome:
         if not dry_run:
-            self.db.append(
+            self.db.record_repeat(
                 JournalEntry(
                     self.clock(),
                     stack.name,
@@ -517,7 +524,8 @@ class Reconciler:
                     sha,
                     r.id,
                     f"{r.id} ({r.location}): {message}",
-                )
+                ),
+                follows=r.id in self._failing.get(stack.name, frozenset()),
             )
         return ResourceOutcome(r.id, "failed", error=message, stall=stall)
 

@@ -35,6 +35,7 @@ def update_status(
     db: StateDB, stack: StackConfig, result: PassResult, prev: StackStatus | None, now: float
 ) -> StackStatus:
     st = prev or StackStatus(stack=stack.name)
+    failed_before = st.failures > 0  # the previous pass did not converge (st is updated below)
     st.source, st.path = stack.source, stack.path
     st.last_pass = now
     if result.fetched:
@@ -168,23 +169,39 @@ def update_status(
     st.failures = 0 if result.converged else st.failures + 1
 
     changed = result.count(CHANGED, REVERTED) + sum(1 for p in result.prunes if not p.is_noop)
-    if changed or result.count(FAILED):
-        journal.append(
-            JournalEntry(
-                now,
-                stack.name,
-                "pass",
-                result.revision,
-                None,
-                f"pass at {_short(result.revision)}: {result.count(CHANGED)} applied, "
-                f"{result.count(REVERTED)} reverted, {len(result.prunes)} pruned, "
-                f"{result.count(FAILED)} failed ({result.duration * 1000:.0f} ms)",
-            )
-        )
     db.save_status(st)
     if journal:
         db.append(*journal)
+    if changed or result.count(FAILED):
+        _journal_pass(db, stack, result, now, retry=not changed, follows=failed_before)
     return st
+
+
+def _journal_pass(
+    db: StateDB,
+    stack: StackConfig,
+    result: PassResult,
+    now: float,
+    *,
+    retry: bool,
+    follows: bool,
+) -> None:
+    """The pass's entry. A retry that only failed again (nothing changed) after a pass
+    that did not converge either is counted on the previous entry if it says the same
+    (its time is in the detail then, not in the message that is compared)."""
+    what = (
+        f"pass at {_short(result.revision)}: {result.count(CHANGED)} applied, "
+        f"{result.count(REVERTED)} reverted, {len(result.prunes)} pruned, "
+        f"{result.count(FAILED)} failed"
+    )
+    ms = round(result.duration * 1000)
+    if not retry:
+        db.append(JournalEntry(now, stack.name, "pass", result.revision, None, f"{what} ({ms} ms)"))
+        return
+    db.record_repeat(
+        JournalEntry(now, stack.name, "pass", result.revision, None, what, {"ms": ms}),
+        follows=follows,
+    )
 
 
 def _health_and_stalls(

@@ -65,6 +65,8 @@ def entry_json(entry: JournalEntry) -> dict[str, Any]:
         "revision": entry.revision,
         "message": cap_text(entry.message),
         "detail": detail,
+        "count": entry.count,  # > 1: a failure repeated on every retry, journaled once
+        "lastAt": entry.last_at,
     }
 
 

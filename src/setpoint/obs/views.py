@@ -25,6 +25,7 @@ from setpoint.state.db import (
     _record,
     _status_from_doc,
 )
+from setpoint.state.retention import Trimmed, last_trim
 
 if TYPE_CHECKING:
     from setpoint.engine.controller import Controller
@@ -51,6 +52,11 @@ class StateReader:
             rows = self._conn.execute("SELECT doc FROM status ORDER BY stack").fetchall()
         return [_status_from_doc(r[0]) for r in rows]
 
+    def trimmed(self) -> Trimmed | None:
+        """What journal retention removed so far (state/retention.py)."""
+        with self._lock:
+            return last_trim(self._conn)
+
     def inventory(self, stack: str) -> dict[str, InventoryRecord]:
         with self._lock:
             rows = self._conn.execute(_SELECT_RECORDS + " WHERE stack = ?", (stack,)).fetchall()
@@ -72,7 +78,8 @@ class StateReader:
         with ``after``: oldest first, ids above it (a stream catching up)."""
         # Each filter is a constant fragment with a bound parameter; NULL turns it off.
         sql = (
-            "SELECT id, ts, stack, event, revision, resource, message, detail FROM journal "
+            "SELECT id, ts, stack, event, revision, resource, message, detail, count, last_at "
+            "FROM journal "
             "WHERE (?1 IS NULL OR stack = ?1) AND (?2 IS NULL OR resource = ?2) "
             "AND (?3 IS NULL OR event IN (SELECT value FROM json_each(?3))) "
             "AND (?4 IS NULL OR ts >= ?4) AND (?5 IS NULL OR ts < ?5) "
@@ -94,7 +101,7 @@ class StateReader:
         return [
             JournalEntry(
                 id=r[0], ts=r[1], stack=r[2], event=r[3], revision=r[4], resource=r[5],
-                message=r[6], detail=json.loads(r[7]),
+                message=r[6], detail=json.loads(r[7]), count=r[8], last_at=r[9],
             )
             for r in rows
         ]  # fmt: skip

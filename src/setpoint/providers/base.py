@@ -26,7 +26,9 @@ below (:class:`PassAware`, :class:`Watchable`, :class:`EventSource`,
 
 from __future__ import annotations
 
+import collections
 import os
+import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
@@ -219,6 +221,51 @@ class ProviderEvent:
     message: str
     detail: dict[str, Any] = field(default_factory=dict)
     at: float = field(default_factory=time.time)
+
+
+class EventQueue:
+    """A provider's events waiting to be drained, bounded; what the bound drops is counted.
+
+    When ``bound`` events wait, the oldest goes and is counted against its
+    resource; that resource's next drain starts with an ``events.lost`` event
+    saying how many were lost, so none disappears silently. Thread-safe
+    (supervisor threads put, the pass thread drains).
+    """
+
+    def __init__(self, bound: int = 1000) -> None:
+        self.bound = bound
+        self._events: collections.deque[ProviderEvent] = collections.deque()
+        self._lost: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def put(self, event: ProviderEvent) -> None:
+        with self._lock:
+            self._events.append(event)
+            if len(self._events) > self.bound:
+                dropped = self._events.popleft()
+                self._lost[dropped.resource] = self._lost.get(dropped.resource, 0) + 1
+
+    def drain(self, resources: Collection[str]) -> list[ProviderEvent]:
+        """The queued events of ``resources``, oldest first (a count of lost ones first)."""
+        with self._lock:
+            out = [
+                ProviderEvent(
+                    rid,
+                    "events.lost",
+                    f"{n:,} provider events were lost (queue bound {self.bound:,})",
+                    {"lost": n, "bound": self.bound},
+                )
+                for rid, n in sorted(self._lost.items())
+                if rid in resources
+            ]
+            for e in out:
+                del self._lost[e.resource]
+            mine = [e for e in self._events if e.resource in resources]
+            if mine:
+                self._events = collections.deque(
+                    e for e in self._events if e.resource not in resources
+                )
+        return out + mine
 
 
 @runtime_checkable

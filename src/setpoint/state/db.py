@@ -3,7 +3,9 @@
 Callers: the engine writes (``record_outcome`` after every confirmed apply or
 delete, ``append`` for events that change no inventory, ``save_status`` at the
 end of a pass) and reads the inventory (what prune may delete, who owns a
-path); the CLI and the API read ``history`` and ``all_status``.
+path); the CLI and the API read ``history`` and ``all_status``. Failures a retry
+repeats go through ``record_repeat`` (counted on one entry); journal retention
+(:mod:`setpoint.state.retention`) trims through ``run_batch`` and ``use``.
 
 Durability: the file runs in WAL mode with ``synchronous=NORMAL``. A commit is
 atomic and survives a crash of the process; after a power loss the last few
@@ -20,21 +22,24 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from setpoint.model.errors import SetpointError
 from setpoint.model.status import StackStatus
-from setpoint.state.journal import JournalEntry, cap_text, encode_detail
+from setpoint.state.journal import REPEATABLE, JournalEntry, cap_text, encode_detail
 
 DB_NAME = "setpoint.db"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # How long a writer waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 10_000
+# The WAL file is cut back to this size after a checkpoint (a big transaction grew it).
+WAL_SIZE_LIMIT = 8 << 20
+_T = TypeVar("_T")
 
 # _MIGRATIONS[v] takes the schema from version v-1 to v. Version 0 is an empty
 # file. Append new versions; never edit a released one.
@@ -82,6 +87,32 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
 }
 
+# -- schema for journal retention and repeated entries (state/retention.py) -------------
+# The events that may repeat (journal.REPEATABLE), as SQL; a constant, never formatted.
+_REPEAT_WHERE = "event IN ('failure', 'source.failed', 'pass')"
+# Self-contained, so it composes with other migrations: renumber it if another lands first.
+_RETENTION_SCHEMA: tuple[str, ...] = (
+    # A failure repeated on every retry is one entry: how many times, and the last time.
+    "ALTER TABLE journal ADD COLUMN count INTEGER NOT NULL DEFAULT 1",
+    "ALTER TABLE journal ADD COLUMN last_at REAL",
+    # Finds the entry a repeat counts on; partial (only repeatable events), so small.
+    # Queries repeat _REPEAT_WHERE word for word: SQLite matches it as a term to use it.
+    "CREATE INDEX journal_repeats ON journal (stack, event, resource, id) WHERE "
+    + _REPEAT_WHERE,
+    # One row per trim run (bounded): what `setpoint history` says was trimmed.
+    """CREATE TABLE journal_trims (
+        id         INTEGER PRIMARY KEY,
+        at         REAL NOT NULL,
+        before_ts  REAL NOT NULL,
+        through_id INTEGER NOT NULL,
+        removed    INTEGER NOT NULL,
+        reason     TEXT NOT NULL
+    )""",
+    # Named counters of the trimmer (how far diffs were dropped, ...).
+    "CREATE TABLE journal_marks (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID",
+)
+_MIGRATIONS[3] = _RETENTION_SCHEMA
+
 # Whole statements spelled out (no formatting): every value is a bound parameter.
 _SELECT_RECORDS = (
     "SELECT stack, resource, kind, path, location, digest, revision, applied_at, prune, "
@@ -99,6 +130,12 @@ _DELETE_RECORD = "DELETE FROM inventory WHERE stack = ? AND resource = ?"
 _INSERT_ENTRY = (
     "INSERT INTO journal (ts, stack, event, revision, resource, message, detail) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+# The newest repeatable entry of (stack, event, resource); the first term selects the
+# partial index journal_repeats.
+_LAST_REPEATABLE = (
+    "SELECT id, message, ts, count FROM journal WHERE " + _REPEAT_WHERE + " "  # noqa: S608
+    "AND stack = ? AND event = ? AND resource IS ? ORDER BY id DESC LIMIT 1"
 )
 _STATUS_FIELDS = frozenset(f.name for f in dataclasses.fields(StackStatus))
 
@@ -169,7 +206,11 @@ class StateDB:
         self.path = self.state_dir / DB_NAME
         # Create the file ourselves so SQLite never creates it with the umask's
         # mode; SQLite gives the -wal and -shm files the database file's mode.
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        # O_EXCL: never open (and close) an existing file here, as closing any descriptor
+        # of it drops every POSIX lock this process holds on it, those of another
+        # connection of this process too (the agent's retention trim has its own).
+        with suppress(FileExistsError):
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         os.chmod(self.path, 0o600)
         self._lock = threading.Lock()
         # Told of the journal entries of each commit (ids filled in), in id order, after
@@ -186,11 +227,15 @@ class StateDB:
         )
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS:d}")
+            # Before WAL (which writes the header): a new file gives trimmed pages back to
+            # the file system (state/retention.py); an existing file keeps its mode.
+            self._conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise SetpointError(f"{self.path}: cannot switch the database to WAL mode")
             # NORMAL in WAL mode: no fsync per commit, still never corrupt.
             self._conn.execute("PRAGMA synchronous = NORMAL")
+            self._conn.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT:d}")
             self._migrate()
         except BaseException:
             self._conn.close()
@@ -382,9 +427,64 @@ class StateDB:
                 resource=row[5],
                 message=row[6],
                 detail=json.loads(row[7]),
+                count=row[8],
+                last_at=row[9],
             )
             for row in rows
         ]
+
+    # -- repeated entries and retention (state/retention.py) --------------------
+
+    def record_repeat(self, entry: JournalEntry, *, follows: bool) -> JournalEntry:
+        """Journal ``entry``, or count it on the entry it repeats; return the stored entry.
+
+        ``follows`` is the caller's word that nothing succeeded for this stack and
+        resource since the last such entry (the previous pass failed it too). Then,
+        if the newest entry of the same stack, event and resource has the same
+        message, that entry's ``count`` goes up by one and its ``last_at`` becomes
+        ``entry.ts`` (observers are not told again); otherwise ``entry`` is appended.
+        Only the events in :data:`REPEATABLE` (failures, failed passes) may repeat.
+        """
+        if entry.event not in REPEATABLE:
+            raise ValueError(f"journal event {entry.event!r} is not one that may repeat")
+        row = _entry_row(entry)
+        with self._lock:
+            with self._write() as conn:
+                found = (
+                    conn.execute(_LAST_REPEATABLE, (entry.stack, row[2], entry.resource)).fetchone()
+                    if follows
+                    else None
+                )
+                if found is not None and found[1] == row[5]:
+                    conn.execute(
+                        "UPDATE journal SET count = count + 1, last_at = ? WHERE id = ?",
+                        (entry.ts, found[0]),
+                    )
+                    return dataclasses.replace(
+                        entry, id=found[0], ts=found[2], count=found[3] + 1, last_at=entry.ts
+                    )
+                conn.execute(_INSERT_ENTRY, row)
+                stored = dataclasses.replace(
+                    entry, id=int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+                )
+            if self.on_journal is not None:
+                self.on_journal([stored])
+        return stored
+
+    def run_batch(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` in one write transaction, under this object's lock.
+
+        For :mod:`setpoint.state.retention`, whose trimming is many such short
+        batches: another thread's call (a pass) waits for one batch at most.
+        """
+        with self._lock, self._write() as conn:
+            return work(conn)
+
+    def use(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``work`` on this connection under this object's lock, outside a transaction
+        (a read, or a statement in autocommit mode such as a vacuum step)."""
+        with self._lock:
+            return work(self._conn)
 
     # -- status ----------------------------------------------------------------
 
@@ -464,8 +564,8 @@ def _history_sql(by_stack: bool, by_events: bool, after: bool) -> str:
         where.append("id > ?")
     order = "ASC" if after else "DESC"
     return (
-        "SELECT id, ts, stack, event, revision, resource, message, detail FROM journal "  # noqa: S608
-        "WHERE " + " AND ".join(where) + f" ORDER BY id {order} LIMIT ?"
+        "SELECT id, ts, stack, event, revision, resource, message, detail, count, last_at "
+        "FROM journal WHERE " + " AND ".join(where) + f" ORDER BY id {order} LIMIT ?"
     )
 
 

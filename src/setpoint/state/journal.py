@@ -1,4 +1,8 @@
-"""Journal entries: the append-only history of what the agent saw and did.
+"""Journal entries: the history of what the agent saw and did.
+
+Entries are appended, never edited, with two exceptions: a failure repeated on
+every retry is counted on its entry (``count``, ``last_at``), and retention
+(:mod:`setpoint.state.retention`) trims the oldest entries and old diffs.
 
 The engine builds :class:`JournalEntry` values (one per fetched revision,
 apply, drift found, revert, prune, failure, pass, ...) and hands them to
@@ -38,6 +42,12 @@ class Event(enum.StrEnum):
     HANDOVER = "handover"  # a path moved from one stack to another in one commit
     CLEANUP = "cleanup"  # a crash leftover of ours (a temporary file) removed
     FORGET = "forget"  # `setpoint forget`: a stack's inventory released, pruned or handed over
+    EVENTS_LOST = "events.lost"  # a provider's event queue hit its bound: how many were lost
+
+
+#: Events a retry may repeat: stored once, with a count and the time of the last try
+#: (``StateDB.record_repeat``). Must match the partial index in ``state/db.py``.
+REPEATABLE = frozenset({Event.FAILURE, Event.SOURCE_FAILED, Event.PASS})
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,9 @@ class JournalEntry:
 
     ``detail`` must be JSON-serialisable (e.g. ``{"diff": "...", "fields": [...]}``);
     ``id`` is ``None`` until the entry is stored, then the database's increasing id
-    (usable as a cursor: ``history(after_id=...)``).
+    (usable as a cursor: ``history(after_id=...)``). ``count`` is how many times it
+    happened (a failure repeated on every retry is one entry) and ``last_at`` the
+    last time, when more than once.
     """
 
     ts: float
@@ -57,6 +69,8 @@ class JournalEntry:
     message: str = ""
     detail: dict[str, Any] = field(default_factory=dict)
     id: int | None = None
+    count: int = 1
+    last_at: float | None = None
 
 
 def cap_text(text: str, limit: int = MAX_TEXT_BYTES) -> str:

@@ -40,7 +40,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections import deque
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +50,7 @@ from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers.base import (
+    EventQueue,
     Observed,
     ProviderContext,
     ProviderEvent,
@@ -119,7 +119,7 @@ class ServiceProvider:
         self._guard = threading.Lock()
         self._watches: list[_Watch] = []
         self._desired: Mapping[str, Resource] = {}
-        self._events: deque[ProviderEvent] = deque(maxlen=1000)  # oldest dropped first
+        self._events = EventQueue(1000)  # past the bound: the oldest go, counted (journaled)
 
     # -- paths and records ------------------------------------------------------------
 
@@ -225,18 +225,11 @@ class ServiceProvider:
 
     def emit(self, event: ProviderEvent) -> None:
         """Queue an event for the journal (called by supervisors, from their threads)."""
-        with self._guard:
-            self._events.append(event)
+        self._events.put(event)
 
     def drain_events(self, resources: Collection[str]) -> list[ProviderEvent]:
         """The queued events of ``resources``, oldest first; others stay queued."""
-        with self._guard:
-            mine = [e for e in self._events if e.resource in resources]
-            if mine:
-                rest = [e for e in self._events if e.resource not in resources]
-                self._events.clear()
-                self._events.extend(rest)
-        return mine
+        return self._events.drain(resources)
 
     def unwatched(self) -> set[str]:
         return set()
