@@ -307,3 +307,54 @@ def test_agents_reconnect_after_nats_restarts_and_fan_out_resumes(fleet, tmp_pat
         assert rows[0]["host"] == "h1"
     finally:
         stop(relay)
+
+
+def test_fleet_watch_follows_changes_live(fleet, tmp_path):
+    import queue
+    import threading
+
+    a = fleet.start("h1", nats={"heartbeatSeconds": 0.5})
+    wait_for(lambda: fleet_status(tmp_path, fleet.server), timeout=FAST, what="first entry")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "setpoint", "fleet", "watch", "--json",
+         "--config", str(fleet_config(tmp_path, fleet.server))],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy(),
+    )
+    lines: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                lines.put(json.loads(line))
+
+    threading.Thread(target=pump, daemon=True).start()
+
+    def seen(pred: Any) -> Any:
+        def find() -> Any:
+            while not lines.empty():
+                row = lines.get()
+                if pred(row):
+                    return row
+            return None
+        return find
+
+    try:
+        new = fleet.repo.commit(motd("v2\n"))
+        a.stop()  # no more heartbeats: the watch turns the entry unknown by itself
+        wait_for(seen(lambda r: r["host"] == "h1" and r["unknown"]), timeout=FAST,
+                 what="unknown row")
+        fleet.start("h2", sources=[{**HOUR, "url": fleet.repo.url, "interval": 0.5}])
+        wait_for(seen(lambda r: r["host"] == "h2" and r["revision"] == new and r["ready"]),
+                 timeout=FAST, what="a new host's row")
+    finally:
+        stop_popen(proc)
+
+
+def stop_popen(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
