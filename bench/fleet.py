@@ -70,6 +70,11 @@ def rounds(h: FleetHarness, first: int, count: int, agents: list[Any]) -> list[d
     return out
 
 
+def load() -> str:
+    """The machine's 1-minute load average: other work on the cores skews every figure."""
+    return f"load average {os.getloadavg()[0]:.1f}"
+
+
 def med(rs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rs)
 
@@ -79,7 +84,7 @@ def show_rounds(label: str, rs: list[dict[str, float]]) -> None:
           f"p99 {med(rs, 'p99') * 1000:.0f} ms, max {med(rs, 'max') * 1000:.0f} ms; "
           f"agents' CPU on the commit {med(rs, 'cpu'):.2f} s -> floor {med(rs, 'floor'):.2f} s "
           f"on {CORES} cores; max / floor = {med(rs, 'ratio'):.2f} (Git server CPU "
-          f"{med(rs, 'git_cpu'):.2f} s besides)")
+          f"{med(rs, 'git_cpu'):.2f} s besides); {load()}")
     worst = max(r["p99"] for r in rs)
     each = ", ".join(f"{r['p99'] * 1000:.0f}" for r in rs)
     print(f"    per commit p99 (ms): {each}; worst {worst * 1000:.0f} ms")
@@ -140,20 +145,14 @@ def run(base: Path, n: int, small: int, args: argparse.Namespace) -> None:
                   f"{d['fetch'] / polls:.2f} fetches (target 1 and 0)")
         print(f"    agents' idle CPU: {idle * 100:.2f}% of one core in total, "
               f"{idle * 100 / n:.3f}% per agent ({(cpu1 - cpu0) / n * 1000:.0f} ms per agent "
-              f"over {t1 - t0:.0f} s)")
+              f"over {t1 - t0:.0f} s); {load()}")
         mem = h.memory_kib()
         for key, name in (("rss", "RSS"), ("pss", "PSS"), ("uss", "private")):
             vals = [m[key] / 1024 for m in mem]
             print(f"    per-agent {name}: median {statistics.median(vals):.1f} MiB, "
                   f"max {max(vals):.1f} MiB" + (" (target RSS <= 60 MB)" if key == "rss" else ""))
 
-        if n > small:
-            full = rounds(h, version, args.rounds, h.agents)
-            show_rounds(f"fan-out, {n} agents (commit -> all converged)", full)
-            version += args.rounds
-        else:
-            full = first
-
+        polled: tuple[float, float] | None = None
         if not args.no_polling_phase:
             settle(h)
             text = f"v{version}\n"
@@ -163,12 +162,22 @@ def run(base: Path, n: int, small: int, args: argparse.Namespace) -> None:
             print(f"polling only at {P:g} s, {n} agents: p50 {percentile(lat, 50):.1f} s, "
                   f"p99 {percentile(lat, 99):.1f} s, max {max(lat):.1f} s"
                   + (f"; at 60 s: p50 {percentile(lat, 50) * scale:.1f} s, "
-                     f"max {max(lat) * scale:.1f} s (computed)" if P != 60 else ""))
-            p50_poll = percentile(lat, 50) * scale
-            max_poll = max(lat) * scale
-            print(f"ratio fan-out / polling at 60 s: p50 {med(full, 'p50') / p50_poll:.4f}, "
-                  f"max {med(full, 'max') / max_poll:.4f} "
-                  f"({p50_poll / med(full, 'p50'):.0f}x and {max_poll / med(full, 'max'):.0f}x "
+                     f"max {max(lat) * scale:.1f} s (computed)" if P != 60 else "")
+                  + f"; {load()}")
+            polled = (percentile(lat, 50) * scale, max(lat) * scale)
+            version += 1
+
+        if n > small:
+            full = rounds(h, version, args.rounds, h.agents)
+            show_rounds(f"fan-out, {n} agents (commit -> all converged)", full)
+            version += args.rounds
+        else:
+            full = first
+
+        if polled is not None:
+            print(f"ratio fan-out / polling at 60 s: p50 {med(full, 'p50') / polled[0]:.4f}, "
+                  f"max {med(full, 'max') / polled[1]:.4f} "
+                  f"({polled[0] / med(full, 'p50'):.0f}x and {polled[1] / med(full, 'max'):.0f}x "
                   "faster)")
 
         ok20 = max(r["p99"] for r in first) <= 2.0
