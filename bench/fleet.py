@@ -40,6 +40,7 @@ CORES = len(os.sched_getaffinity(0))
 
 def fan_out_round(h: FleetHarness, version: int, agents: list[Any]) -> dict[str, float]:
     text = f"v{version}\n"
+    req0, kv0 = h.git.counts(), kv_writes(h)  # before cpu0: GET /status costs the agents CPU
     cpu0 = h.cpu_seconds(agents)
     t0, sha = h.commit_motd(text)
     g0 = _children_cpu()  # the Git server's http-backend processes (after the push)
@@ -47,9 +48,19 @@ def fan_out_round(h: FleetHarness, version: int, agents: list[Any]) -> dict[str,
     lat = list(h.wait_converged(text, timeout=120, since=t0, agents=agents).values())
     cpu = h.cpu_seconds(agents) - cpu0
     floor = cpu / CORES
+    settle(h, 2.0)  # the passes' status writes land just after the file
+    req1, kv1 = h.git.counts(), kv_writes(h)
+    reqs = sum(req1.values()) - sum(req0.values())
     return {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat),
             "cpu": cpu, "floor": floor, "ratio": max(lat) / floor if floor else 0.0,
-            "git_cpu": _children_cpu() - g0}
+            "git_cpu": _children_cpu() - g0, "requests": reqs / len(agents),
+            "fetches": (req1["fetch"] - req0["fetch"]) / len(agents),
+            "kv": (kv1 - kv0) / len(agents)}
+
+
+def kv_writes(h: FleetHarness) -> int:
+    """Status entries the agents have written to the bucket so far (their counters)."""
+    return sum(int(s["agent"]["fleetbus"]["status_writes"]) for s in h.statuses())
 
 
 def _children_cpu() -> float:
@@ -85,6 +96,9 @@ def show_rounds(label: str, rs: list[dict[str, float]]) -> None:
           f"agents' CPU on the commit {med(rs, 'cpu'):.2f} s -> floor {med(rs, 'floor'):.2f} s "
           f"on {CORES} cores; max / floor = {med(rs, 'ratio'):.2f} (Git server CPU "
           f"{med(rs, 'git_cpu'):.2f} s besides); {load()}")
+    print(f"    per agent and commit: {med(rs, 'requests'):.2f} Git requests "
+          f"({med(rs, 'fetches'):.2f} fetches), {med(rs, 'kv'):.2f} status writes, "
+          "1 notice received")
     worst = max(r["p99"] for r in rs)
     each = ", ".join(f"{r['p99'] * 1000:.0f}" for r in rs)
     print(f"    per commit p99 (ms): {each}; worst {worst * 1000:.0f} ms")
@@ -131,9 +145,11 @@ def run(base: Path, n: int, small: int, args: argparse.Namespace) -> None:
             print(f"{n - small} more agents up and converged in {time.monotonic() - t:.1f} s")
 
         settle(h, 10.0)
+        kw0 = kv_writes(h)
         c0, p0, cpu0, t0 = h.git.counts(), h.polls(), h.cpu_seconds(), time.monotonic()
         time.sleep(args.idle_seconds)  # idle on purpose: this is what is measured
         c1, p1, cpu1, t1 = h.git.counts(), h.polls(), h.cpu_seconds(), time.monotonic()
+        kw1 = kv_writes(h)
         polls = p1 - p0
         d = {k: c1[k] - c0[k] for k in c1}
         idle = (cpu1 - cpu0) / (t1 - t0)
@@ -146,6 +162,8 @@ def run(base: Path, n: int, small: int, args: argparse.Namespace) -> None:
         print(f"    agents' idle CPU: {idle * 100:.2f}% of one core in total, "
               f"{idle * 100 / n:.3f}% per agent ({(cpu1 - cpu0) / n * 1000:.0f} ms per agent "
               f"over {t1 - t0:.0f} s); {load()}")
+        print(f"    status writes: {(kw1 - kw0) * 60 / (t1 - t0) / n:.2f} per agent per minute "
+              f"(heartbeat {args.heartbeat:g} s, one stack each)")
         mem = h.memory_kib()
         for key, name in (("rss", "RSS"), ("pss", "PSS"), ("uss", "private")):
             vals = [m[key] / 1024 for m in mem]
