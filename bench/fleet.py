@@ -36,18 +36,20 @@ from typing import Any
 from fleet_harness import FleetHarness, percentile, wait_until
 
 CORES = len(os.sched_getaffinity(0))
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def fan_out_round(h: FleetHarness, version: int, agents: list[Any]) -> dict[str, float]:
     text = f"v{version}\n"
     req0, kv0 = h.git.counts(), kv_writes(h)  # before cpu0: GET /status costs the agents CPU
-    cpu0 = h.cpu_seconds(agents)
+    cpu0, m0 = h.cpu_seconds(agents), machine_cpu()
     t0, sha = h.commit_motd(text)
     g0 = _children_cpu()  # the Git server's http-backend processes (after the push)
     h.webhook(sha)
     lat = list(h.wait_converged(text, timeout=120, since=t0, agents=agents).values())
-    cpu = h.cpu_seconds(agents) - cpu0
+    cpu, m1 = h.cpu_seconds(agents) - cpu0, machine_cpu()
     floor = cpu / CORES
+    busy = (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9)  # share of the cores busy meanwhile
     settle(h, 2.0)  # the passes' status writes land just after the file
     req1, kv1 = h.git.counts(), kv_writes(h)
     reqs = sum(req1.values()) - sum(req0.values())
@@ -55,7 +57,15 @@ def fan_out_round(h: FleetHarness, version: int, agents: list[Any]) -> dict[str,
             "cpu": cpu, "floor": floor, "ratio": max(lat) / floor if floor else 0.0,
             "git_cpu": _children_cpu() - g0, "requests": reqs / len(agents),
             "fetches": (req1["fetch"] - req0["fetch"]) / len(agents),
-            "kv": (kv1 - kv0) / len(agents)}
+            "kv": (kv1 - kv0) / len(agents), "busy": busy,
+            "ours": (cpu + _children_cpu() - g0) / max((m1[0] - m0[0]) / TICK, 1e-9)}
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all cores since boot, from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = f[3] + f[4]
+    return float(sum(f) - idle), float(sum(f))
 
 
 def kv_writes(h: FleetHarness) -> int:
@@ -96,6 +106,8 @@ def show_rounds(label: str, rs: list[dict[str, float]]) -> None:
           f"agents' CPU on the commit {med(rs, 'cpu'):.2f} s -> floor {med(rs, 'floor'):.2f} s "
           f"on {CORES} cores; max / floor = {med(rs, 'ratio'):.2f} (Git server CPU "
           f"{med(rs, 'git_cpu'):.2f} s besides); {load()}")
+    print(f"    meanwhile the cores were {med(rs, 'busy') * 100:.0f}% busy, "
+          f"{med(rs, 'ours') * 100:.0f}% of that the agents and the Git server")
     print(f"    per agent and commit: {med(rs, 'requests'):.2f} Git requests "
           f"({med(rs, 'fetches'):.2f} fetches), {med(rs, 'kv'):.2f} status writes, "
           "1 notice received")

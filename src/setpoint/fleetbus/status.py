@@ -98,12 +98,15 @@ class Entry:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
 
     def same_state(self, other: Entry | None) -> bool:
-        """Equal but for the heartbeat: no need to write before the next heartbeat."""
+        """Equal but for the heartbeat and the last pass's time: no need to write before the
+        next heartbeat (a pass that found nothing to do, such as the re-check after the
+        agent's own write, changes only ``last_pass``)."""
         if other is None:
             return False
         a, b = asdict(self), asdict(other)
-        a.pop("heartbeat")
-        b.pop("heartbeat")
+        for key in ("heartbeat", "last_pass"):
+            a.pop(key)
+            b.pop(key)
         return a == b
 
     def age(self, now: float) -> float:
