@@ -358,3 +358,32 @@ def stop_popen(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def test_the_relay_answers_503_while_nats_is_down_so_the_forge_retries(tmp_path, git_repo):
+    down = NatsServer(tmp_path / "never-started")
+    secret = tmp_path / "relay-secret"
+    secret.write_bytes(SECRET)
+    port = free_port()
+    with open(tmp_path / "relay.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "setpoint", "relay", "--nats", down.url,
+             "--listen", f"127.0.0.1:{port}", "--webhook-secret-file", str(secret)],
+            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        body = json.dumps({"repository": {"clone_url": git_repo.url}}).encode()
+
+        headers = {"X-Hub-Signature-256": sign(body)}
+
+        def answer() -> int | None:
+            try:
+                return post(f"http://127.0.0.1:{port}", body, headers)[0]
+            except OSError:
+                return None  # not listening yet
+
+        assert wait_for(answer, what="relay listening") == 503
+        log = tmp_path / "relay.log"
+        wait_for(lambda: "cannot connect" in log.read_text(), what="the relay says why")
+        assert SECRET.decode() not in log.read_text()
+    finally:
+        stop(proc)
