@@ -387,3 +387,36 @@ def test_the_relay_answers_503_while_nats_is_down_so_the_forge_retries(tmp_path,
         assert SECRET.decode() not in log.read_text()
     finally:
         stop(proc)
+
+
+def test_reading_the_status_bucket_sees_every_entry_while_hosts_keep_writing(nats_server):  # noqa: F811
+    import asyncio
+
+    import nats
+
+    from setpoint.fleetbus.bus import status_bucket
+    from setpoint.fleetbus.status import Entry, read_all, status_key
+
+    async def run() -> list[int]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            kv = await status_bucket(nc)
+            keys = [status_key(f"host-{i}.example", "web") for i in range(200)]
+            for i, k in enumerate(keys):
+                await kv.put(k, Entry(host=f"host-{i}.example", stack="web").encode())
+            stop = asyncio.Event()
+
+            async def heartbeats() -> None:  # every host rewriting its entry meanwhile
+                while not stop.is_set():
+                    for i, k in enumerate(keys):
+                        await kv.put(k, Entry(host=f"host-{i}.example", stack="web").encode())
+
+            writer = asyncio.create_task(heartbeats())
+            sizes = [len(await read_all(nc.jetstream())) for _ in range(20)]
+            stop.set()
+            await writer
+            return sizes
+        finally:
+            await nc.close()
+
+    assert asyncio.run(run()) == [200] * 20

@@ -157,14 +157,14 @@ class FleetBus:
             await nc.subscribe(subject, cb=self._on_message)
         kv = await status_bucket(nc)
         if not self._written:
-            await self._seed(kv)
+            await self._seed(nc.jetstream())
         self.kv = kv
         self._dirty.update(self._stacks())  # a reconnect: refresh every entry now
         self._wake.set()
 
-    async def _seed(self, kv: Any) -> None:
+    async def _seed(self, js: Any) -> None:
         """Our entries from before a restart: ``ready_since`` carries over at the same revision."""
-        for key, entry in (await read_all(kv, status_key(self.host, "*"))).items():
+        for key, entry in (await read_all(js, status_key(self.host, "*"))).items():
             if parse_key(key)[0] == self.host and entry.stack == parse_key(key)[1]:
                 self._written[entry.stack] = entry
 
