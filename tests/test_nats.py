@@ -420,3 +420,37 @@ def test_reading_the_status_bucket_sees_every_entry_while_hosts_keep_writing(nat
             await nc.close()
 
     assert asyncio.run(run()) == [200] * 20
+
+
+def test_tls_to_nats_with_the_configured_ca(tmp_path, git_repo):
+    from nats_support import self_signed
+
+    git_repo.commit(motd("v1\n"))
+    crt, key = self_signed(tmp_path)
+    other, _ = self_signed(tmp_path, "other")
+    server = NatsServer(tmp_path / "tls-store", tls=(crt, key))
+    server.start()
+    fleet = Fleet(tmp_path, git_repo, server)
+    try:
+        good = fleet.start("good", nats={"tls": {"caFile": str(crt)}})
+        wrong = fleet.start("wrong", nats={"tls": {"caFile": str(other)}})
+        wait_for(lambda: connected(good), timeout=FAST, what="TLS connection")
+        wait_for(lambda: applied(wrong, "v1\n"), what="the agent works without its bus")
+        wait_for(lambda: bus(wrong)["error"], what="the refused certificate reported")
+        assert not connected(wrong) and "certificate" in bus(wrong)["error"].lower()
+        cfg = tmp_path / "tls-cli.yaml"
+        cfg.write_text(json.dumps({
+            "state": str(tmp_path / "cli-state"),
+            "sources": [{"name": "x", "url": "/nonexistent"}],
+            "stacks": [{"name": "x", "source": "x"}],
+            "nats": {"url": server.url, "tls": {"caFile": str(crt)}},
+        }))
+
+        def hosts() -> list[str]:
+            out = cli("fleet", "status", "--config", cfg, "--json", check=0).stdout
+            return [r["host"] for r in json.loads(out)]
+
+        wait_for(lambda: hosts() == ["good"], timeout=FAST, what="status over TLS")
+    finally:
+        fleet.stop()
+        server.stop()
