@@ -534,6 +534,16 @@ def _register_writeback() -> None:
 
 _register_writeback()
 
+
+def _register_fleetbus() -> None:
+    # setpoint fleet status|watch, setpoint relay (nats is imported when one runs)
+    from setpoint.cli_fleetbus import register
+
+    register(app)
+
+
+_register_fleetbus()
+
 app.add_typer(secrets_app, name="secrets")  # setpoint secrets encrypt|decrypt
 
 

@@ -115,6 +115,7 @@ class Agent:
         self._queues = {s.name: _StackQueue(s) for s in self.config.stacks if not s.suspend}
         self._fetched_once = {s.name: asyncio.Event() for s in self.config.sources}
         self._refresh = {s.name: asyncio.Event() for s in self.config.sources}
+        self._moved: set[str] = set()  # sources whose next check fetches at once
         self.checks = {s.name: 0 for s in self.config.sources}  # polls of the remote
         self.webhook_secret = webhook_secret
         self.webhook_refused = 0
@@ -139,6 +140,13 @@ class Agent:
         from setpoint.obs.observer import Observer
 
         self.obs = Observer(self)
+        # The fleet bus (NATS: commit fan-out, fleet status) when configured; nats is
+        # imported only then.
+        self.fleetbus: Any = None
+        if self.config.nats is not None:
+            from setpoint.fleetbus.bus import FleetBus
+
+            self.fleetbus = FleetBus(self)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -175,10 +183,15 @@ class Agent:
             if q.cfg.source == source:
                 self.request(q.cfg.name)
 
-    def refresh_source(self, source: str) -> None:
-        """Check the source now (a webhook): calls during a check collapse into one more."""
+    def refresh_source(self, source: str, *, moved: bool = False) -> None:
+        """Check the source now (a webhook): calls during a check collapse into one more.
+
+        ``moved``: a fleet notice named a commit we lack: fetch without an ls-remote first.
+        """
         ev = self._refresh.get(source)
         if ev is not None:
+            if moved:
+                self._moved.add(source)
             ev.set()
 
     async def sync(self, stack: str | None = None) -> list[dict[str, Any]]:
@@ -317,6 +330,8 @@ class Agent:
         self._workers = [asyncio.create_task(self._worker(q)) for q in self._queues.values()]
         tasks.append(asyncio.create_task(self._poll_unwatched()))
         tasks.append(asyncio.create_task(self._trim_journal()))
+        if self.fleetbus is not None:
+            tasks.append(asyncio.create_task(self.fleetbus.run()))
         api_task = asyncio.create_task(self._run_api())
         log.info(
             "agent started: %d source(s), %d stack(s)", len(self.config.sources), len(self._queues)
@@ -403,8 +418,10 @@ class Agent:
         # asyncio.wait_for can swallow a cancel when its inner wait completes at once.
         while not self.stop.is_set():
             self._refresh[source].clear()
+            moved = source in self._moved
+            self._moved.discard(source)
             self.checks[source] += 1
-            new = await loop.run_in_executor(self._git, self.controller.poll, source)
+            new = await loop.run_in_executor(self._git, self.controller.poll, source, moved)
             first = not self._fetched_once[source].is_set()
             if fleet is not None and fleet.ref.source == source:
                 # Before the source's stacks run: the Fleet may add or remove some.
@@ -540,6 +557,7 @@ class Agent:
                     for name in self.checks
                 },
                 "renders": ctl.reconciler.renders,
+                "fleetbus": self.fleetbus.info() if self.fleetbus is not None else None,
                 "webhook": {
                     "enabled": bool(self.webhook_secret),
                     "refused": self.webhook_refused,
