@@ -2,33 +2,32 @@
 
 Thin shell over :mod:`setpoint.engine` and :mod:`setpoint.state`; output
 formatting lives in :mod:`setpoint.cli_output`.
+
+Start-up time matters (``setpoint --help`` and ``status`` run in <= 80 ms, and
+``apply``/``plan`` run from timers and CI): this module imports only typer and
+light stdlib at the top; each command imports what it needs (the engine for
+apply/plan, the API stack for ``agent`` only). ``tests/test_cli.py`` checks that
+importing it loads neither fastapi, uvicorn, rich nor pydantic.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib.metadata
 import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 import setpoint
-from setpoint.cli_output import print_history, print_plan, print_status, result_json
 from setpoint.cli_secrets import secrets_app
-from setpoint.config import LISTEN_RE, AgentConfig, config_from_flags, load_config
-from setpoint.engine.agent import Agent
-from setpoint.engine.controller import Controller
-from setpoint.engine.desired import order_stack
-from setpoint.engine.outcome import PassResult
 from setpoint.model.errors import ManifestErrors, SetpointError
-from setpoint.providers.base import Target
-from setpoint.providers.registry import default_registry
-from setpoint.render import load_stack
-from setpoint.state import StateDB
+
+if TYPE_CHECKING:
+    from setpoint.config import AgentConfig
+    from setpoint.engine.outcome import PassResult
+    from setpoint.state import StateDB
 
 app = typer.Typer(
     help="setpoint: a GitOps agent. Git holds the desired state of this host; setpoint "
@@ -76,6 +75,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 def _version() -> str:
     """The installed distribution's version; the package's own when run from a checkout."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("setpoint")
     except importlib.metadata.PackageNotFoundError:
@@ -114,6 +115,8 @@ def _config(
     drift: str = "revert",
     prune: bool = True,
 ) -> AgentConfig:
+    from setpoint.config import config_from_flags, load_config
+
     if config is not None and repo is not None:
         raise SetpointError("give either --config FILE or --repo URL, not both")
     if config is not None:
@@ -132,6 +135,11 @@ def _fail(exc: BaseException) -> typer.Exit:
 @app.command(epilog="Example: setpoint validate examples/hosts/web")
 def validate(directory: Annotated[Path, typer.Argument(help="Directory of manifests.")]) -> None:
     """Load and check every manifest under DIRECTORY; print every error as file:line: message."""
+    from setpoint.engine.desired import order_stack
+    from setpoint.providers.base import Target
+    from setpoint.providers.registry import default_registry
+    from setpoint.render import load_stack
+
     registry = default_registry()
     if not directory.is_dir():
         raise _fail(SetpointError(f"{directory} is not a directory"))
@@ -180,6 +188,10 @@ def _one_pass(
     cfg: AgentConfig, *, dry_run: bool, as_json: bool, unchanged: bool
 ) -> list[PassResult]:
     """Fetch every source and run one pass (or a dry run) per stack; print the results."""
+    from setpoint.cli_output import print_plan
+    from setpoint.engine.controller import Controller
+    from setpoint.engine.outcome import result_json
+
     try:
         ctl = Controller(cfg)
         if not dry_run:
@@ -297,7 +309,11 @@ def agent(
     ] = None,
 ) -> None:
     """Run the loop: poll, reconcile new revisions, resync against drift, retry with back-off."""
+    import asyncio
+
     from setpoint.api.auth import check_startup
+    from setpoint.engine.agent import Agent
+    from setpoint.engine.controller import Controller
     from setpoint.obs import logs
 
     if log_format not in (None, "text", "json"):
@@ -323,6 +339,8 @@ def agent(
 
 
 def _agent_overrides(cfg: AgentConfig, listen: str | None, secret_file: Path | None) -> AgentConfig:
+    from setpoint.config import LISTEN_RE
+
     update: dict[str, object] = {}
     if listen is not None:
         if not re.match(LISTEN_RE, listen):
@@ -392,6 +410,8 @@ def sync(
 
 
 def _db(state: Path) -> StateDB:
+    from setpoint.state import StateDB
+
     if not (state / "setpoint.db").exists():
         raise _fail(
             SetpointError(f"no setpoint state in {state} (has an agent run with --state {state}?)")
@@ -408,6 +428,7 @@ def status(
 ) -> None:
     """Show each stack's conditions, revisions and resource counts."""
     from setpoint.cli_api import running_agent
+    from setpoint.cli_output import print_status
     from setpoint.model.status import StackStatus
 
     client = running_agent(state)
@@ -448,6 +469,7 @@ def history(
 ) -> None:
     """Show the journal: revisions, applies, drift found and reverted, failures, with times."""
     from setpoint.cli_api import journal_query, running_agent
+    from setpoint.cli_output import print_history
     from setpoint.state import JournalEntry
 
     client = running_agent(state)

@@ -16,12 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
-from setpoint.config import DEFAULT_STATE, ConfigError, load_config
-from setpoint.facts import gather
 from setpoint.model.errors import SetpointError
-from setpoint.render.selector import parse_labels
 
 DEFAULT_CONFIG = Path("/etc/setpoint/config.yaml")
 UNIT_NAME = "setpoint.service"
@@ -79,6 +75,9 @@ def facts(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Print the host's labels and the facts setpoint gathers (selectors match both)."""
+    from setpoint.config import ConfigError, load_config
+    from setpoint.facts import gather
+
     labels: dict[str, str] = {}
     if config is not None:
         try:
@@ -106,7 +105,7 @@ def bootstrap(
         str, typer.Option("--fleet", help="The Fleet file, relative to the repository root.")
     ] = "fleet.yaml",
     state: Annotated[Path, typer.Option("--state", help="The agent's state dir.")] = Path(
-        DEFAULT_STATE
+        "/var/lib/setpoint"  # config.DEFAULT_STATE, not imported here: start-up time
     ),
     root: Annotated[Path, typer.Option("--root", help="Target root (default /).")] = Path("/"),
     config: Annotated[
@@ -126,6 +125,11 @@ def bootstrap(
     ] = False,
 ) -> None:
     """Install this host: write its config (repository, labels, fleet) and its systemd unit."""
+    import yaml
+
+    from setpoint.config import load_config
+    from setpoint.render.selector import parse_labels
+
     try:
         host_labels = parse_labels(labels)
         doc = _bootstrap_config(repo, ref, fleet, host_labels, state, root)

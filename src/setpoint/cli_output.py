@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
-from setpoint.engine.outcome import PassResult
+from setpoint.engine.outcome import PassResult, result_json
 from setpoint.model.plan import Action, Change
-from setpoint.model.status import StackStatus
-from setpoint.state import JournalEntry
+
+if TYPE_CHECKING:
+    from setpoint.model.status import StackStatus
+    from setpoint.state import JournalEntry
+
+__all__ = ["print_change", "print_history", "print_plan", "print_status", "result_json"]
 
 SYMBOL = {
     Action.CREATE: "+",
@@ -101,39 +105,6 @@ def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) ->
         f"{counts[Action.REPLACE]} replaced, {counts[Action.DELETE]} deleted, "
         f"{r.count('failed')} failed, {in_sync} unchanged ({r.duration * 1000:.0f} ms)."
     )
-
-
-def result_json(r: PassResult) -> dict[str, Any]:
-    def change(c: Change) -> dict[str, Any]:
-        return {
-            "resource": c.resource,
-            "action": c.action.value,
-            "path": c.path,
-            "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in c.fields],
-            "diff": c.diff,
-            "reason": c.reason,
-            "purge": list(c.extra),
-        }
-
-    return {
-        "stack": r.stack,
-        "revision": r.revision,
-        "fetched": r.fetched,
-        "refused": r.refused,
-        "fetchError": r.fetch_error,
-        "errors": r.errors,
-        "converged": r.converged,
-        "resources": [
-            {
-                "id": o.resource,
-                "state": o.state,
-                "error": o.error,
-                "change": change(o.change) if o.change else None,
-            }
-            for o in r.outcomes
-        ],
-        "prune": [change(p) | {"error": r.prune_failures.get(p.resource)} for p in r.prunes],
-    }
 
 
 def print_status(stacks: list[StackStatus]) -> None:
