@@ -427,35 +427,9 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Show each stack's conditions, revisions and resource counts."""
-    from setpoint.cli_api import running_agent
-    from setpoint.cli_output import print_status
-    from setpoint.model.status import StackStatus
+    from setpoint.cli_fast import status_command
 
-    client = running_agent(state)
-    stacks: list[StackStatus] | None = None
-    waits: dict[str, str] = {}
-    if client is not None:  # the running agent's view; the state dir if it cannot answer
-        try:
-            doc = client.call("GET", "/status")
-            stacks = [StackStatus.from_json(d) for d in doc["stacks"]]
-            passes = doc.get("agent", {}).get("passes", {})
-            waits = {n: p["waiting"] for n, p in passes.items() if p.get("waiting")}
-        except (SetpointError, KeyError, TypeError, AttributeError) as exc:
-            typer.echo(f"warning: {exc}; reading the state dir instead", err=True)
-    if stacks is None:
-        db = _db(state)
-        try:
-            stacks = db.all_status()
-        finally:
-            db.close()
-    if as_json:
-        typer.echo(
-            json.dumps([s.to_json() | {"waiting": waits.get(s.stack)} for s in stacks], indent=2)
-        )
-    else:
-        print_status(stacks)
-        for name, what in sorted(waits.items()):
-            typer.echo(f"stack {name}: {what}")
+    raise typer.Exit(status_command(state, as_json))
 
 
 @app.command(epilog="Example: setpoint history --state /var/lib/setpoint --stack web -n 50")

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from setpoint.cli_fast import print_status
 from setpoint.engine.outcome import PassResult, result_json
 from setpoint.model.plan import Action, Change
 
 if TYPE_CHECKING:
-    from setpoint.model.status import StackStatus
     from setpoint.state import JournalEntry
 
 __all__ = ["print_change", "print_history", "print_plan", "print_status", "result_json"]
@@ -49,15 +49,13 @@ def print_change(c: Change, note: str = "") -> None:
         line += f"  [{note}]"
     if c.reason:
         line += f"  ({c.reason})"
-    typer.echo(line)
-    for f in c.fields:
-        if f.field != "content" or not c.diff:
-            typer.echo(f"      {f}")
-    for e in c.extra:
-        typer.echo(f"      purge {e}")
+    lines = [line]
+    lines += [f"      {f}" for f in c.fields if f.field != "content" or not c.diff]
+    lines += [f"      purge {e}" for e in c.extra]
     if c.diff:
-        for dl in c.diff.rstrip("\n").splitlines():
-            typer.echo(f"      {dl}")
+        lines += [f"      {dl}" for dl in c.diff.rstrip("\n").splitlines()]
+    # One write per change: a first apply of thousands of files prints every diff line.
+    typer.echo("\n".join(lines))
 
 
 def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) -> None:
@@ -105,39 +103,6 @@ def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) ->
         f"{counts[Action.REPLACE]} replaced, {counts[Action.DELETE]} deleted, "
         f"{r.count('failed')} failed, {in_sync} unchanged ({r.duration * 1000:.0f} ms)."
     )
-
-
-def print_status(stacks: list[StackStatus]) -> None:
-    if not stacks:
-        typer.echo("no stacks have run yet")
-    for s in stacks:
-        ready = s.condition("Ready")
-        head = "Ready" if ready and ready.status else "NotReady"
-        typer.echo(f"stack {s.stack} (source {s.source}, path {s.path}): {head}")
-        for c in s.conditions:
-            first, *rest = c.message.splitlines() or [""]
-            typer.echo(f"  {c.type}={c.status} {c.reason} since {_when(c.since)}: {first}")
-            for line in rest:
-                typer.echo(f"      {line}")
-        tag = f" (tag {s.applied_tag})" if s.applied_tag else ""
-        typer.echo(
-            f"  fetched {_short(s.fetched_revision)}  applied {_short(s.applied_revision)}{tag}"
-            f"  last good {_short(s.last_good_revision)}  last pass {_when(s.last_pass)}"
-        )
-        n = s.counts
-        typer.echo(
-            f"  resources: {n.get('total', 0)} total, {n.get('in_sync', 0)} in sync, "
-            f"{n.get('drifted', 0)} drifted, {n.get('failed', 0)} failed, "
-            f"{n.get('waiting', 0)} waiting"
-        )
-        for rid, st in sorted(s.resources.items()):
-            typer.echo(f"    {st}: {rid}")
-        if s.health:
-            typer.echo("  health:")
-        for rid, h in sorted(s.health.items()):
-            first = (str(h.get("message") or "").splitlines() or [""])[0]
-            why = f" ({first})" if first else ""
-            typer.echo(f"    {h.get('health', 'Unknown')}: {rid}{why}")
 
 
 def print_history(entries: list[JournalEntry]) -> None:

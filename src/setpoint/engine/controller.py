@@ -36,6 +36,7 @@ from setpoint.engine.orphans import (
 from setpoint.engine.outcome import PassResult
 from setpoint.engine.prune import PruneResult, prune_records
 from setpoint.engine.reconciler import Reconciler
+from setpoint.engine.render_store import RenderStore
 from setpoint.engine.status import record_tag
 from setpoint.facts import host_labels
 from setpoint.model.errors import SetpointError, SourceError
@@ -125,6 +126,9 @@ class Controller:
         if self.fleet is not None:
             self.config = with_stacks(config, self.fleet.stacks)
             self._removing = {s.name: s for s in self.fleet.removing}
+        self.reconciler.desired.store = RenderStore(
+            Path(config.state) / "render-cache", self.reconciler.desired.registry, limits
+        )
         keys = host_keys(config.decryption.age_key_file)
         self.reconciler.desired.set_host(Host(labels=self.labels, keys=keys))
         # 0700: the state dir may be 0711 (services running as other users reach their
@@ -340,6 +344,7 @@ class Controller:
                 only=only,
                 tree_id_for=self.sources[cfg.source].tree_id,
                 event_at=event_at,
+                ids_for=self.sources[cfg.source].object_ids,
             )
             if not dry_run and self.sources[cfg.source].semver is not None:
                 record_tag(self.db, stack, self.sources[cfg.source].tag_of)

@@ -21,10 +21,11 @@ from pathlib import Path
 from setpoint.config import StackConfig
 from setpoint.engine.graph import Ordered, order_resources
 from setpoint.engine.inventory import InventoryView
+from setpoint.engine.render_store import IdsFor, RenderStore
 from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
 from setpoint.model.resource import Resource
 from setpoint.providers.base import Provider, Registry, Target
-from setpoint.render import Host, RenderCache
+from setpoint.render import Host, RenderCache, Rendered
 
 Peers = Callable[[StackConfig, str], dict[str, set[str]]]
 """(stack, commit) -> {other stack of the same source: the paths it declares at that commit}."""
@@ -70,6 +71,9 @@ class DesiredCache:
         # the same source declares at that commit (a path moving between two stacks in
         # one commit is handed over, not refused as a conflict nor pruned).
         self.peers: Peers | None = None
+        # Rendered stacks on disk (set by the controller): a new process renders only
+        # what changed in Git since the last run (engine/render_store.py).
+        self.store: RenderStore | None = None
 
     def set_host(self, host: Host) -> None:
         """Render for ``host`` from now on (other labels or keys: nothing cached is reused)."""
@@ -86,6 +90,7 @@ class DesiredCache:
         sha: str,
         view: InventoryView,
         tree_id_for: TreeIdFor | None = None,
+        ids_for: IdsFor | None = None,
     ) -> Desired:
         """Render and order a stack at ``sha``; raise ManifestErrors if it must be refused.
 
@@ -100,8 +105,7 @@ class DesiredCache:
             hit = replace(self._by_tree[tkey], revision=sha)
             _put(self._by_commit, key, hit)
         if hit is None:
-            self.renders += 1
-            rendered = self.cache.get_or_render(sha, tree, stack.path, self.registry, self.host)
+            rendered = self._rendered(stack, tree, sha, ids_for)
             resources = list(rendered.resources)
             if self.target is not None:
                 check_purges(resources, self.target)
@@ -111,6 +115,19 @@ class DesiredCache:
                 _put(self._by_tree, tkey, hit)
         self._check_conflicts(stack, hit, view)
         return hit
+
+    def _rendered(
+        self, stack: StackConfig, tree: Path, sha: str, ids_for: IdsFor | None
+    ) -> Rendered:
+        """From the disk cache if it holds this render, else rendered (and stored)."""
+        store = self.store
+        rendered = store.load(stack.path, self.host, sha, ids_for) if store is not None else None
+        if rendered is None:
+            self.renders += 1
+            rendered = self.cache.get_or_render(sha, tree, stack.path, self.registry, self.host)
+            if store is not None:
+                store.save(stack.path, self.host, sha, tree, rendered, ids_for)
+        return rendered
 
     def _tree_id(self, tree_id_for: TreeIdFor | None, sha: str, path: str) -> str | None:
         if tree_id_for is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Iterable, Sequence, Set
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
@@ -40,7 +40,9 @@ from setpoint.providers.fs_plan import plan_directory, plan_file, plan_symlink
 from setpoint.providers.fs_read import declared_ancestors, lstat_or_none, observe
 from setpoint.providers.fs_spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.fs_walk import cached_parent
-from setpoint.providers.fs_watch import FsWatch
+
+if TYPE_CHECKING:  # inotify (asyncio) loads only when an agent watches: one-shot start-up
+    from setpoint.providers.fs_watch import FsWatch
 
 __all__ = ["FilesystemProvider", "FsState"]
 
@@ -216,6 +218,8 @@ class FilesystemProvider:
 
     def watch(self, resources: Sequence[Resource], notify: WatchCallback) -> Watcher:
         """Watch the resources' paths with inotify (see :mod:`~setpoint.providers.fs_watch`)."""
+        from setpoint.providers.fs_watch import FsWatch
+
         w = FsWatch(self.target, resources, notify)
         self._watches = [x for x in self._watches if not x.closed] + [w]
         return w
