@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 import setpoint
+from setpoint.cli_fast import build_config, one_shot
 from setpoint.cli_secrets import secrets_app
 from setpoint.model.errors import ManifestErrors, SetpointError
 
 if TYPE_CHECKING:
     from setpoint.config import AgentConfig
-    from setpoint.engine.outcome import PassResult
     from setpoint.state import StateDB
 
 app = typer.Typer(
@@ -102,29 +102,7 @@ def _options(
     pass
 
 
-def _config(
-    config: Path | None,
-    repo: str | None,
-    ref: str,
-    path: str,
-    stack: str,
-    root: Path | None,
-    state: Path | None,
-    interval: float = 60.0,
-    resync: float = 300.0,
-    drift: str = "revert",
-    prune: bool = True,
-) -> AgentConfig:
-    from setpoint.config import config_from_flags, load_config
-
-    if config is not None and repo is not None:
-        raise SetpointError("give either --config FILE or --repo URL, not both")
-    if config is not None:
-        overrides = {"root": str(root) if root else None, "state": str(state) if state else None}
-        return load_config(config, overrides)
-    if repo is None:
-        raise SetpointError("no source: give --config FILE or --repo URL (see --help)")
-    return config_from_flags(repo, ref, path, stack, root, state, interval, resync, drift, prune)
+_config = build_config  # cli_forget and agent use it by this name
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -184,32 +162,6 @@ def render(
     run_render(directory, labels, as_json, age_key_file)
 
 
-def _one_pass(
-    cfg: AgentConfig, *, dry_run: bool, as_json: bool, unchanged: bool
-) -> list[PassResult]:
-    """Fetch every source and run one pass (or a dry run) per stack; print the results."""
-    from setpoint.cli_output import print_plan
-    from setpoint.engine.controller import Controller
-    from setpoint.engine.outcome import result_json
-
-    try:
-        ctl = Controller(cfg)
-        if not dry_run:
-            ctl.lock_state()
-    except SetpointError as exc:
-        raise _fail(exc) from None
-    try:
-        results = ctl.run_once(dry_run=dry_run)
-    finally:
-        ctl.close()
-    if as_json:
-        typer.echo(json.dumps([result_json(r) for r in results], indent=2))
-    else:
-        for r in results:
-            print_plan(r, applied=not dry_run, unchanged=unchanged)
-    return results
-
-
 @app.command(
     epilog="Example: setpoint plan --repo ./infra --path hosts/web --root /tmp/sandbox "
     "--state /tmp/sp-state\n\nExit status: 0 in sync, 2 changes pending, 1 error."
@@ -228,14 +180,12 @@ def plan(
     unchanged: UnchangedOpt = False,
 ) -> None:
     """Fetch, render and show what would change (create / update / delete / no-op)."""
-    try:
-        cfg = _config(config, repo, ref, path, stack, root, state, drift=drift, prune=prune)
-    except SetpointError as exc:
-        raise _fail(exc) from None
-    results = _one_pass(cfg, dry_run=True, as_json=as_json, unchanged=unchanged)
-    if any(r.revision is None or r.refused or r.fetch_error for r in results):
-        raise typer.Exit(1)
-    raise typer.Exit(2 if any(r.changes for r in results) else 0)
+    raise typer.Exit(
+        one_shot(
+            dry_run=True, config=config, repo=repo, ref=ref, path=path, stack=stack, root=root,
+            state=state, drift=drift, prune=prune, as_json=as_json, unchanged=unchanged,
+        )
+    )  # fmt: skip
 
 
 @app.command(
@@ -256,12 +206,12 @@ def apply(
     unchanged: UnchangedOpt = False,
 ) -> None:
     """Run one reconcile pass; exit 0 when the host has converged, 1 otherwise."""
-    try:
-        cfg = _config(config, repo, ref, path, stack, root, state, drift=drift, prune=prune)
-    except SetpointError as exc:
-        raise _fail(exc) from None
-    results = _one_pass(cfg, dry_run=False, as_json=as_json, unchanged=unchanged)
-    raise typer.Exit(0 if all(r.converged for r in results) else 1)
+    raise typer.Exit(
+        one_shot(
+            dry_run=False, config=config, repo=repo, ref=ref, path=path, stack=stack, root=root,
+            state=state, drift=drift, prune=prune, as_json=as_json, unchanged=unchanged,
+        )
+    )  # fmt: skip
 
 
 @app.command(

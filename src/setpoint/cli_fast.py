@@ -1,12 +1,14 @@
-"""The ``setpoint`` entry point, with fast paths for ``--help`` and ``status``.
+"""The ``setpoint`` entry point, with fast paths for ``--help``, ``status``, ``plan``, ``apply``.
 
 Role: ``setpoint`` (pyproject's script) and ``python -m setpoint`` call :func:`main`.
 A shell prompt, a monitoring probe or a timer runs ``setpoint status`` and
-``setpoint --help`` often; they must start in <= 80 ms, and importing typer (with
-the pydantic it coerces parameters with) takes most of that alone. So these two run
-here on the standard library; anything else (another command, an option this
-parser does not know, ``status --help``) goes to :mod:`setpoint.cli` (typer), which
-also serves ``status`` through :func:`status_command`, so the output is the same.
+``setpoint --help`` often (they must start in <= 80 ms), and timers and CI run
+``apply``/``plan``; importing typer, building its commands and coercing parameters
+(through pydantic) costs 60-100 ms before any work. So these run here with a small
+parser for exactly their documented options; anything else (another command, an
+option this parser does not know, ``--help`` of a command, a value that looks like
+an option) goes to :mod:`setpoint.cli` (typer), whose commands call the same
+:func:`status_command` and :func:`one_shot`, so the output is the same.
 :data:`HELP` is typer's own group help, checked by ``tests/test_cli.py`` against what
 typer prints (regenerate it from there when a command is added or renamed).
 """
@@ -19,9 +21,10 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from setpoint.config import AgentConfig
     from setpoint.model.status import StackStatus
 
 DEFAULT_STATE = "/var/lib/setpoint"  # config.DEFAULT_STATE (config imports pydantic)
@@ -82,6 +85,11 @@ def fast(argv: list[str]) -> int | None:
         if parsed is None:
             return None
         return status_command(*parsed)
+    if argv[:1] in (["plan"], ["apply"]):
+        opts = pass_args(argv[1:])
+        if opts is None:
+            return None
+        return one_shot(dry_run=argv[0] == "plan", **opts)
     return None
 
 
@@ -113,6 +121,136 @@ def _status_args(args: list[str]) -> tuple[Path, bool] | None:
             return None  # typer parses (and explains) anything else
         i += 1
     return state, as_json
+
+
+# plan/apply options (see setpoint.cli.plan): option -> parameter; flags -> (parameter, value).
+_VALUES = {
+    "--config": "config",
+    "-c": "config",
+    "--repo": "repo",
+    "--ref": "ref",
+    "--path": "path",
+    "--stack": "stack",
+    "--root": "root",
+    "--state": "state",
+    "--drift": "drift",
+}
+_FLAGS = {
+    "--prune": ("prune", True),
+    "--no-prune": ("prune", False),
+    "--json": ("as_json", True),
+    "--unchanged": ("unchanged", True),
+}
+
+
+def pass_args(args: list[str]) -> dict[str, Any] | None:
+    """The parameters of ``plan``/``apply``, or None to let typer parse (and explain)."""
+    opts: dict[str, Any] = {
+        "config": None, "repo": None, "ref": "main", "path": ".", "stack": "default",
+        "root": None, "state": None, "drift": "revert", "prune": True, "as_json": False,
+        "unchanged": False,
+    }  # fmt: skip
+    i = 0
+    while i < len(args):
+        a = args[i]
+        name, eq, value = a.partition("=") if a.startswith("--") else (a, "", "")
+        if name in _VALUES:
+            if not eq:
+                if i + 1 >= len(args) or args[i + 1].startswith("-"):
+                    return None
+                i += 1
+                value = args[i]
+            if not value:
+                return None
+            opts[_VALUES[name]] = value
+        elif a in _FLAGS:
+            key, flag = _FLAGS[a]
+            opts[key] = flag
+        else:
+            return None
+        i += 1
+    for key in ("config", "root", "state"):
+        if opts[key] is not None:
+            opts[key] = Path(opts[key])
+    return opts
+
+
+def build_config(
+    config: Path | None,
+    repo: str | None,
+    ref: str,
+    path: str,
+    stack: str,
+    root: Path | None,
+    state: Path | None,
+    interval: float = 60.0,
+    resync: float = 300.0,
+    drift: str = "revert",
+    prune: bool = True,
+) -> AgentConfig:
+    """The config of a command's --config / --repo flags (SetpointError if neither or both)."""
+    from setpoint.config import config_from_flags, load_config
+    from setpoint.model.errors import SetpointError
+
+    if config is not None and repo is not None:
+        raise SetpointError("give either --config FILE or --repo URL, not both")
+    if config is not None:
+        overrides = {"root": str(root) if root else None, "state": str(state) if state else None}
+        return load_config(config, overrides)
+    if repo is None:
+        raise SetpointError("no source: give --config FILE or --repo URL (see --help)")
+    return config_from_flags(repo, ref, path, stack, root, state, interval, resync, drift, prune)
+
+
+def one_shot(
+    *,
+    dry_run: bool,
+    config: Path | None,
+    repo: str | None,
+    ref: str,
+    path: str,
+    stack: str,
+    root: Path | None,
+    state: Path | None,
+    drift: str,
+    prune: bool,
+    as_json: bool,
+    unchanged: bool,
+) -> int:
+    """``plan`` (dry run) or ``apply``: fetch, one pass per stack, print; the exit status.
+
+    plan: 0 in sync, 2 changes pending, 1 error; apply: 0 converged, 1 otherwise.
+    """
+    from setpoint.cli_output import print_plan
+    from setpoint.engine.controller import Controller
+    from setpoint.engine.outcome import result_json
+    from setpoint.model.errors import SetpointError
+
+    try:
+        cfg = build_config(config, repo, ref, path, stack, root, state, drift=drift, prune=prune)
+        ctl = Controller(cfg)
+    except SetpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if not dry_run:
+            ctl.lock_state()
+        results = ctl.run_once(dry_run=dry_run)
+    except SetpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        ctl.close()
+    if as_json:
+        print(json.dumps([result_json(r) for r in results], indent=2))
+    else:
+        for r in results:
+            print_plan(r, applied=not dry_run, unchanged=unchanged)
+    if not dry_run:
+        return 0 if all(r.converged for r in results) else 1
+    if any(r.revision is None or r.refused or r.fetch_error for r in results):
+        return 1
+    return 2 if any(r.changes for r in results) else 0
 
 
 def status_command(state: Path, as_json: bool) -> int:

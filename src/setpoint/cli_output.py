@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING
-
-import typer
 
 from setpoint.cli_fast import print_status
 from setpoint.engine.outcome import PassResult, result_json
@@ -15,6 +14,11 @@ if TYPE_CHECKING:
     from setpoint.state import JournalEntry
 
 __all__ = ["print_change", "print_history", "print_plan", "print_status", "result_json"]
+
+
+def echo(text: str) -> None:
+    # Not typer.echo: `plan`/`apply` print through here without importing typer (cli_fast).
+    sys.stdout.write(text + "\n")
 
 SYMBOL = {
     Action.CREATE: "+",
@@ -55,15 +59,15 @@ def print_change(c: Change, note: str = "") -> None:
     if c.diff:
         lines += [f"      {dl}" for dl in c.diff.rstrip("\n").splitlines()]
     # One write per change: a first apply of thousands of files prints every diff line.
-    typer.echo("\n".join(lines))
+    echo("\n".join(lines))
 
 
 def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) -> None:
-    typer.echo(f"stack {r.stack} @ {_short(r.revision)}")
+    echo(f"stack {r.stack} @ {_short(r.revision)}")
     if r.fetch_error:
-        typer.echo(f"  ! source: {r.fetch_error}")
+        echo(f"  ! source: {r.fetch_error}")
     if r.refused:
-        typer.echo(
+        echo(
             f"  ! revision {_short(r.refused)} refused; "
             + (
                 f"enforcing last good revision {_short(r.revision)}"
@@ -72,10 +76,10 @@ def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) ->
             )
         )
         for e in r.errors:
-            typer.echo(f"    {e}")
+            echo(f"    {e}")
     elif r.errors:
         for e in r.errors:
-            typer.echo(f"  ! {e}")
+            echo(f"  ! {e}")
     for o in r.outcomes:
         if o.change is not None and not o.change.is_noop:
             print_change(
@@ -83,9 +87,9 @@ def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) ->
                 DONE.get(o.state, "") if applied else ("drift" if o.state == "drifted" else ""),
             )
         elif o.state in ("failed", "waiting"):
-            typer.echo(f"  ! {o.resource}: {o.error}")
+            echo(f"  ! {o.resource}: {o.error}")
         elif unchanged and o.state == "in_sync":
-            typer.echo(f"  = noop {o.resource}  (in sync)")
+            echo(f"  = noop {o.resource}  (in sync)")
     for p in r.prunes:
         failure = r.prune_failures.get(p.resource)
         print_change(p, failure or ("pruned" if applied and not p.is_noop else ""))
@@ -94,7 +98,7 @@ def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) ->
         counts[c.action] += 1
     in_sync = r.count("in_sync")
     verb = "Applied" if applied else "Plan"
-    typer.echo(
+    echo(
         f"{verb}: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, "
         f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete, "
         f"{in_sync} unchanged."
@@ -109,8 +113,8 @@ def print_history(entries: list[JournalEntry]) -> None:
     for e in entries:
         where = f" {e.resource}" if e.resource else ""
         rev = f" @{e.revision[:12]}" if e.revision else ""
-        typer.echo(f"{_when(e.ts)} {e.stack} {e.event}{where}{rev}: {e.message}")
+        echo(f"{_when(e.ts)} {e.stack} {e.event}{where}{rev}: {e.message}")
         diff = e.detail.get("diff") if isinstance(e.detail, dict) else None
         if isinstance(diff, str):
             for dl in diff.rstrip("\n").splitlines():
-                typer.echo(f"    {dl}")
+                echo(f"    {dl}")
