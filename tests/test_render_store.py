@@ -113,7 +113,7 @@ def test_a_damaged_or_foreign_cache_is_ignored_and_rebuilt(git_repo, root, state
     run(git_repo, root, state_dir)
     (path,) = cache_files(state_dir)
     raw = path.read_bytes()
-    _head, _, body = raw.partition(b"\n")
+    _magic, key_line, body = raw.split(b"\n", 2)
     if damage == "flip":
         i = len(raw) // 2
         raw = raw[:i] + bytes([raw[i] ^ 0x01]) + raw[i + 1 :]
@@ -124,16 +124,16 @@ def test_a_damaged_or_foreign_cache_is_ignored_and_rebuilt(git_repo, root, state
     else:
         import hashlib
 
-        doc = json.loads(body)
+        key, doc = json.loads(key_line), json.loads(body)
         fmt = FORMAT
         if damage == "foreign-format":
             fmt = FORMAT + 1
         elif damage == "valid-checksum-wrong-ident":
-            doc["ident"]["format"] = FORMAT + 1
+            key["ident"]["format"] = FORMAT + 1
         else:  # a spec its kind's model refuses: never handed to a provider
             doc["resources"][1][2]["path"] = "relative/path"
-        body = json.dumps(doc).encode()
-        raw = MAGIC + b" %d " % fmt + hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+        rest = json.dumps(key).encode() + b"\n" + json.dumps(doc).encode()
+        raw = MAGIC + b" %d " % fmt + hashlib.sha256(rest).hexdigest().encode() + b"\n" + rest
     path.write_bytes(raw)
     rendered, hits, res = run(git_repo, root, state_dir)
     assert (rendered, hits) == (1, 0) and res.converged and not res.changes

@@ -324,7 +324,7 @@ class Controller:
 
         fleet = self.fleet if self.fleet is not None and stack in self.fleet.names else None
 
-        def tree_for(sha: str) -> Path:
+        def check(sha: str) -> None:
             if sha == fetched:
                 refusal = self._refusal(cfg.name, cfg.source, sha)
                 if refusal is not None:
@@ -332,6 +332,9 @@ class Controller:
                 broken = fleet.refusal(sha) if fleet is not None else None
                 if broken is not None:
                     raise broken  # the Fleet file at this commit is broken: keep the last good
+
+        def tree_for(sha: str) -> Path:
+            check(sha)
             return self._tree(cfg.source, sha)
 
         try:
@@ -345,6 +348,7 @@ class Controller:
                 tree_id_for=self.sources[cfg.source].tree_id,
                 event_at=event_at,
                 ids_for=self.sources[cfg.source].object_ids,
+                check_for=check,
             )
             if not dry_run and self.sources[cfg.source].semver is not None:
                 record_tag(self.db, stack, self.sources[cfg.source].tag_of)

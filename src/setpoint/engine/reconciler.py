@@ -11,6 +11,7 @@ the write-ahead claims before creates are taken in batches (:mod:`.claims`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -125,6 +126,7 @@ class Reconciler:
         tree_id_for: TreeIdFor | None = None,
         event_at: float | None = None,
         ids_for: IdsFor | None = None,
+        check_for: Callable[[str], None] | None = None,
     ) -> PassResult:
         """One pass: enforce ``fetched`` if it is valid, else the last good revision.
 
@@ -151,7 +153,7 @@ class Reconciler:
             result.errors = list(head.errors)
         else:
             desired = self._judge(
-                stack, fetched, last_good, tree_for, tree_id_for, result, ids_for
+                stack, fetched, last_good, tree_for, tree_id_for, result, ids_for, check_for
             )
             self._heads[stack.name] = _Head(
                 fetched,
@@ -212,12 +214,19 @@ class Reconciler:
         tree_id_for: TreeIdFor | None,
         result: PassResult,
         ids_for: IdsFor | None = None,
+        check_for: Callable[[str], None] | None = None,
     ) -> Desired | None:
         """Which revision to enforce: ``fetched`` if valid, else the last good one."""
         desired: Desired | None = None
         if fetched is not None:
             try:
-                tree = tree_for(fetched)
+                tree: Path | Callable[[], Path]
+                if check_for is not None:
+                    # Refusals (trust, a broken Fleet file) first; the tree only if rendered.
+                    check_for(fetched)
+                    tree = functools.partial(tree_for, fetched)
+                else:
+                    tree = tree_for(fetched)
                 desired = self.desired.get(
                     stack, tree, fetched, self.inventory, tree_id_for, ids_for
                 )

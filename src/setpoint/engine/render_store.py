@@ -15,14 +15,17 @@ commit, or when every one of those paths has the same id at ``sha`` (one
 render limits, the file format and a fingerprint of setpoint's own code (sizes
 and mtimes of its modules: an upgrade renders afresh) must match too.
 
-Never trusted: the file starts with a magic line holding the SHA-256 of the
-body; a damaged, truncated, foreign or older-format file is ignored (and
-replaced by the next save), and each spec is validated again by its kind's
-model, as at render time. Never a secret: a stack whose render decrypted
-``secretFiles`` (:attr:`Rendered.secrets`) is not saved, and its old entry is
-removed; stacks that read a path through a symlink are not saved either (their
-ids would not cover what the link leads to). Writes are temp file + rename
-without fsync: a torn file after a crash fails its checksum and is rebuilt.
+File: a magic line (format, SHA-256 of the rest), a key line (JSON: ident,
+commit, ids; read first, so a stale entry costs one short read), the body (JSON:
+inputs, resources, their order, non-trivial origins). Never trusted: the
+checksum covers key line and body; a damaged, truncated, foreign or
+older-format file is ignored (and replaced by the next save), and each spec is
+validated again by its kind's model, as at render time. Never a secret: a stack
+whose render decrypted ``secretFiles`` (:attr:`Rendered.secrets`) is not saved,
+and its old entry is removed; stacks that read a path through a symlink are not
+saved either (their ids would not cover what the link leads to). Writes are temp
+file + rename without fsync: a torn file after a crash fails its checksum and is
+rebuilt.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import json
 import logging
 import os
 import posixpath
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,12 @@ MAGIC = b"setpoint-render-cache"
 KEEP = 32  # entry files kept (stacks x hosts); the least recently written go first
 
 IdsFor = Callable[[str, Sequence[str]], "dict[str, str] | None"]
+
+Layout = tuple[list[int], dict[str, list[int]], dict[str, int]]
+"""The stack's dependency order, by position in ``Rendered.resources``: (order, each
+one's dependencies, declared path -> position). Saved with the render, so that a hit
+costs no ordering either (the providers' implicit edges are part of the code
+fingerprint)."""
 """(commit sha, repository paths) -> their Git object ids at that commit, or None."""
 
 _CONTENT = 1  # a File's blob is its inline content, encoded: not stored twice
@@ -105,30 +114,42 @@ class RenderStore:
 
     # -- load -------------------------------------------------------------------------
 
-    def load(self, subdir: str, host: Host, sha: str, ids_for: IdsFor | None) -> Rendered | None:
-        """The stack as rendered for ``host`` at ``sha``, or None (absent, stale or damaged)."""
+    def load(
+        self, subdir: str, host: Host, sha: str, ids_for: IdsFor | None
+    ) -> tuple[Rendered, Layout | None] | None:
+        """The stack as rendered for ``host`` at ``sha`` and its order, or None if not held.
+
+        Without ``ids_for`` only an entry rendered at ``sha`` itself serves.
+        """
         name, ident = self._key(subdir, host)
         path = self.directory / f"{name}.json"
         try:
-            raw = path.read_bytes()
+            fh = open(path, "rb")  # noqa: SIM115 (closed below; read in two steps)
         except OSError:
             return None
         try:
-            body = _checked(raw)
-            doc = json.loads(body)
-            if doc.get("ident") != ident:
-                return None
-            if doc["commit"] != sha:
-                ids: dict[str, str] = doc["ids"]
-                now = ids_for(sha, sorted(ids)) if ids_for is not None else None
-                if now != ids:
+            with fh:
+                # The key line first: a stale entry costs one short read, not the body's.
+                magic = fh.readline(200)
+                key_line = fh.readline(1 << 24)
+                key = json.loads(key_line)
+                if key.get("ident") != ident:
                     return None
+                if key["commit"] != sha:
+                    ids: dict[str, str] = key["ids"]
+                    now = ids_for(sha, sorted(ids)) if ids_for is not None else None
+                    if now != ids:
+                        return None
+                body = fh.read()
+            _check(magic, key_line + body)
+            doc = json.loads(body)
             rendered = self._decode(doc)
+            layout = _layout(doc.get("layout"), len(rendered.resources))
         except Exception as exc:  # damaged or foreign: never trusted, rebuilt by the next save
             log.info("render cache %s ignored: %s", path, exc)
             return None
         self.hits += 1
-        return rendered
+        return rendered, layout
 
     def _decode(self, doc: dict[str, Any]) -> Rendered:
         resources = []
@@ -149,13 +170,12 @@ class RenderStore:
             else:
                 data = base64.b64decode(blob, validate=True)
             loc = Location(file, line)
-            r = Resource(kind, rname, spec, loc, labels, data, digest)
-            resources.append(r)
+            resources.append(Resource(kind, rname, spec, loc, labels, data, digest))
+        for r in resources:
             o = extra.get(r.id)
-            origins[r.id] = (
-                Origin(loc, tuple(o[0]), tuple(o[1]), o[2], False) if o else Origin(loc)
-            )
-        return Rendered(tuple(resources), origins, frozenset(doc["inputs"]))
+            if o:
+                origins[r.id] = Origin(r.location, tuple(o[0]), tuple(o[1]), o[2], False)
+        return Rendered(tuple(resources), _Origins(origins, resources), frozenset(doc["inputs"]))
 
     # -- save -------------------------------------------------------------------------
 
@@ -167,6 +187,7 @@ class RenderStore:
         tree: Path,
         rendered: Rendered,
         ids_for: IdsFor | None,
+        layout: Layout | None = None,
     ) -> None:
         """Keep ``rendered`` (rendered from ``tree`` at ``sha``) unless it may hold a secret.
 
@@ -189,13 +210,12 @@ class RenderStore:
             if ids is None:
                 path.unlink(missing_ok=True)
                 return
+            key_line = json.dumps({"ident": ident, "commit": sha, "ids": ids}).encode() + b"\n"
             body = json.dumps(
                 {
-                    "ident": ident,
-                    "commit": sha,
-                    "ids": ids,
                     "inputs": sorted(rendered.inputs),
                     "resources": encoded,
+                    "layout": list(layout) if layout is not None else None,
                     "origins": {
                         rid: [list(o.overlays), list(o.patches), o.template]
                         for rid, o in rendered.origins.items()
@@ -209,7 +229,7 @@ class RenderStore:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             try:
                 with os.fdopen(fd, "wb") as fh:
-                    fh.write(_header(body) + body)
+                    fh.write(_magic(key_line + body) + key_line + body)
                 os.replace(tmp, path)
             except BaseException:
                 tmp.unlink(missing_ok=True)
@@ -225,6 +245,29 @@ class RenderStore:
             old.unlink(missing_ok=True)
 
 
+class _Origins(Mapping[str, Origin]):
+    """Origins by resource id; the many plain ones (declared, no overlay) made on demand."""
+
+    def __init__(self, extra: dict[str, Origin], resources: list[Resource]) -> None:
+        self._extra = extra
+        self._resources = resources
+        self._by_id: dict[str, Resource] | None = None
+
+    def __getitem__(self, rid: str) -> Origin:
+        hit = self._extra.get(rid)
+        if hit is not None:
+            return hit
+        if self._by_id is None:
+            self._by_id = {r.id: r for r in self._resources}
+        return Origin(self._by_id[rid].location)
+
+    def __iter__(self) -> Iterator[str]:
+        return (r.id for r in self._resources)
+
+    def __len__(self) -> int:
+        return len(self._resources)
+
+
 def _encode(r: Resource) -> list[Any]:
     spec = r.spec.model_dump(mode="json", exclude_defaults=True)
     if r.blob is None:
@@ -236,16 +279,27 @@ def _encode(r: Resource) -> list[Any]:
     return [r.kind, r.name, spec, r.location.file, r.location.line, dict(r.labels), blob, r.digest]
 
 
-def _header(body: bytes) -> bytes:
-    return MAGIC + b" %d " % FORMAT + hashlib.sha256(body).hexdigest().encode() + b"\n"
+def _layout(raw: Any, n: int) -> Layout | None:
+    """A stored order, checked to be a permutation of the ``n`` resources (else an error)."""
+    if raw is None:
+        return None
+    order, deps, paths = raw
+    if sorted(order) != list(range(n)):
+        raise ValueError("the stored order is not one of the stack's resources")
+    for ids in (*deps.values(), paths.values()):
+        if any(not isinstance(i, int) or not 0 <= i < n for i in ids):
+            raise ValueError("the stored order names no resource of the stack")
+    return order, deps, paths
 
 
-def _checked(raw: bytes) -> bytes:
-    """The body of a cache file; ValueError if its header or checksum does not match."""
-    head, sep, body = raw.partition(b"\n")
-    if not sep or head != _header(body)[:-1]:
+def _magic(rest: bytes) -> bytes:
+    return MAGIC + b" %d " % FORMAT + hashlib.sha256(rest).hexdigest().encode() + b"\n"
+
+
+def _check(magic: bytes, rest: bytes) -> None:
+    """ValueError unless ``magic`` is this format's first line for ``rest`` (key line + body)."""
+    if magic != _magic(rest):
         raise ValueError("bad header or checksum (damaged, truncated or another format)")
-    return body
 
 
 def _key_paths(tree: Path, inputs: frozenset[str]) -> list[str] | None:
