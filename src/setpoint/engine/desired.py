@@ -74,6 +74,7 @@ class DesiredCache:
         # Rendered stacks on disk (set by the controller): a new process renders only
         # what changed in Git since the last run (engine/render_store.py).
         self.store: RenderStore | None = None
+        self._unsaved: list[tuple[str, Host, str, Path, Rendered, IdsFor | None, Desired]] = []
 
     def set_host(self, host: Host) -> None:
         """Render for ``host`` from now on (other labels or keys: nothing cached is reused)."""
@@ -118,15 +119,20 @@ class DesiredCache:
             if self.target is not None:
                 check_purges(resources, self.target)
             hit = order_stack(sha, resources, self.providers)
-            if self.store is not None:
-                self.store.save(
-                    stack.path, self.host, sha, tree, rendered, ids_for, _layout_of(hit, rendered)
-                )
+            if self.store is not None:  # written after the pass: not on the apply's path
+                self._unsaved.append((stack.path, self.host, sha, tree, rendered, ids_for, hit))
             if tkey is not None and _self_contained(tree, stack.path, rendered.inputs):
                 _put(self._by_tree, tkey, hit)
         _put(self._by_commit, key, hit)
         self._check_conflicts(stack, hit, view)
         return hit
+
+    def save_rendered(self) -> None:
+        """Write the stacks rendered since the last call to the disk cache (never raises)."""
+        store, unsaved, self._unsaved = self.store, self._unsaved, []
+        for path, host, sha, tree, rendered, ids_for, desired in unsaved:
+            if store is not None:
+                store.save(path, host, sha, tree, rendered, ids_for, _layout_of(desired, rendered))
 
     def _stored(self, stack: StackConfig, sha: str, ids_for: IdsFor | None) -> Desired | None:
         """The stack from the disk cache, ordered (by the order stored with it), or None."""

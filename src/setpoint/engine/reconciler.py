@@ -182,6 +182,7 @@ class Reconciler:
         if not dry_run:
             self._drain_provider_events(stack, result.revision)
             update_status(self.db, stack, result, status, self.clock())
+        self.desired.save_rendered()  # the disk cache, once the pass is done
         return result
 
     def _drain_provider_events(self, stack: StackConfig, revision: str | None) -> None:
