@@ -376,9 +376,12 @@ class GitSource:
                 return known
             except SourceError:
                 pass  # deleted, or no longer that kind of ref: resolve it afresh
-        name, _sha, _peeled = self._ls_remote()
+        name, sha, _peeled = self._ls_remote()
         self._ref_name = name
-        self._fetch([f"+{name}:{_local_ref(name)}"])
+        # The mirror holds it already (a one-shot run on a timer, the ref unchanged): a
+        # fetch would only find that out again, at the cost of four processes.
+        if self._rev_parse(_local_ref(name)) != sha:
+            self._fetch([f"+{name}:{_local_ref(name)}"])
         return name
 
     def _fetch_tag(self) -> str:
