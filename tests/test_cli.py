@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 from helpers import cli, docs, manifest
 
@@ -176,3 +178,52 @@ stacks:
     cfg.write_text(cfg.read_text().replace("interval: 30", "interval: 30\n    colour: red"))
     out = cli("apply", "--config", cfg, check=1)
     assert "colour" in out.stderr
+
+
+def _child(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "100"}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True
+    )
+
+
+def test_the_cli_imports_no_api_stack_nor_rich():
+    """Start-up cost: `import setpoint.cli` loads neither the API stack (FastAPI, uvicorn),
+    rich nor pydantic; each command imports what it needs."""
+    out = _child(
+        "import sys, setpoint.cli, setpoint.cli_fast, setpoint.cli_output\n"
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'rich', 'pydantic', 'asyncio', "
+        "'setpoint.engine.controller', 'setpoint.api') if m in sys.modules))"
+    )
+    assert out.stdout.strip() == "[]"
+    # The engine does not import the CLI's output module either.
+    out = _child(
+        "import sys, setpoint.engine.controller, setpoint.engine.agent\n"
+        "print(sorted(m for m in sys.modules if m.startswith('setpoint.cli') "
+        "or m in ('rich', 'typer')))"
+    )
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_fast_help_is_typers_help():
+    """`setpoint --help` is served without typer; its text must be typer's, to the byte."""
+    typer_help = _child(
+        "import sys; sys.argv = ['setpoint', '--help']\nfrom setpoint.cli import main; main()"
+    ).stdout
+    fast_help = _child(
+        "import sys; sys.argv = ['setpoint', '--help']\n"
+        "from setpoint.cli_fast import fast; fast(sys.argv[1:])"
+    ).stdout
+    assert fast_help == typer_help, (
+        "update HELP in src/setpoint/cli_fast.py to what typer prints now:\n" + typer_help
+    )
+    via_m = cli("--help", check=0).stdout  # python -m setpoint, as click names it
+    assert via_m == typer_help.replace("Usage: setpoint", "Usage: python -m setpoint", 1)
+
+
+def test_status_options_the_fast_path_does_not_know_go_to_typer(state_dir):
+    missing = cli("status", "--state", state_dir, check=1)
+    assert f"no setpoint state in {state_dir}" in missing.stderr
+    assert "--state" in cli("status", "--help", check=0).stdout  # typer's command help
+    bad = cli("status", "--bogus", check=2)  # typer's usage error
+    assert "No such option" in bad.stderr or "no such option" in bad.stderr.lower()

@@ -3,6 +3,6 @@
 Importing :mod:`setpoint` first checks the Python version (see ``setpoint.python_problem``).
 """
 
-from setpoint.cli import main
+from setpoint.cli_fast import main
 
 main()

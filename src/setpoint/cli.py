@@ -2,33 +2,32 @@
 
 Thin shell over :mod:`setpoint.engine` and :mod:`setpoint.state`; output
 formatting lives in :mod:`setpoint.cli_output`.
+
+Start-up time matters (``setpoint --help`` and ``status`` run in <= 80 ms, and
+``apply``/``plan`` run from timers and CI): this module imports only typer and
+light stdlib at the top; each command imports what it needs (the engine for
+apply/plan, the API stack for ``agent`` only). ``tests/test_cli.py`` checks that
+importing it loads neither fastapi, uvicorn, rich nor pydantic.
 """
 
 from __future__ import annotations
 
-import asyncio
-import importlib.metadata
 import json
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 import setpoint
-from setpoint.cli_output import print_history, print_plan, print_status, result_json
+from setpoint.cli_fast import build_config, one_shot
 from setpoint.cli_secrets import secrets_app
-from setpoint.config import LISTEN_RE, AgentConfig, config_from_flags, load_config
-from setpoint.engine.agent import Agent
-from setpoint.engine.controller import Controller
-from setpoint.engine.desired import order_stack
-from setpoint.engine.outcome import PassResult
 from setpoint.model.errors import ManifestErrors, SetpointError
-from setpoint.providers.base import ProviderContext
-from setpoint.providers.registry import default_registry
-from setpoint.render import load_stack
-from setpoint.state import StateDB
+
+if TYPE_CHECKING:
+    from setpoint.config import AgentConfig
+    from setpoint.state import StateDB
 
 app = typer.Typer(
     help="setpoint: a GitOps agent. Git holds the desired state of this host; setpoint "
@@ -76,6 +75,8 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output."
 
 def _version() -> str:
     """The installed distribution's version; the package's own when run from a checkout."""
+    import importlib.metadata
+
     try:
         return importlib.metadata.version("setpoint")
     except importlib.metadata.PackageNotFoundError:
@@ -101,27 +102,7 @@ def _options(
     pass
 
 
-def _config(
-    config: Path | None,
-    repo: str | None,
-    ref: str,
-    path: str,
-    stack: str,
-    root: Path | None,
-    state: Path | None,
-    interval: float = 60.0,
-    resync: float = 300.0,
-    drift: str = "revert",
-    prune: bool = True,
-) -> AgentConfig:
-    if config is not None and repo is not None:
-        raise SetpointError("give either --config FILE or --repo URL, not both")
-    if config is not None:
-        overrides = {"root": str(root) if root else None, "state": str(state) if state else None}
-        return load_config(config, overrides)
-    if repo is None:
-        raise SetpointError("no source: give --config FILE or --repo URL (see --help)")
-    return config_from_flags(repo, ref, path, stack, root, state, interval, resync, drift, prune)
+_config = build_config  # cli_forget and agent use it by this name
 
 
 def _fail(exc: BaseException) -> typer.Exit:
@@ -132,6 +113,11 @@ def _fail(exc: BaseException) -> typer.Exit:
 @app.command(epilog="Example: setpoint validate examples/hosts/web")
 def validate(directory: Annotated[Path, typer.Argument(help="Directory of manifests.")]) -> None:
     """Load and check every manifest under DIRECTORY; print every error as file:line: message."""
+    from setpoint.engine.desired import order_stack
+    from setpoint.providers.base import ProviderContext
+    from setpoint.providers.registry import default_registry
+    from setpoint.render import load_stack
+
     registry = default_registry()
     if not directory.is_dir():
         raise _fail(SetpointError(f"{directory} is not a directory"))
@@ -176,28 +162,6 @@ def render(
     run_render(directory, labels, as_json, age_key_file)
 
 
-def _one_pass(
-    cfg: AgentConfig, *, dry_run: bool, as_json: bool, unchanged: bool
-) -> list[PassResult]:
-    """Fetch every source and run one pass (or a dry run) per stack; print the results."""
-    try:
-        ctl = Controller(cfg)
-        if not dry_run:
-            ctl.lock_state()
-    except SetpointError as exc:
-        raise _fail(exc) from None
-    try:
-        results = ctl.run_once(dry_run=dry_run)
-    finally:
-        ctl.close()
-    if as_json:
-        typer.echo(json.dumps([result_json(r) for r in results], indent=2))
-    else:
-        for r in results:
-            print_plan(r, applied=not dry_run, unchanged=unchanged)
-    return results
-
-
 @app.command(
     epilog="Example: setpoint plan --repo ./infra --path hosts/web --root /tmp/sandbox "
     "--state /tmp/sp-state\n\nExit status: 0 in sync, 2 changes pending, 1 error."
@@ -216,14 +180,12 @@ def plan(
     unchanged: UnchangedOpt = False,
 ) -> None:
     """Fetch, render and show what would change (create / update / delete / no-op)."""
-    try:
-        cfg = _config(config, repo, ref, path, stack, root, state, drift=drift, prune=prune)
-    except SetpointError as exc:
-        raise _fail(exc) from None
-    results = _one_pass(cfg, dry_run=True, as_json=as_json, unchanged=unchanged)
-    if any(r.revision is None or r.refused or r.fetch_error for r in results):
-        raise typer.Exit(1)
-    raise typer.Exit(2 if any(r.changes for r in results) else 0)
+    raise typer.Exit(
+        one_shot(
+            dry_run=True, config=config, repo=repo, ref=ref, path=path, stack=stack, root=root,
+            state=state, drift=drift, prune=prune, as_json=as_json, unchanged=unchanged,
+        )
+    )  # fmt: skip
 
 
 @app.command(
@@ -244,12 +206,12 @@ def apply(
     unchanged: UnchangedOpt = False,
 ) -> None:
     """Run one reconcile pass; exit 0 when the host has converged, 1 otherwise."""
-    try:
-        cfg = _config(config, repo, ref, path, stack, root, state, drift=drift, prune=prune)
-    except SetpointError as exc:
-        raise _fail(exc) from None
-    results = _one_pass(cfg, dry_run=False, as_json=as_json, unchanged=unchanged)
-    raise typer.Exit(0 if all(r.converged for r in results) else 1)
+    raise typer.Exit(
+        one_shot(
+            dry_run=False, config=config, repo=repo, ref=ref, path=path, stack=stack, root=root,
+            state=state, drift=drift, prune=prune, as_json=as_json, unchanged=unchanged,
+        )
+    )  # fmt: skip
 
 
 @app.command(
@@ -297,7 +259,11 @@ def agent(
     ] = None,
 ) -> None:
     """Run the loop: poll, reconcile new revisions, resync against drift, retry with back-off."""
+    import asyncio
+
     from setpoint.api.auth import check_startup
+    from setpoint.engine.agent import Agent
+    from setpoint.engine.controller import Controller
     from setpoint.obs import logs
 
     if log_format not in (None, "text", "json"):
@@ -323,6 +289,8 @@ def agent(
 
 
 def _agent_overrides(cfg: AgentConfig, listen: str | None, secret_file: Path | None) -> AgentConfig:
+    from setpoint.config import LISTEN_RE
+
     update: dict[str, object] = {}
     if listen is not None:
         if not re.match(LISTEN_RE, listen):
@@ -392,6 +360,8 @@ def sync(
 
 
 def _db(state: Path) -> StateDB:
+    from setpoint.state import StateDB
+
     if not (state / "setpoint.db").exists():
         raise _fail(
             SetpointError(f"no setpoint state in {state} (has an agent run with --state {state}?)")
@@ -407,34 +377,9 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Show each stack's conditions, revisions and resource counts."""
-    from setpoint.cli_api import running_agent
-    from setpoint.model.status import StackStatus
+    from setpoint.cli_fast import status_command
 
-    client = running_agent(state)
-    stacks: list[StackStatus] | None = None
-    waits: dict[str, str] = {}
-    if client is not None:  # the running agent's view; the state dir if it cannot answer
-        try:
-            doc = client.call("GET", "/status")
-            stacks = [StackStatus.from_json(d) for d in doc["stacks"]]
-            passes = doc.get("agent", {}).get("passes", {})
-            waits = {n: p["waiting"] for n, p in passes.items() if p.get("waiting")}
-        except (SetpointError, KeyError, TypeError, AttributeError) as exc:
-            typer.echo(f"warning: {exc}; reading the state dir instead", err=True)
-    if stacks is None:
-        db = _db(state)
-        try:
-            stacks = db.all_status()
-        finally:
-            db.close()
-    if as_json:
-        typer.echo(
-            json.dumps([s.to_json() | {"waiting": waits.get(s.stack)} for s in stacks], indent=2)
-        )
-    else:
-        print_status(stacks)
-        for name, what in sorted(waits.items()):
-            typer.echo(f"stack {name}: {what}")
+    raise typer.Exit(status_command(state, as_json))
 
 
 @app.command(epilog="Example: setpoint history --state /var/lib/setpoint --stack web -n 50")
@@ -448,6 +393,7 @@ def history(
 ) -> None:
     """Show the journal: revisions, applies, drift found and reverted, failures, with times."""
     from setpoint.cli_api import journal_query, running_agent
+    from setpoint.cli_output import print_history
     from setpoint.state import JournalEntry
     from setpoint.state.retention import Trimmed, last_trim
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import ssl
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # loaded when an agent is asked: `status` without one starts faster
+    import ssl
 
 from setpoint.model.errors import SetpointError
 
@@ -34,6 +33,9 @@ class AgentClient:
         self, method: str, path: str, body: Any = None, timeout: float = 30.0
     ) -> Any:
         """JSON in, JSON out; SetpointError naming the status and the agent's answer."""
+        import urllib.error
+        import urllib.request
+
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
         if self.token:
@@ -72,6 +74,8 @@ def running_agent(state: Path) -> AgentClient | None:
     context = None
     scheme = info.get("scheme", "http")
     if scheme == "https":
+        import ssl
+
         context = ssl.create_default_context(cafile=info.get("certFile"))
         context.check_hostname = False  # the certificate itself is the trust anchor
     return AgentClient(f"{scheme}://{listen}", token, context)
@@ -81,4 +85,6 @@ def journal_query(stack: str | None, limit: int) -> str:
     params = {"limit": str(min(limit, 500))}
     if stack:
         params["stack"] = stack
-    return "/api/v1/journal?" + urllib.parse.urlencode(params)
+    from urllib.parse import urlencode
+
+    return "/api/v1/journal?" + urlencode(params)

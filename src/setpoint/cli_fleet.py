@@ -15,13 +15,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 
-from setpoint.atomic import write_atomic
-from setpoint.config import DEFAULT_STATE, ConfigError, load_config
-from setpoint.facts import gather
 from setpoint.model.errors import SetpointError
-from setpoint.render.selector import parse_labels
 
 DEFAULT_CONFIG = Path("/etc/setpoint/config.yaml")
 UNIT_NAME = "setpoint.service"
@@ -79,6 +74,9 @@ def facts(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Print the host's labels and the facts setpoint gathers (selectors match both)."""
+    from setpoint.config import ConfigError, load_config
+    from setpoint.facts import gather
+
     labels: dict[str, str] = {}
     host = None
     if config is not None:
@@ -108,7 +106,7 @@ def bootstrap(
         str, typer.Option("--fleet", help="The Fleet file, relative to the repository root.")
     ] = "fleet.yaml",
     state: Annotated[Path, typer.Option("--state", help="The agent's state dir.")] = Path(
-        DEFAULT_STATE
+        "/var/lib/setpoint"  # config.DEFAULT_STATE, not imported here: start-up time
     ),
     root: Annotated[Path, typer.Option("--root", help="Target root (default /).")] = Path("/"),
     config: Annotated[
@@ -128,6 +126,11 @@ def bootstrap(
     ] = False,
 ) -> None:
     """Install this host: write its config (repository, labels, fleet) and its systemd unit."""
+    import yaml
+
+    from setpoint.config import load_config
+    from setpoint.render.selector import parse_labels
+
     try:
         host_labels = parse_labels(labels)
         doc = _bootstrap_config(repo, ref, fleet, host_labels, state, root)
@@ -174,4 +177,6 @@ def _bootstrap_config(
 
 
 def _write(path: Path, text: str, mode: int) -> None:
+    from setpoint.atomic import write_atomic
+
     write_atomic(path, text.encode(), mode=mode)

@@ -15,21 +15,23 @@ Examples::
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional, TypeVar
 
 import typer
 
-from setpoint.config import LISTEN_RE, ConfigError, NatsConfig, load_config
 from setpoint.model.errors import SetpointError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # config (pydantic) and asyncio load when a command runs: start-up
+    from setpoint.config import NatsConfig
     from setpoint.fleetbus.status import Entry
     from setpoint.render.selector import Selector
+
+_T = TypeVar("_T")
 
 fleet_app = typer.Typer(
     help="The fleet as NATS sees it (needs nats: in the config).", no_args_is_help=True
@@ -48,12 +50,20 @@ SelectorOpt = Annotated[
 ]
 
 
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    import asyncio
+
+    return asyncio.run(coro)
+
+
 def _fail(message: str) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(1)
 
 
 def _nats_config(config: Path | None, url: str | None) -> NatsConfig:
+    from setpoint.config import ConfigError, NatsConfig, load_config
+
     if config is not None:
         try:
             cfg = load_config(config)
@@ -133,7 +143,7 @@ def status(
     cfg = _nats_config(config, nats_url)
     sel = _selector(selector)
     try:
-        entries = asyncio.run(_status(cfg))
+        entries = _run(_status(cfg))
     except SetpointError as exc:
         raise _fail(str(exc)) from None
     rows = fleet_rows(entries, time.time(), sel)
@@ -144,6 +154,8 @@ def status(
 
 
 async def _watch(cfg: NatsConfig, sel: Selector | None, as_json: bool) -> None:
+    import asyncio
+
     from setpoint.fleetbus.status import decode_entry, read_all
     from setpoint.fleetbus.table import fleet_rows, format_row, format_table, row_of
 
@@ -211,7 +223,7 @@ def watch(
     cfg = _nats_config(config, nats_url)
     sel = _selector(selector)
     try:
-        asyncio.run(_watch(cfg, sel, as_json))
+        _run(_watch(cfg, sel, as_json))
     except KeyboardInterrupt:
         return
     except SetpointError as exc:
@@ -239,6 +251,7 @@ def relay(
     """Take the forge's push webhooks and publish each new commit to the fleet over NATS."""
     import logging
 
+    from setpoint.config import LISTEN_RE, NatsConfig
     from setpoint.fleetbus.relay import Relay, serve
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
@@ -262,7 +275,7 @@ def relay(
         raise _fail(f"--nats {nats_url!r}: give nats://HOST:PORT or tls://HOST:PORT "
                     f"({exc})") from None
     host, _, port = listen.rpartition(":")
-    asyncio.run(serve(Relay(cfg, secret), host.strip("[]"), int(port)))
+    _run(serve(Relay(cfg, secret), host.strip("[]"), int(port)))
 
 
 def register(app: typer.Typer) -> None:

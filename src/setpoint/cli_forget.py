@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -26,9 +26,10 @@ from setpoint.cli import (
     _db,
     _fail,
 )
-from setpoint.engine.controller import Controller
-from setpoint.engine.orphans import ForgetResult, release
 from setpoint.model.errors import SetpointError
+
+if TYPE_CHECKING:
+    from setpoint.engine.orphans import ForgetResult
 
 EPILOG = (
     "Examples:\n\n"
@@ -79,8 +80,9 @@ def forget(
     plain forget is possible.
     """
     from setpoint.config import DEFAULT_STATE
-    from setpoint.engine.controller import StateLockedError, lock_state_dir
+    from setpoint.engine.controller import Controller, StateLockedError, lock_state_dir
     from setpoint.engine.inventory import InventoryView
+    from setpoint.engine.orphans import release
 
     def locked(exc: StateLockedError) -> typer.Exit:
         return _fail(

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
-import typer
-
-from setpoint.engine.outcome import PassResult
+from setpoint.cli_fast import print_status
+from setpoint.engine.outcome import PassResult, result_json
 from setpoint.model.plan import Action, Change
-from setpoint.model.status import StackStatus
-from setpoint.state import JournalEntry
-from setpoint.state.retention import Trimmed
+
+if TYPE_CHECKING:
+    from setpoint.state import JournalEntry
+    from setpoint.state.retention import Trimmed
+
+__all__ = ["print_change", "print_history", "print_plan", "print_status", "result_json"]
+
+
+def echo(text: str) -> None:
+    # Not typer.echo: `plan`/`apply` print through here without importing typer (cli_fast).
+    sys.stdout.write(text + "\n")
 
 SYMBOL = {
     Action.CREATE: "+",
@@ -54,23 +62,21 @@ def print_change(c: Change, note: str = "") -> None:
         line += f"  [{note}]"
     if c.reason:
         line += f"  ({c.reason})"
-    typer.echo(line)
-    for f in c.fields:
-        if f.field != "content" or not c.diff:
-            typer.echo(f"      {f}")
-    for e in c.extra:
-        typer.echo(f"      purge {e}")
+    lines = [line]
+    lines += [f"      {f}" for f in c.fields if f.field != "content" or not c.diff]
+    lines += [f"      purge {e}" for e in c.extra]
     if c.diff:
-        for dl in c.diff.rstrip("\n").splitlines():
-            typer.echo(f"      {dl}")
+        lines += [f"      {dl}" for dl in c.diff.rstrip("\n").splitlines()]
+    # One write per change: a first apply of thousands of files prints every diff line.
+    echo("\n".join(lines))
 
 
 def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) -> None:
-    typer.echo(f"stack {r.stack} @ {_short(r.revision)}")
+    echo(f"stack {r.stack} @ {_short(r.revision)}")
     if r.fetch_error:
-        typer.echo(f"  ! source: {r.fetch_error}")
+        echo(f"  ! source: {r.fetch_error}")
     if r.refused:
-        typer.echo(
+        echo(
             f"  ! revision {_short(r.refused)} refused; "
             + (
                 f"enforcing last good revision {_short(r.revision)}"
@@ -79,10 +85,10 @@ def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) ->
             )
         )
         for e in r.errors:
-            typer.echo(f"    {e}")
+            echo(f"    {e}")
     elif r.errors:
         for e in r.errors:
-            typer.echo(f"  ! {e}")
+            echo(f"  ! {e}")
     for o in r.outcomes:
         if o.change is not None and not o.change.is_noop:
             print_change(
@@ -90,9 +96,9 @@ def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) ->
                 DONE.get(o.state, "") if applied else ("drift" if o.state == "drifted" else ""),
             )
         elif o.state in ("failed", "waiting"):
-            typer.echo(f"  ! {o.resource}: {o.error}")
+            echo(f"  ! {o.resource}: {o.error}")
         elif unchanged and o.state == "in_sync":
-            typer.echo(f"  = noop {o.resource}  (in sync)")
+            echo(f"  = noop {o.resource}  (in sync)")
     for p in r.prunes:
         failure = r.prune_failures.get(p.resource)
         print_change(p, failure or ("pruned" if applied and not p.is_noop else ""))
@@ -101,7 +107,7 @@ def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) ->
         counts[c.action] += 1
     in_sync = r.count("in_sync")
     verb = "Applied" if applied else "Plan"
-    typer.echo(
+    echo(
         f"{verb}: {counts[Action.CREATE]} to create, {counts[Action.UPDATE]} to update, "
         f"{counts[Action.REPLACE]} to replace, {counts[Action.DELETE]} to delete, "
         f"{in_sync} unchanged."
@@ -112,81 +118,15 @@ def print_plan(r: PassResult, applied: bool = False, unchanged: bool = False) ->
     )
 
 
-def result_json(r: PassResult) -> dict[str, Any]:
-    def change(c: Change) -> dict[str, Any]:
-        return {
-            "resource": c.resource,
-            "action": c.action.value,
-            "path": c.path,
-            "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in c.fields],
-            "diff": c.diff,
-            "reason": c.reason,
-            "purge": list(c.extra),
-        }
-
-    return {
-        "stack": r.stack,
-        "revision": r.revision,
-        "fetched": r.fetched,
-        "refused": r.refused,
-        "fetchError": r.fetch_error,
-        "errors": r.errors,
-        "converged": r.converged,
-        "resources": [
-            {
-                "id": o.resource,
-                "state": o.state,
-                "error": o.error,
-                "change": change(o.change) if o.change else None,
-            }
-            for o in r.outcomes
-        ],
-        "prune": [change(p) | {"error": r.prune_failures.get(p.resource)} for p in r.prunes],
-    }
-
-
-def print_status(stacks: list[StackStatus]) -> None:
-    if not stacks:
-        typer.echo("no stacks have run yet")
-    for s in stacks:
-        ready = s.condition("Ready")
-        head = "Ready" if ready and ready.status else "NotReady"
-        typer.echo(f"stack {s.stack} (source {s.source}, path {s.path}): {head}")
-        for c in s.conditions:
-            first, *rest = c.message.splitlines() or [""]
-            typer.echo(f"  {c.type}={c.status} {c.reason} since {_when(c.since)}: {first}")
-            for line in rest:
-                typer.echo(f"      {line}")
-        tag = f" (tag {s.applied_tag})" if s.applied_tag else ""
-        typer.echo(
-            f"  fetched {_short(s.fetched_revision)}  applied {_short(s.applied_revision)}{tag}"
-            f"  last good {_short(s.last_good_revision)}  last pass {_when(s.last_pass)}"
-        )
-        n = s.counts
-        typer.echo(
-            f"  resources: {n.get('total', 0)} total, {n.get('in_sync', 0)} in sync, "
-            f"{n.get('drifted', 0)} drifted, {n.get('failed', 0)} failed, "
-            f"{n.get('waiting', 0)} waiting"
-        )
-        for rid, st in sorted(s.resources.items()):
-            typer.echo(f"    {st}: {rid}")
-        if s.health:
-            typer.echo("  health:")
-        for rid, h in sorted(s.health.items()):
-            first = (str(h.get("message") or "").splitlines() or [""])[0]
-            why = f" ({first})" if first else ""
-            typer.echo(f"    {h.get('health', 'Unknown')}: {rid}{why}")
-
-
 def print_history(entries: list[JournalEntry], trimmed: Trimmed | None = None) -> None:
     if trimmed is not None:
-        typer.echo(trimmed.describe(_when))
+        echo(trimmed.describe(_when))
     for e in entries:
         where = f" {e.resource}" if e.resource else ""
         rev = f" @{e.revision[:12]}" if e.revision else ""
         times = f" ×{e.count}, last {_when_again(e.ts, e.last_at)}" if e.count > 1 else ""
-        typer.echo(f"{_when(e.ts)} {e.stack} {e.event}{times}{where}{rev}: {e.message}")
+        echo(f"{_when(e.ts)} {e.stack} {e.event}{times}{where}{rev}: {e.message}")
         diff = e.detail.get("diff") if isinstance(e.detail, dict) else None
         if isinstance(diff, str):
             for dl in diff.rstrip("\n").splitlines():
-                typer.echo(f"    {dl}")
+                echo(f"    {dl}")

@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 from setpoint.atomic import write_atomic
 from setpoint.config import StackConfig
 from setpoint.engine.controller import Controller
-from setpoint.engine.outcome import REVERTED, PassResult
+from setpoint.engine.outcome import REVERTED, PassResult, result_json
 from setpoint.engine.watch import StackWatches, fallback_poll_interval
 from setpoint.obs.logs import log_pass_start
 from setpoint.state import JournalEntry
@@ -196,8 +196,6 @@ class Agent:
 
     async def sync(self, stack: str | None = None) -> list[dict[str, Any]]:
         """Fetch, then one full pass of ``stack`` (or every active stack); their results."""
-        from setpoint.cli_output import result_json
-
         loop = asyncio.get_running_loop()
         names = [stack] if stack is not None else sorted(self._queues)
         for source in sorted({self._queues[n].cfg.source for n in names}):

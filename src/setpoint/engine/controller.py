@@ -38,6 +38,7 @@ from setpoint.engine.orphans import (
 from setpoint.engine.outcome import PassResult
 from setpoint.engine.prune import PruneResult, prune_records
 from setpoint.engine.reconciler import Reconciler
+from setpoint.engine.render_store import RenderStore
 from setpoint.engine.status import record_tag
 from setpoint.facts import host_labels
 from setpoint.model.errors import SetpointError, SourceError
@@ -131,6 +132,9 @@ class Controller:
         if self.fleet is not None:
             self.config = with_stacks(config, self.fleet.stacks)
             self._removing = {s.name: s for s in self.fleet.removing}
+        self.reconciler.desired.store = RenderStore(
+            Path(config.state) / "render-cache", self.reconciler.desired.registry, limits
+        )
         keys = host_keys(config.decryption.age_key_file)
         self.reconciler.desired.set_host(Host(labels=self.labels, keys=keys))
         # 0700: the state dir may be 0711 (services running as other users reach their
@@ -337,7 +341,7 @@ class Controller:
 
         fleet = self.fleet if self.fleet is not None and stack in self.fleet.names else None
 
-        def tree_for(sha: str) -> Path:
+        def check(sha: str) -> None:
             if sha == fetched:
                 refusal = self._refusal(cfg.name, cfg.source, sha)
                 if refusal is not None:
@@ -345,6 +349,9 @@ class Controller:
                 broken = fleet.refusal(sha) if fleet is not None else None
                 if broken is not None:
                     raise broken  # the Fleet file at this commit is broken: keep the last good
+
+        def tree_for(sha: str) -> Path:
+            check(sha)
             return self._tree(cfg.source, sha)
 
         try:
@@ -357,6 +364,8 @@ class Controller:
                 only=only,
                 tree_id_for=self.sources[cfg.source].tree_id,
                 event_at=event_at,
+                ids_for=self.sources[cfg.source].object_ids,
+                check_for=check,
             )
             if not dry_run and self.sources[cfg.source].semver is not None:
                 record_tag(self.db, stack, self.sources[cfg.source].tag_of)

@@ -22,10 +22,11 @@ from pathlib import Path
 from setpoint.config import StackConfig
 from setpoint.engine.graph import Ordered, order_resources
 from setpoint.engine.inventory import InventoryView
+from setpoint.engine.render_store import IdsFor, Layout, RenderStore
 from setpoint.model.errors import ManifestError, ManifestErrors, SetpointError
 from setpoint.model.resource import Resource
 from setpoint.providers.base import Provider, Registry, StackChecker
-from setpoint.render import Host, RenderCache
+from setpoint.render import Host, RenderCache, Rendered
 
 Peers = Callable[[StackConfig, str], dict[str, set[str]]]
 """(stack, commit) -> {other stack of the same source: the paths it declares at that commit}."""
@@ -71,6 +72,10 @@ class DesiredCache:
         # the same source declares at that commit (a path moving between two stacks in
         # one commit is handed over, not refused as a conflict nor pruned).
         self.peers: Peers | None = None
+        # Rendered stacks on disk (set by the controller): a new process renders only
+        # what changed in Git since the last run (engine/render_store.py).
+        self.store: RenderStore | None = None
+        self._unsaved: list[tuple[str, Host, str, Path, Rendered, IdsFor | None, Desired]] = []
 
     def set_host(self, host: Host) -> None:
         """Render for ``host`` from now on (other labels or keys: nothing cached is reused)."""
@@ -83,36 +88,74 @@ class DesiredCache:
     def get(
         self,
         stack: StackConfig,
-        tree: Path,
+        tree: Path | Callable[[], Path],
         sha: str,
         view: InventoryView,
         tree_id_for: TreeIdFor | None = None,
+        ids_for: IdsFor | None = None,
     ) -> Desired:
         """Render and order a stack at ``sha``; raise ManifestErrors if it must be refused.
+
+        ``tree`` may be a callable giving it: then the tree is exported (or checked) only
+        when a render needs it, not when a cache serves the stack.
 
         A stack rendered at another commit with the same tree id of its path is
         reused when it reads nothing outside that path (see :func:`_self_contained`).
         """
         key = (sha, stack.path, stack.name)
         hit = self._by_commit.get(key)
+        if hit is None:  # on disk, rendered at this very commit: no git call, no render
+            hit = self._stored(stack, sha, None)
         tree_id = self._tree_id(tree_id_for, sha, stack.path) if hit is None else None
         tkey = (tree_id, stack.path, stack.name) if tree_id else None
         if hit is None and tkey is not None and tkey in self._by_tree:
             hit = replace(self._by_tree[tkey], revision=sha)
-            _put(self._by_commit, key, hit)
+        if hit is None and ids_for is not None:  # on disk, and nothing it read changed since
+            hit = self._stored(stack, sha, ids_for)
         if hit is None:
             self.renders += 1
+            tree = tree() if callable(tree) else tree
             rendered = self.cache.get_or_render(sha, tree, stack.path, self.registry, self.host)
             resources = [replace(r, stack=stack.name) for r in rendered.resources]
             errors = [e for c in self._checkers for e in c.check_declarations(resources)]
             if errors:
                 raise ManifestErrors(errors)
             hit = order_stack(sha, resources, self.providers)
-            _put(self._by_commit, key, hit)
+            if self.store is not None:  # written after the pass: not on the apply's path
+                self._unsaved.append((stack.path, self.host, sha, tree, rendered, ids_for, hit))
             if tkey is not None and _self_contained(tree, stack.path, rendered.inputs):
                 _put(self._by_tree, tkey, hit)
+        _put(self._by_commit, key, hit)
         self._check_conflicts(stack, hit, view)
         return hit
+
+    def save_rendered(self) -> None:
+        """Write the stacks rendered since the last call to the disk cache (never raises)."""
+        store, unsaved, self._unsaved = self.store, self._unsaved, []
+        for path, host, sha, tree, rendered, ids_for, desired in unsaved:
+            if store is not None:
+                store.save(path, host, sha, tree, rendered, ids_for, _layout_of(desired, rendered))
+
+    def _stored(self, stack: StackConfig, sha: str, ids_for: IdsFor | None) -> Desired | None:
+        """The stack from the disk cache, ordered (by the order stored with it), or None."""
+        found = self.store.load(stack.path, self.host, sha, ids_for) if self.store else None
+        if found is None:
+            return None
+        rendered, layout = found
+        resources = [replace(r, stack=stack.name) for r in rendered.resources]
+        errors = [e for c in self._checkers for e in c.check_declarations(resources)]
+        if errors:
+            raise ManifestErrors(errors)
+        if layout is None:
+            return order_stack(sha, resources, self.providers)
+        order, deps, paths = layout
+        ordered = Ordered(
+            tuple(resources[i] for i in order),
+            {r.id: frozenset(resources[i].id for i in deps.get(str(k), ())) for k, r in
+             enumerate(resources)},
+        )  # fmt: skip
+        index = {r.id: i for i, r in enumerate(ordered.order)}
+        return Desired(sha, ordered, {p: resources[i].id for p, i in paths.items()}, index)
 
     def _tree_id(self, tree_id_for: TreeIdFor | None, sha: str, path: str) -> str | None:
         if tree_id_for is None:
@@ -198,6 +241,18 @@ def order_stack(sha: str, resources: list[Resource], providers: dict[str, Provid
         raise ManifestErrors([exc]) from exc
     index = {r.id: i for i, r in enumerate(ordered.order)}
     return Desired(sha, ordered, by_path, index)
+
+
+def _layout_of(desired: Desired, rendered: Rendered) -> Layout:
+    """``desired``'s order by position in ``rendered.resources`` (what the store keeps)."""
+    pos = {r.id: i for i, r in enumerate(rendered.resources)}
+    deps = {str(pos[rid]): sorted(pos[d] for d in ds) for rid, ds in desired.ordered.deps.items()
+            if ds}  # fmt: skip
+    return (
+        [pos[r.id] for r in desired.ordered.order],
+        deps,
+        {p: pos[rid] for p, rid in desired.paths.items()},
+    )
 
 
 def _put(cache: dict[tuple[str, str, str], Desired], key: tuple[str, str, str], v: Desired) -> None:

@@ -2,11 +2,14 @@
 
 Produced by :mod:`setpoint.engine.reconciler`; read by the status writer, the
 CLI (plan/apply output, exit codes) and the agent's scheduler (retry or not).
+:func:`result_json` is the JSON form the CLI (``--json``) and the agent's
+``/sync`` answer share.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from setpoint.model.plan import Change
 
@@ -67,3 +70,38 @@ class PassResult:
             and not self.prune_failures
             and self.count(FAILED, WAITING, DRIFTED, PENDING) == 0
         )
+
+
+def result_json(r: PassResult) -> dict[str, Any]:
+    """A pass's result as JSON data (``plan/apply --json``, the agent's ``POST /sync``)."""
+
+    def change(c: Change) -> dict[str, Any]:
+        return {
+            "resource": c.resource,
+            "action": c.action.value,
+            "path": c.path,
+            "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in c.fields],
+            "diff": c.diff,
+            "reason": c.reason,
+            "purge": list(c.extra),
+        }
+
+    return {
+        "stack": r.stack,
+        "revision": r.revision,
+        "fetched": r.fetched,
+        "refused": r.refused,
+        "fetchError": r.fetch_error,
+        "errors": r.errors,
+        "converged": r.converged,
+        "resources": [
+            {
+                "id": o.resource,
+                "state": o.state,
+                "error": o.error,
+                "change": change(o.change) if o.change else None,
+            }
+            for o in r.outcomes
+        ],
+        "prune": [change(p) | {"error": r.prune_failures.get(p.resource)} for p in r.prunes],
+    }

@@ -5,11 +5,13 @@ agent). A broken revision (invalid manifests, a dependency cycle, a path claimed
 another stack) is refused as a whole and the last good revision is enforced
 instead. Provider errors become per-resource outcomes; they never escape the pass.
 Bookkeeping (inventory, journal) is written only from confirmed outcomes, one
-transaction per resource, so a crash never loses the record of a completed apply.
+transaction per resource, so a crash never loses the record of a completed apply;
+the write-ahead claims before creates are taken in batches (:mod:`.claims`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -17,10 +19,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from setpoint.config import StackConfig
+from setpoint.engine.claims import PassClaims
 from setpoint.engine.desired import Desired, DesiredCache, TreeIdFor, refusal_reason
 from setpoint.engine.inventory import InventoryView
 from setpoint.engine.outcome import PassResult, ResourceOutcome
 from setpoint.engine.prune import os_message, prune
+from setpoint.engine.render_store import IdsFor
 from setpoint.engine.status import update_status
 from setpoint.model.errors import ManifestErrors, SetpointError
 from setpoint.model.plan import Action, Change
@@ -138,6 +142,8 @@ class Reconciler:
         only: set[str] | None = None,
         tree_id_for: TreeIdFor | None = None,
         event_at: float | None = None,
+        ids_for: IdsFor | None = None,
+        check_for: Callable[[str], None] | None = None,
     ) -> PassResult:
         """One pass: enforce ``fetched`` if it is valid, else the last good revision.
 
@@ -166,7 +172,9 @@ class Reconciler:
             result.refused, result.refused_reason = head.refused, head.refused_reason
             result.errors = list(head.errors)
         else:
-            desired = self._judge(stack, fetched, last_good, tree_for, tree_id_for, result)
+            desired = self._judge(
+                stack, fetched, last_good, tree_for, tree_id_for, result, ids_for, check_for
+            )
             self._heads[stack.name] = _Head(
                 fetched,
                 last_good,
@@ -194,6 +202,7 @@ class Reconciler:
         if not dry_run:
             self._drain_provider_events(stack, result.revision)
             update_status(self.db, stack, result, status, self.clock())
+        self.desired.save_rendered()  # the disk cache, once the pass is done
         return result
 
     def _drain_provider_events(self, stack: StackConfig, revision: str | None) -> None:
@@ -225,13 +234,23 @@ class Reconciler:
         tree_for: TreeFor,
         tree_id_for: TreeIdFor | None,
         result: PassResult,
+        ids_for: IdsFor | None = None,
+        check_for: Callable[[str], None] | None = None,
     ) -> Desired | None:
         """Which revision to enforce: ``fetched`` if valid, else the last good one."""
         desired: Desired | None = None
         if fetched is not None:
             try:
-                tree = tree_for(fetched)
-                desired = self.desired.get(stack, tree, fetched, self.inventory, tree_id_for)
+                tree: Path | Callable[[], Path]
+                if check_for is not None:
+                    # Refusals (trust, a broken Fleet file) first; the tree only if rendered.
+                    check_for(fetched)
+                    tree = functools.partial(tree_for, fetched)
+                else:
+                    tree = tree_for(fetched)
+                desired = self.desired.get(
+                    stack, tree, fetched, self.inventory, tree_id_for, ids_for
+                )
             except ManifestErrors as exc:
                 result.refused = fetched
                 result.errors = [str(e) for e in exc.errors]
@@ -243,7 +262,9 @@ class Reconciler:
                 result.refused_reason = str(getattr(exc, "reason", "SourceFailed"))
         if desired is None and last_good and last_good != fetched:
             try:
-                desired = self.desired.get(stack, tree_for(last_good), last_good, self.inventory)
+                desired = self.desired.get(
+                    stack, tree_for(last_good), last_good, self.inventory, ids_for=ids_for
+                )
             except SetpointError as exc:
                 result.errors.append(
                     f"last good revision {last_good[:12]} cannot be enforced: {exc}"
@@ -273,34 +294,48 @@ class Reconciler:
         self._bind_desired(desired)
         for p in self._pass_aware:
             p.begin_pass(info)
-        blocked: set[str] = set()
-        deps = desired.ordered.deps
         order = desired.ordered.order
         if only is not None:
             index = desired.index
             order = tuple(order[i] for i in sorted(index[rid] for rid in only if rid in index))
-        for r in order:
-            if deps[r.id] & blocked:
-                waiting = sorted(deps[r.id] & blocked)
-                blocked.add(r.id)
-                result.outcomes.append(
-                    ResourceOutcome(r.id, "waiting", error=f"waiting for {', '.join(waiting)}")
-                )
-                continue
-            outcome = self._one(
-                stack,
-                r,
-                inventory.get(r.id),
-                desired.revision,
-                dry_run,
-                r.id in reported,
-                event_at,
-                deps[r.id],
+        claims = None
+        if not dry_run:
+            claims = PassClaims(
+                stack.name,
+                order,
+                self.inventory,
+                self._provider,
+                lambda r: self._record(stack, r, desired.revision, desired.ordered.deps[r.id]),
             )
-            result.outcomes.append(outcome)
-            self._health(r, result)
-            if outcome.state in ("failed", "pending", "drifted"):
-                blocked.add(r.id)
+        try:
+            blocked: set[str] = set()
+            deps = desired.ordered.deps
+            for pos, r in enumerate(order):
+                if deps[r.id] & blocked:
+                    waiting = sorted(deps[r.id] & blocked)
+                    blocked.add(r.id)
+                    result.outcomes.append(
+                        ResourceOutcome(r.id, "waiting", error=f"waiting for {', '.join(waiting)}")
+                    )
+                    continue
+                outcome = self._one(
+                    stack,
+                    r,
+                    inventory.get(r.id),
+                    desired.revision,
+                    dry_run,
+                    r.id in reported,
+                    event_at,
+                    deps[r.id],
+                    (claims, pos) if claims is not None else None,
+                )
+                result.outcomes.append(outcome)
+                self._health(r, result)
+                if outcome.state in ("failed", "pending", "drifted"):
+                    blocked.add(r.id)
+        finally:
+            if claims is not None:
+                claims.close()  # claims no create used (a failed dependency, a look-ahead)
         if full:
             wanted = {r.id for r in desired.ordered.order}
             prune(
@@ -345,7 +380,9 @@ class Reconciler:
         already_reported: bool = False,
         event_at: float | None = None,
         deps: frozenset[str] = frozenset(),
+        claiming: tuple[PassClaims, int] | None = None,
     ) -> ResourceOutcome:
+        """Read, plan and (unless a dry run) apply ``r``; ``claiming``: (claims, position)."""
         provider = self._provider(r)
         effective = self._effective[r.kind]
         if effective is not None:
@@ -365,6 +402,8 @@ class Reconciler:
         drift = owned is not None and owned.digest == r.digest and not change.is_noop
         if change.is_noop:
             if (owned is None or owned.digest != r.digest) and not dry_run:
+                if claiming is not None:
+                    claiming[0].applied(r.id)
                 self.inventory.record_outcome(
                     records=[self._record(stack, r, sha, deps, owned=owned, keep=False)]
                 )
@@ -389,13 +428,19 @@ class Reconciler:
             # Write-ahead: own the path before creating it, so that a crash between the
             # create and its record cannot leave a file that no inventory knows (which
             # prune would then never remove). Digest "" = not applied yet (never drift).
-            claim = replace(self._record(stack, r, sha, deps), digest="")
-            self.inventory.record_outcome(records=[claim])
+            # Batched: the creates that follow are claimed in the same transaction.
+            if claiming is not None:
+                claiming[0].claim(claiming[1], r)
+            else:
+                claim = replace(self._record(stack, r, sha, deps), digest="")
+                self.inventory.record_outcome(records=[claim])
         t0 = time.monotonic()
         try:
             provider.apply(r, change)
         except Exception as exc:
-            if intent:  # the create failed (atomically): withdraw the claim
+            if claiming is not None:  # the create failed (atomically): withdraw the claim
+                claiming[0].withdraw(r.id)
+            elif intent:
                 self.inventory.record_outcome(removed=[(stack.name, r.id)])
             if entries:
                 self.db.append(*entries)
@@ -405,6 +450,8 @@ class Reconciler:
                 stack, r, sha, f"cannot {change.action.value}: {_error_text(r, exc)}", False
             )
         done = time.monotonic()
+        if claiming is not None:
+            claiming[0].applied(r.id)  # created: a failing record below keeps the claim
         event = "revert" if drift else "apply"
         detail = _detail(change) | {"ms": round((done - t0) * 1000, 3)}
         if event_at is not None and drift:

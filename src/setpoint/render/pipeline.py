@@ -117,6 +117,9 @@ class Rendered:
     resources: tuple[Resource, ...]
     origins: Mapping[str, Origin]  # by resource id
     inputs: frozenset[str]  # repository paths read (relative): what the result depends on
+    # An overlay of the stack decrypted secretFiles: its result may hold values derived
+    # from secrets, so it is never written to disk (the engine's render cache skips it).
+    secrets: bool = False
 
 
 def load_stack(
@@ -169,6 +172,7 @@ def render_stack(
         tuple(r for r, _ in pairs),
         {r.id: run.origins[id(e)] for r, e in pairs},
         frozenset(run.inputs),
+        secrets=any(ov.secret_files for ov in run.overlays),
     )
 
 

@@ -27,11 +27,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import StrictUndefined, Template, TemplateSyntaxError, nodes
-from jinja2.exceptions import SecurityError, UndefinedError
-from jinja2.sandbox import SandboxedEnvironment
+if TYPE_CHECKING:  # Jinja2 loads with the first template: most renders and runs have none
+    from jinja2 import Template
 
 SECRETS = "secrets"
 _MASK = "(secret)"
@@ -57,9 +56,7 @@ class Templates:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._env = SandboxedEnvironment(
-            undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-        )
+        self._env: Any = None
         self._compiled: dict[str, tuple[Template, bool] | TemplateFailure] = {}
 
     def render(self, text: str, context: Mapping[str, Any]) -> Output:
@@ -88,8 +85,15 @@ class Templates:
         return Output(data, reads_secrets)
 
     def _compile(self, text: str) -> tuple[Template, bool]:
+        from jinja2 import StrictUndefined, TemplateSyntaxError, nodes
+        from jinja2.sandbox import SandboxedEnvironment
+
         hit = self._compiled.get(text)
         if hit is None:
+            if self._env is None:
+                self._env = SandboxedEnvironment(
+                    undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+                )
             try:
                 ast = self._env.parse(text)
                 # Any load of the name counts (even one shadowed by a ``set``): the safe side,
@@ -107,6 +111,8 @@ class Templates:
 
 
 def _describe(exc: BaseException) -> str:
+    from jinja2.exceptions import SecurityError, UndefinedError
+
     if isinstance(exc, UndefinedError):
         hint = "define it (vars, varFiles) or guard it with | default(...)"
         return f"undefined in template: {exc.message}; {hint}"

@@ -270,6 +270,24 @@ class GitSource:
         self._ready()
         return self._rev_parse(spec)
 
+    def object_ids(self, sha: str, paths: Sequence[str]) -> dict[str, str] | None:
+        """The Git object ids of ``paths`` (files or directories) at commit ``sha``, in one call.
+
+        None when any of them is absent there or lies beyond a symlink (git does not
+        follow those): the engine's on-disk render cache then renders afresh.
+        """
+        self._check_sha(sha)
+        rels = [os.path.normpath(p or ".") for p in paths]
+        if any(r.startswith(("/", "..")) for r in rels):
+            return None
+        specs = [f"{sha}^{{tree}}" if r == "." else f"{sha}:{r}" for r in rels]
+        self._ready()
+        rc, out, _err = self._run(["rev-parse", *specs], what="resolve paths")
+        ids = out.decode().split()
+        if rc != 0 or len(ids) != len(paths):
+            return None
+        return dict(zip(paths, ids, strict=True))
+
     def commit_info(self, sha: str) -> dict[str, str]:
         """``sha``, ``author`` ("Name <email>"), ``date`` (ISO 8601) and ``subject`` of a commit."""
         self._check_sha(sha)
@@ -358,9 +376,12 @@ class GitSource:
                 return known
             except SourceError:
                 pass  # deleted, or no longer that kind of ref: resolve it afresh
-        name, _sha, _peeled = self._ls_remote()
+        name, sha, _peeled = self._ls_remote()
         self._ref_name = name
-        self._fetch([f"+{name}:{_local_ref(name)}"])
+        # The mirror holds it already (a one-shot run on a timer, the ref unchanged): a
+        # fetch would only find that out again, at the cost of four processes.
+        if self._rev_parse(_local_ref(name)) != sha:
+            self._fetch([f"+{name}:{_local_ref(name)}"])
         return name
 
     def _fetch_tag(self) -> str:

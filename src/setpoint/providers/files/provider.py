@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Collection, Iterable, Sequence, Set
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from setpoint.model.errors import ManifestError, ProviderError
 from setpoint.model.plan import Action, Change
@@ -53,7 +53,9 @@ from setpoint.providers.files.read import declared_ancestors, lstat_or_none, obs
 from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.files.target import FileTarget
 from setpoint.providers.files.walk import cached_parent
-from setpoint.providers.files.watch import FsWatch
+
+if TYPE_CHECKING:  # inotify (asyncio) loads only when an agent watches: one-shot start-up
+    from setpoint.providers.files.watch import FsWatch
 
 __all__ = ["FilesystemProvider", "FsState"]
 
@@ -278,6 +280,8 @@ class FilesystemProvider:
 
     def watch(self, resources: Sequence[Resource], notify: WatchCallback) -> Watcher:
         """Watch the resources' paths with inotify (see :mod:`~setpoint.providers.files.watch`)."""
+        from setpoint.providers.files.watch import FsWatch
+
         w = FsWatch(self.target, resources, notify)
         self._watches = [x for x in self._watches if not x.closed] + [w]
         return w

@@ -9,7 +9,6 @@ and ``user:password@`` in it is sent as a Basic ``Authorization`` header.
 from __future__ import annotations
 
 import base64
-import http.client
 import socket
 import subprocess
 from urllib.parse import unquote, urlsplit
@@ -21,6 +20,8 @@ from setpoint.providers.services.service_spec import ProbeSpec
 def run_probe(
     spec: ProbeSpec, cwd: str | None = None, env: dict[str, str] | None = None
 ) -> tuple[bool, str]:
+    import http.client  # here, not at the top: ssl costs every `setpoint` start 10 ms
+
     try:
         if spec.http is not None:
             try:
@@ -52,6 +53,8 @@ def run_probe(
 
 
 def _http(url: str, want: int | None, timeout: float) -> tuple[bool, str]:
+    import http.client
+
     parts = urlsplit(url)
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = cls(parts.netloc.rpartition("@")[2], timeout=timeout)

@@ -41,15 +41,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import http.client
 import os
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, ClassVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from setpoint.atomic import fsync_dir
@@ -90,6 +88,9 @@ from setpoint.providers.services.release_unpack import (
     sha256_file,
 )
 from setpoint.providers.services.service_spec import ReleaseSpec
+
+if TYPE_CHECKING:  # the HTTP client (and ssl) loads with the first download: start-up cost
+    import urllib.request
 
 __all__ = [
     "ReleaseProvider",
@@ -373,6 +374,7 @@ class ReleaseProvider:
 
     def _archive(self, resource: Resource, spec: ReleaseSpec, base: Path) -> Path:
         """The verified archive: the cached copy if intact, else downloaded and verified."""
+        import http.client
         want = version_dir_name(spec)
         cached = base / "archives" / f"{want}.{archive_ext(spec)}"
         if cached.exists() and sha256_file(cached) == spec.sha256:
@@ -425,6 +427,9 @@ class ReleaseProvider:
         return cached
 
     def _open(self, spec: ReleaseSpec, deadline: float) -> IO[bytes]:
+        import http.client
+        import urllib.request
+
         parts = urlsplit(spec.url)
         if parts.scheme == "file":
             path = self.ctx.host_path(unquote(parts.path))
@@ -527,6 +532,8 @@ def _request(url: str) -> urllib.request.Request:
     (urllib would take the user part for a host name, and quote it in its error.) The
     header is not sent on to a redirect's target, which may be another host.
     """
+    import urllib.request
+
     parts = urlsplit(url)  # http(s) only: the spec's validator refused any other scheme
     if parts.username is None:
         return urllib.request.Request(url)  # noqa: S310
