@@ -1,0 +1,1 @@
+"""setpoint on NATS: the fleet bus (fan-out, fleet status, rollout waves)."""

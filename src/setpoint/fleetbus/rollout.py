@@ -1,0 +1,380 @@
+"""The rollout gate: a Fleet stack's new revision reaches its hosts in waves.
+
+The agent sets a :class:`RolloutGate` as the controller's admission
+(:mod:`setpoint.engine.admission`): before a full pass whose fetched revision is new,
+the controller asks :meth:`RolloutGate.admit` from its pass thread; the gate runs its
+check in the agent's asyncio loop (where the NATS connection lives) and answers
+within ``timeout`` seconds. The engine knows nothing of NATS.
+
+The check (pure part in :mod:`setpoint.fleetbus.waves`):
+
+1. read the stack's entries of the fleet status bucket (``setpoint-status``, keys
+   ``HOST.STACK``, written by every agent) and decide whether every host of the
+   earlier waves is Ready and Healthy at the revision for ``healthyFor`` seconds;
+2. if the wave has ``maxParallel``, take a lease: bucket ``setpoint-leases-STACK``
+   (``max_age`` = the lease TTL; nats-server 2.9 has no per-key TTL), keys
+   ``WAVE.slot-0`` .. ``WAVE.slot-(n-1)``, one taken with create-if-absent, renewed
+   every TTL/3 by compare-and-set update, deleted (compare-and-set) once the stack is
+   Ready and Healthy at that revision. A host that dies stops renewing: its slot
+   frees itself when ``max_age`` expires the key.
+
+Unreachable store, or any error: the revision waits (never applied on a guess), and
+the pass enforces the last good revision, drift correction included. A held stack
+is re-checked here, in the loop, every few seconds (sooner when only time is
+missing); when it may move, the gate asks the agent for a pass (``on_wake``).
+
+Each agent also records the stack's rollout spec in bucket ``setpoint-rollouts``
+(key STACK), so ``setpoint fleet rollout STACK`` can group hosts into waves without
+reading the repository.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.js.api import KeyValueConfig
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+
+from setpoint.engine.admission import Verdict
+from setpoint.engine.outcome import PassResult
+from setpoint.fleetbus.waves import HostState, decide
+from setpoint.render.fleet import Rollout
+
+log = logging.getLogger("setpoint.rollout")
+
+STATUS_BUCKET = "setpoint-status"
+SPEC_BUCKET = "setpoint-rollouts"
+LEASE_PREFIX = "setpoint-leases-"
+LEASE_TTL = 30.0  # seconds a lease outlives its holder's last renewal
+
+Connection = Callable[[], JetStreamContext | None]
+
+
+def lease_bucket(stack: str) -> str:
+    return LEASE_PREFIX + stack
+
+
+def slot_key(wave: str, i: int) -> str:
+    return f"{wave}.slot-{i}"
+
+
+class Unreachable(Exception):
+    """The fleet store cannot be asked now."""
+
+
+@dataclass
+class Lease:
+    stack: str
+    key: str
+    revision: str
+    wave: str
+    seq: int  # the KV revision of our last write: the compare-and-set base
+
+
+async def snapshot(kv: KeyValue, stack: str, timeout: float = 5.0) -> list[HostState]:
+    """Every host's status entry for ``stack`` (damaged entries skipped)."""
+    watcher = await kv.watch(f"*.{stack}")
+    out: list[HostState] = []
+    try:
+        while True:
+            entry = await watcher.updates(timeout=timeout)  # type: ignore[no-untyped-call]
+            if entry is None:
+                break  # the initial values are all in
+            if entry.operation is not None or not entry.value:
+                continue  # a deleted or purged key
+            try:
+                out.append(HostState.from_json(json.loads(entry.value)))
+            except ValueError:
+                log.warning("fleet status %s: not a host status; ignored", entry.key)
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return out
+
+
+async def lease_bucket_kv(js: JetStreamContext, stack: str, ttl: float) -> KeyValue:
+    try:
+        return await js.key_value(lease_bucket(stack))
+    except nats.js.errors.BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(bucket=lease_bucket(stack), history=1, ttl=ttl)
+        )
+
+
+async def holders(kv: KeyValue, wave: str | None = None) -> dict[str, dict[str, Any]]:
+    """The leases held (key -> value), of one wave or of all."""
+    watcher = await kv.watch(f"{wave}.>" if wave else ">")
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        while True:
+            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
+            if entry is None:
+                break
+            if entry.operation is None and entry.value:
+                with contextlib.suppress(ValueError):
+                    out[entry.key] = json.loads(entry.value)
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return out
+
+
+class RolloutGate:
+    """The controller's admission for Fleet stacks that declare a ``rollout``."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        connection: Connection,
+        host: str,
+        labels: Mapping[str, str],
+        rollouts: Callable[[str], Rollout | None],
+        on_wake: Callable[[str], None],
+        *,
+        heartbeat: float = 30.0,
+        lease_ttl: float = LEASE_TTL,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.loop = loop
+        self.connection = connection
+        self.host = host
+        self.labels = dict(labels)
+        self.rollouts = rollouts
+        self.on_wake = on_wake
+        self.heartbeat = heartbeat
+        self.lease_ttl = lease_ttl
+        self.timeout = timeout
+        self.clock = clock
+        self.granted: dict[str, str] = {}  # stack -> revision it may move to
+        self.wanted: dict[str, str] = {}  # stack -> the revision last asked about
+        self.leases: dict[str, Lease] = {}  # stack -> the lease this host holds
+        self._rechecks: dict[str, asyncio.Task[None]] = {}
+        self._specs: dict[str, str] = {}  # stack -> spec JSON recorded in SPEC_BUCKET
+        self._renewer: asyncio.Task[None] | None = None
+
+    # -- the engine's side (pass threads) --------------------------------------------
+
+    def admit(self, stack: str, revision: str, current: str | None) -> Verdict:
+        rollout = self.rollouts(stack)
+        if rollout is None:
+            return Verdict(True)
+        self.wanted[stack] = revision
+        if self.granted.get(stack) == revision:
+            return Verdict(True, "admitted earlier", {"wave": "(earlier)"})
+        fut = asyncio.run_coroutine_threadsafe(self.check(stack, revision, rollout), self.loop)
+        try:
+            verdict, recheck = fut.result(self.timeout + 1)
+        except (concurrent.futures.TimeoutError, TimeoutError):
+            fut.cancel()
+            verdict, recheck = self._unreachable("no answer in time"), None
+        if not verdict.allowed:
+            self.loop.call_soon_threadsafe(self._schedule, stack, revision, recheck)
+        return verdict
+
+    def settled(self, stack: str, result: PassResult) -> None:
+        """After a full pass: free the lease once Ready and Healthy at its revision."""
+        lease = self.leases.get(stack)
+        if lease is None or result.revision != lease.revision or not result.converged:
+            return
+        if any(h != "Healthy" for h, _ in result.health.values()):
+            return
+        asyncio.run_coroutine_threadsafe(self.release(stack), self.loop)
+
+    # -- the loop's side ---------------------------------------------------------------
+
+    def _unreachable(self, why: str) -> Verdict:
+        return Verdict(
+            False,
+            f"the fleet store is unreachable ({why}): a new revision waits until it answers",
+            {"state": "unreachable"},
+        )
+
+    def _js(self) -> JetStreamContext:
+        js = self.connection()
+        if js is None:
+            raise Unreachable("not connected")
+        return js
+
+    async def check(
+        self, stack: str, revision: str, rollout: Rollout
+    ) -> tuple[Verdict, float | None]:
+        """The verdict for (stack, revision), and when to look again if it waits."""
+        try:
+            return await asyncio.wait_for(self._check(stack, revision, rollout), self.timeout)
+        except (TimeoutError, Unreachable, nats.errors.Error, OSError) as exc:
+            return self._unreachable(str(exc) or type(exc).__name__), None
+
+    async def _check(
+        self, stack: str, revision: str, rollout: Rollout
+    ) -> tuple[Verdict, float | None]:
+        js = self._js()
+        await self._record_spec(js, stack, rollout)
+        status = await js.key_value(STATUS_BUCKET)
+        hosts = await snapshot(status, stack, self.timeout)
+        d = decide(rollout, self.host, self.labels, revision, hosts, self.clock(), self.heartbeat)
+        if not d.allowed:
+            await self.release(stack)  # not moving: a slot held for an older revision goes
+            return Verdict(False, d.reason, d.detail), d.recheck_at
+        if d.slots is None:
+            self.granted[stack] = revision
+            return Verdict(True, d.reason, d.detail), None
+        kv = await lease_bucket_kv(js, stack, self.lease_ttl)
+        slot, held = await self._take(kv, stack, d.wave_name, d.slots, revision)
+        if slot is None:
+            who = ", ".join(sorted(held)) or "other hosts"
+            return (
+                Verdict(
+                    False,
+                    f"waiting for a slot in wave {d.wave_name}: {d.slots} of {d.slots} "
+                    f"(maxParallel) held by {who}",
+                    {"wave": d.wave_name, "state": "slots-full"},
+                ),
+                None,
+            )
+        self.granted[stack] = revision
+        self._ensure_renewer()
+        return (
+            Verdict(
+                True,
+                f"{d.reason}; lease {slot} of {d.slots} in wave {d.wave_name}",
+                {"wave": d.wave_name, "slot": slot, "slots": d.slots, "waveHosts": d.wave_hosts},
+            ),
+            None,
+        )
+
+    async def _take(
+        self, kv: KeyValue, stack: str, wave: str, slots: int, revision: str
+    ) -> tuple[int | None, list[str]]:
+        """Take (or keep, after a restart) a slot of ``wave``: (its index, or None; holders)."""
+        value = json.dumps(
+            {"host": self.host, "revision": revision, "wave": wave, "at": self.clock()}
+        ).encode()
+        free: list[int] = []
+        held: list[str] = []
+        for i in range(slots):
+            key = slot_key(wave, i)
+            try:
+                entry = await kv.get(key)
+            except nats.js.errors.KeyNotFoundError:  # absent, deleted or expired
+                free.append(i)
+                continue
+            try:
+                owner = json.loads(entry.value or b"{}").get("host")
+            except ValueError:
+                owner = None
+            if owner == self.host:
+                # Ours (this process, or an earlier one that died mid-rollout): keep it.
+                seq = await kv.update(key, value, last=entry.revision)
+                self.leases[stack] = Lease(stack, key, revision, wave, seq)
+                return i, held
+            held.append(str(owner))
+        for i in free:
+            key = slot_key(wave, i)
+            try:
+                seq = await kv.create(key, value)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                held.append("(just taken)")
+                continue  # another host was quicker
+            self.leases[stack] = Lease(stack, key, revision, wave, seq)
+            return i, held
+        return None, held
+
+    async def release(self, stack: str) -> None:
+        """Give the stack's lease back (compare-and-set: never someone else's)."""
+        lease = self.leases.pop(stack, None)
+        if lease is None:
+            return
+        try:
+            js = self._js()
+            kv = await lease_bucket_kv(js, stack, self.lease_ttl)
+            await kv.delete(lease.key, last=lease.seq)
+            log.info("stack %s: lease %s released", stack, lease.key)
+        except (Unreachable, nats.errors.Error, OSError, TimeoutError) as exc:
+            # It expires by itself (max_age) if it cannot be deleted now.
+            log.info("stack %s: lease %s left to expire: %s", stack, lease.key, exc)
+
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_forever())
+
+    async def _renew_forever(self) -> None:
+        while self.leases:
+            await asyncio.sleep(self.lease_ttl / 3)
+            for stack, lease in list(self.leases.items()):
+                try:
+                    kv = await lease_bucket_kv(self._js(), stack, self.lease_ttl)
+                    value = json.dumps(
+                        {
+                            "host": self.host,
+                            "revision": lease.revision,
+                            "wave": lease.wave,
+                            "at": self.clock(),
+                        }
+                    ).encode()
+                    lease.seq = await kv.update(lease.key, value, last=lease.seq)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    # It expired (we could not renew in time) and another host took it.
+                    log.warning("stack %s: lease %s was lost; not renewed", stack, lease.key)
+                    if self.leases.get(stack) is lease:
+                        del self.leases[stack]
+                except (Unreachable, nats.errors.Error, OSError, TimeoutError) as exc:
+                    log.info("stack %s: lease %s not renewed yet: %s", stack, lease.key, exc)
+
+    def _schedule(self, stack: str, revision: str, at: float | None) -> None:
+        """Re-check a held stack later, in the loop; wake its worker once it may move."""
+        task = self._rechecks.get(stack)
+        if task is not None and not task.done():
+            return
+        self._rechecks[stack] = asyncio.create_task(self._recheck(stack, revision, at))
+
+    async def _recheck(self, stack: str, revision: str, at: float | None) -> None:
+        while self.wanted.get(stack) == revision and self.granted.get(stack) != revision:
+            rollout = self.rollouts(stack)
+            if rollout is None:
+                break
+            every = min(5.0, max(0.5, rollout.healthy_for / 4))
+            delay = every if at is None else min(every, max(0.05, at - self.clock()))
+            await asyncio.sleep(delay)
+            if self.wanted.get(stack) != revision:
+                return
+            verdict, at = await self.check(stack, revision, rollout)
+            if verdict.allowed:
+                break
+        if self.granted.get(stack) == revision:
+            self.on_wake(stack)
+
+    async def _record_spec(self, js: JetStreamContext, stack: str, rollout: Rollout) -> None:
+        spec = json.dumps(rollout.model_dump(by_alias=True, exclude_none=True), sort_keys=True)
+        if self._specs.get(stack) == spec:
+            return
+        try:
+            kv = await js.key_value(SPEC_BUCKET)
+        except nats.js.errors.BucketNotFoundError:
+            kv = await js.create_key_value(KeyValueConfig(bucket=SPEC_BUCKET, history=1))
+        try:
+            same = (await kv.get(stack)).value == spec.encode()
+        except nats.js.errors.KeyNotFoundError:
+            same = False
+        if not same:
+            await kv.put(stack, spec.encode())
+        self._specs[stack] = spec
+
+    async def close(self) -> None:
+        """Stop re-checking and renewing. Leases are not released: a host stopped mid-apply
+        is still moving; its slot frees itself when max_age expires it, or is taken back
+        by this host's next agent (same ``host:``)."""
+        for t in [*self._rechecks.values(), self._renewer]:
+            if t is not None:
+                t.cancel()
