@@ -20,6 +20,8 @@ if [ "${1:-run}" = dev ]; then
   command -v ssh-keygen >/dev/null || missing="$missing openssh-client"
   # The ssh source tests run a real sshd on a loopback port (Debian's openssh-server).
   [ -x /usr/sbin/sshd ] || missing="$missing openssh-server"
+  # The fleet tests and bench/fleet.py run a real NATS server (Debian's nats-server, 2.9).
+  [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null || missing="$missing nats-server"
   # The web UI tests drive Debian's headless Chromium through its chromedriver.
   command -v chromium >/dev/null || missing="$missing chromium"
   command -v chromedriver >/dev/null || missing="$missing chromium-driver"

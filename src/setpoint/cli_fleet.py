@@ -80,13 +80,15 @@ def facts(
 ) -> None:
     """Print the host's labels and the facts setpoint gathers (selectors match both)."""
     labels: dict[str, str] = {}
+    host = None
     if config is not None:
         try:
-            labels = dict(load_config(config).labels)
+            cfg = load_config(config)
         except ConfigError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-    found = gather()
+        labels, host = dict(cfg.labels), cfg.host
+    found = gather(host)
     if as_json:
         typer.echo(json.dumps({"labels": labels, "facts": found}, indent=2))
         return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -257,6 +258,39 @@ class ApiConfig(_Model):
     tls: ApiTlsConfig | None = None
 
 
+class NatsTlsConfig(_Model):
+    """TLS to the NATS server: the CA that signed it, and a client certificate if it asks."""
+
+    ca_file: Path | None = Field(default=None, alias="caFile")
+    cert_file: Path | None = Field(default=None, alias="certFile")
+    key_file: Path | None = Field(default=None, alias="keyFile")
+
+    @model_validator(mode="after")
+    def _pair(self) -> NatsTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("nats.tls: certFile and keyFile go together")
+        return self
+
+
+class NatsConfig(_Model):
+    """The fleet bus (see setpoint/fleetbus/): commit fan-out and fleet status over NATS."""
+
+    # One server or several, comma-separated (nats:// or tls://).
+    url: str = Field(pattern=r"^(nats|tls)://[^\s,]+(,(nats|tls)://[^\s,]+)*$")
+    creds_file: Path | None = Field(default=None, alias="credsFile")  # user JWT + nkey seed
+    tls: NatsTlsConfig | None = None
+    # A fan-out message is acted on after a random delay up to this (a fleet of 1,000
+    # hosts must not fetch in the same millisecond).
+    spread_seconds: float = Field(default=0.0, ge=0, le=3600, alias="spreadSeconds")
+    # The status of each stack is rewritten at least this often; 3 periods without one
+    # and readers show the entry as unknown.
+    heartbeat_seconds: float = Field(default=30.0, gt=0, le=3600, alias="heartbeatSeconds")
+
+
+def _hostname() -> str:
+    return socket.gethostname() or "localhost"
+
+
 class AgentConfig(_Model):
     root: Path = Path("/")
     state: Path = Path(DEFAULT_STATE)
@@ -281,6 +315,12 @@ class AgentConfig(_Model):
     api: ApiConfig = ApiConfig()
     # The agent's log lines: text, or JSON lines (stack, resource, revision, event, ms).
     log_format: Literal["text", "json"] = Field(default="text", alias="logFormat")
+    # The host's name in the fleet (status keys, the setpoint.io/hostname fact);
+    # several agents on one machine (tests, benchmarks) each set their own.
+    host: str = Field(default_factory=_hostname, min_length=1, max_length=253,
+                      pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    # The fleet bus (NATS): fan-out of new commits and fleet status. None: off.
+    nats: NatsConfig | None = None
 
     @field_validator("root", "state", mode="after")
     @classmethod
@@ -360,6 +400,7 @@ def load_config(path: Path, overrides: dict[str, Any] | None = None) -> AgentCon
     _resolve_auth_files(raw, path.parent)
     _resolve_decryption_file(raw, path.parent)
     _resolve_api_files(raw, path.parent)
+    _resolve_nats_files(raw, path.parent)
     try:
         return AgentConfig.model_validate(raw)
     except ValidationError as exc:
@@ -411,6 +452,21 @@ def _resolve_api_files(raw: dict[Any, Any], base: Path) -> None:
     for st in raw.get("stacks") or []:
         for n in (st.get("notifications") or []) if isinstance(st, dict) else []:
             spots += [(n, "secretFile")] if isinstance(n, dict) else []
+    for holder, key in spots:
+        value = holder.get(key)
+        if isinstance(value, str) and not value.startswith("/"):
+            holder[key] = str((base / value).resolve())
+
+
+def _resolve_nats_files(raw: dict[Any, Any], base: Path) -> None:
+    """Relative ``nats`` creds and TLS files are taken relative to the config file."""
+    nats = raw.get("nats")
+    if not isinstance(nats, dict):
+        return
+    spots: list[tuple[Any, str]] = [(nats, "credsFile")]
+    tls = nats.get("tls")
+    if isinstance(tls, dict):
+        spots += [(tls, "caFile"), (tls, "certFile"), (tls, "keyFile")]
     for holder, key in spots:
         value = holder.get(key)
         if isinstance(value, str) and not value.startswith("/"):

@@ -15,10 +15,13 @@ from collections.abc import Mapping
 from setpoint.config import FACT_PREFIX
 
 
-def gather() -> dict[str, str]:
-    """The host's facts: hostname, os, arch, cpus, memory-mib (values are strings)."""
+def gather(host: str | None = None) -> dict[str, str]:
+    """The host's facts: hostname, os, arch, cpus, memory-mib (values are strings).
+
+    ``host`` is the config's ``host:`` name, which stands for the hostname when given.
+    """
     return {
-        FACT_PREFIX + "hostname": socket.gethostname(),
+        FACT_PREFIX + "hostname": host or socket.gethostname(),
         FACT_PREFIX + "os": platform.system().lower(),
         FACT_PREFIX + "arch": platform.machine(),
         FACT_PREFIX + "cpus": str(os.cpu_count() or 1),
@@ -27,10 +30,10 @@ def gather() -> dict[str, str]:
 
 
 def host_labels(
-    labels: Mapping[str, str], facts: Mapping[str, str] | None = None
+    labels: Mapping[str, str], facts: Mapping[str, str] | None = None, host: str | None = None
 ) -> dict[str, str]:
     """The labels selectors match: the configured ones plus the facts."""
-    return {**labels, **(gather() if facts is None else facts)}
+    return {**labels, **(gather(host) if facts is None else facts)}
 
 
 def _memory_mib() -> int:

@@ -97,6 +97,10 @@ def build_app(agent: Agent, auth: ApiAuth | None = None) -> FastAPI:
         sources = match_sources(payload_urls(body), agent.source_urls)
         for name in sources:
             agent.refresh_source(name)
+        if agent.fleetbus is not None:  # the hosts no webhook reaches learn it too
+            from setpoint.fleetbus.subjects import notices_for_sources
+
+            agent.fleetbus.publish(notices_for_sources(body, sources, agent.source_urls))
         return JSONResponse({"sources": sources}, status_code=202)
 
     app.include_router(v1.router(agent, auth, stacks))

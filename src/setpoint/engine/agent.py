@@ -132,6 +132,13 @@ class Agent:
         from setpoint.obs.observer import Observer
 
         self.obs = Observer(self)
+        # The fleet bus (NATS: commit fan-out, fleet status) when configured; nats is
+        # imported only then.
+        self.fleetbus: Any = None
+        if self.config.nats is not None:
+            from setpoint.fleetbus.bus import FleetBus
+
+            self.fleetbus = FleetBus(self)
 
     # -- requests ---------------------------------------------------------------------
 
@@ -292,6 +299,8 @@ class Agent:
         tasks = [asyncio.create_task(self._poll(s.name, s.interval)) for s in self.config.sources]
         self._workers = [asyncio.create_task(self._worker(q)) for q in self._queues.values()]
         tasks.append(asyncio.create_task(self._poll_unwatched()))
+        if self.fleetbus is not None:
+            tasks.append(asyncio.create_task(self.fleetbus.run()))
         api_task = asyncio.create_task(self._run_api())
         log.info(
             "agent started: %d source(s), %d stack(s)", len(self.config.sources), len(self._queues)
@@ -514,6 +523,7 @@ class Agent:
                     for name in self.checks
                 },
                 "renders": ctl.reconciler.renders,
+                "fleetbus": self.fleetbus.info() if self.fleetbus is not None else None,
                 "webhook": {
                     "enabled": bool(self.webhook_secret),
                     "refused": self.webhook_refused,

@@ -110,7 +110,7 @@ class Controller:
         self.reconciler = Reconciler(
             self.db, registry or default_registry(), self.target, cache=cache
         )
-        self.labels = host_labels(config.labels)
+        self.labels = host_labels(config.labels, host=config.host)
         self.fleet = (
             FleetView(config.fleet, config.stacks, self.labels, Path(config.state), limits)
             if config.fleet is not None
