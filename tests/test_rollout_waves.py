@@ -26,7 +26,9 @@ R1, R2 = "1" * 40, "2" * 40
 NOW = 10_000.0
 
 
-def st(host: str, rev: str | None = R2, *, since: float | None = NOW - 100, **kw: object) -> HostState:
+def st(
+    host: str, rev: str | None = R2, *, since: float | None = NOW - 100, **kw: object
+) -> HostState:
     labels = kw.pop("labels", {})
     return HostState(
         host=host,
@@ -79,7 +81,7 @@ def test_later_wave_waits_until_canary_ready_for_healthy_for() -> None:
     soaking = [st("c1", labels=CANARY, since=NOW - 20)]
     d = decide(ROLLOUT, "a1", ZONE_A, R2, soaking, NOW)
     assert not d.allowed
-    assert d.reason == f"waiting for wave canary: c1 Ready at {R2[:12]} for 20 s of 60"
+    assert d.reason == f"waiting for wave canary: c1 Ready at {R2[:12]} for 20.0 s of 60"
     assert d.recheck_at == NOW + 40  # when time alone would open it
     done = [st("c1", labels=CANARY, since=NOW - 60)]
     d = decide(ROLLOUT, "a1", ZONE_A, R2, done, NOW)

@@ -37,8 +37,8 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import nats.js.errors
@@ -48,12 +48,16 @@ from nats.js.kv import KeyValue
 
 from setpoint.engine.admission import Verdict
 from setpoint.engine.outcome import PassResult
+from setpoint.fleetbus.status import BUCKET as STATUS_BUCKET
+from setpoint.fleetbus.status import read_all
 from setpoint.fleetbus.waves import HostState, decide
 from setpoint.render.fleet import Rollout
 
+if TYPE_CHECKING:
+    from setpoint.engine.agent import Agent
+
 log = logging.getLogger("setpoint.rollout")
 
-STATUS_BUCKET = "setpoint-status"
 SPEC_BUCKET = "setpoint-rollouts"
 LEASE_PREFIX = "setpoint-leases-"
 LEASE_TTL = 30.0  # seconds a lease outlives its holder's last renewal
@@ -82,25 +86,10 @@ class Lease:
     seq: int  # the KV revision of our last write: the compare-and-set base
 
 
-async def snapshot(kv: KeyValue, stack: str, timeout: float = 5.0) -> list[HostState]:
+async def snapshot(kv: KeyValue, stack: str) -> list[HostState]:
     """Every host's status entry for ``stack`` (damaged entries skipped)."""
-    watcher = await kv.watch(f"*.{stack}")
-    out: list[HostState] = []
-    try:
-        while True:
-            entry = await watcher.updates(timeout=timeout)  # type: ignore[no-untyped-call]
-            if entry is None:
-                break  # the initial values are all in
-            if entry.operation is not None or not entry.value:
-                continue  # a deleted or purged key
-            try:
-                out.append(HostState.from_json(json.loads(entry.value)))
-            except ValueError:
-                log.warning("fleet status %s: not a host status; ignored", entry.key)
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
-    return out
+    entries = await read_all(kv, f"*.{stack}")
+    return [HostState.from_json(asdict(e)) for e in entries.values() if e.stack == stack]
 
 
 async def lease_bucket_kv(js: JetStreamContext, stack: str, ttl: float) -> KeyValue:
@@ -160,9 +149,11 @@ class RolloutGate:
         self.granted: dict[str, str] = {}  # stack -> revision it may move to
         self.wanted: dict[str, str] = {}  # stack -> the revision last asked about
         self.leases: dict[str, Lease] = {}  # stack -> the lease this host holds
-        self._rechecks: dict[str, asyncio.Task[None]] = {}
+        self._rechecks: dict[str, tuple[str, asyncio.Task[None]]] = {}
         self._specs: dict[str, str] = {}  # stack -> spec JSON recorded in SPEC_BUCKET
         self._renewer: asyncio.Task[None] | None = None
+        self._closer: asyncio.Task[None] | None = None
+        self._told: dict[str, dict[str, Any]] = {}  # stack -> detail of the last verdict given
 
     # -- the engine's side (pass threads) --------------------------------------------
 
@@ -179,6 +170,7 @@ class RolloutGate:
         except (concurrent.futures.TimeoutError, TimeoutError):
             fut.cancel()
             verdict, recheck = self._unreachable("no answer in time"), None
+        self._told[stack] = verdict.detail
         if not verdict.allowed:
             self.loop.call_soon_threadsafe(self._schedule, stack, revision, recheck)
         return verdict
@@ -222,7 +214,7 @@ class RolloutGate:
         js = self._js()
         await self._record_spec(js, stack, rollout)
         status = await js.key_value(STATUS_BUCKET)
-        hosts = await snapshot(status, stack, self.timeout)
+        hosts = await snapshot(status, stack)
         d = decide(rollout, self.host, self.labels, revision, hosts, self.clock(), self.heartbeat)
         if not d.allowed:
             await self.release(stack)  # not moving: a slot held for an older revision goes
@@ -334,10 +326,12 @@ class RolloutGate:
 
     def _schedule(self, stack: str, revision: str, at: float | None) -> None:
         """Re-check a held stack later, in the loop; wake its worker once it may move."""
-        task = self._rechecks.get(stack)
-        if task is not None and not task.done():
-            return
-        self._rechecks[stack] = asyncio.create_task(self._recheck(stack, revision, at))
+        have = self._rechecks.get(stack)
+        if have is not None and not have[1].done():
+            if have[0] == revision:
+                return  # already re-checking this revision
+            have[1].cancel()  # a newer revision replaces the one it was waiting for
+        self._rechecks[stack] = (revision, asyncio.create_task(self._recheck(stack, revision, at)))
 
     async def _recheck(self, stack: str, revision: str, at: float | None) -> None:
         while self.wanted.get(stack) == revision and self.granted.get(stack) != revision:
@@ -352,6 +346,11 @@ class RolloutGate:
             verdict, at = await self.check(stack, revision, rollout)
             if verdict.allowed:
                 break
+            if verdict.detail != self._told.get(stack):
+                # Why it waits changed (the canary stalled, a slot holder changed): a pass
+                # asks again, so status and journal say it. Not on every re-check.
+                self._told[stack] = verdict.detail
+                self.on_wake(stack)
         if self.granted.get(stack) == revision:
             self.on_wake(stack)
 
@@ -375,6 +374,42 @@ class RolloutGate:
         """Stop re-checking and renewing. Leases are not released: a host stopped mid-apply
         is still moving; its slot frees itself when max_age expires it, or is taken back
         by this host's next agent (same ``host:``)."""
-        for t in [*self._rechecks.values(), self._renewer]:
+        for t in [*(t for _, t in self._rechecks.values()), self._renewer]:
             if t is not None:
                 t.cancel()
+
+
+def attach(agent: Agent) -> RolloutGate | None:
+    """Make a rollout gate the agent's admission (in its loop), if it has a Fleet and a bus.
+
+    Called by :meth:`setpoint.engine.agent.Agent.run`; returns the gate (or None).
+    """
+    bus, fleet = agent.fleetbus, agent.controller.fleet
+    if bus is None or fleet is None:
+        return None
+    loop = asyncio.get_running_loop()
+
+    def connection() -> JetStreamContext | None:
+        nc = bus.client.nc
+        return nc.jetstream() if nc is not None and nc.is_connected else None
+
+    def rollout_of(stack: str) -> Rollout | None:
+        return fleet.rollouts.get(stack) if stack in fleet.names else None
+
+    gate = RolloutGate(
+        loop,
+        connection,
+        bus.host,
+        agent.controller.labels,
+        rollout_of,
+        agent.request,
+        heartbeat=bus.cfg.heartbeat_seconds,
+    )
+    agent.controller.admissions.admission = gate
+
+    async def close_on_stop() -> None:
+        await agent.stop.wait()
+        await gate.close()
+
+    gate._closer = loop.create_task(close_on_stop())
+    return gate

@@ -30,13 +30,15 @@ class HostState:
 
     host: str
     labels: Mapping[str, str]
-    revision: str | None
+    revision: str | None  # the revision in force on the host
     ready: bool
     healthy: bool
     stalled: bool = False
     reason: str = ""
     ready_since: float | None = None  # when Ready+Healthy at ``revision`` began
     heartbeat: float = 0.0
+    fetched: str | None = None  # the newest revision it fetched (the one it stalled on)
+    period: float = 0.0  # its heartbeat period (0: unknown)
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> HostState:
@@ -53,6 +55,8 @@ class HostState:
                 reason=str(doc.get("reason") or ""),
                 ready_since=_float(doc.get("ready_since")),
                 heartbeat=_float(doc.get("heartbeat")) or 0.0,
+                fetched=doc.get("fetched") or None,
+                period=_float(doc.get("period")) or 0.0,
             )
         except (KeyError, AttributeError, TypeError) as exc:
             raise ValueError(f"not a host status: {exc}") from None
@@ -96,11 +100,13 @@ def host_state(
     state is one of: done, soaking, stalled, unknown, behind, not-ready.
     """
     age = now - h.heartbeat
-    if heartbeat > 0 and age > STALE_PERIODS * heartbeat:
+    period = h.period or heartbeat
+    if period > 0 and age > STALE_PERIODS * period:
         return "unknown", f"{h.host} unknown (no heartbeat for {age:.0f} s)"
     if h.stalled:
         why = f" ({h.reason})" if h.reason else ""
-        return "stalled", f"{h.host} Stalled at {short(h.revision)}{why}"
+        # The revision it stalled on: a refused one is fetched but never in force.
+        return "stalled", f"{h.host} Stalled at {short(h.fetched or h.revision)}{why}"
     if h.revision != revision:
         return "behind", f"{h.host} at {short(h.revision)}, not yet at {short(revision)}"
     if not (h.ready and h.healthy) or h.ready_since is None:
@@ -110,7 +116,7 @@ def host_state(
     if soaked < healthy_for:
         return (
             "soaking",
-            f"{h.host} Ready at {short(revision)} for {max(soaked, 0):.0f} s of {healthy_for:g}",
+            f"{h.host} Ready at {short(revision)} for {max(soaked, 0):.1f} s of {healthy_for:g}",
         )
     return "done", f"{h.host} Ready at {short(revision)}"
 
@@ -128,7 +134,7 @@ def decide(
 
     ``hosts`` are the status entries of the stack (``me`` among them or not; its own
     entry is ignored: this host's wave is judged from ``labels``). ``heartbeat`` is the
-    status period (0: never stale).
+    status period used when an entry does not give its own (0: never stale).
     """
     k = rollout.wave_of(labels)
     others = [h for h in hosts if h.host != me]
