@@ -9,15 +9,18 @@ may start to apply, ``revision.applied`` when it is Ready at the revision).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import GitRepo
-from helpers import wait_for
-from nats_support import nats_server  # noqa: F401  (the fixture)
-from nats_support import NatsServer
+from helpers import cli, wait_for
+from nats_support import (
+    NatsServer,
+    nats_server,  # noqa: F401  (the fixture)
+)
 from rollout_support import (
     BAD,
     Host,
@@ -112,6 +115,15 @@ def test_waves_in_order_max_parallel_and_a_bad_canary_halts(
         )
     msg = (a1.condition("Reconciling") or {}).get("message", "")
     assert f"waiting for wave canary: c1 Stalled at {bad[:12]}" in msg, msg
+    # `setpoint fleet rollout` shows the halt: the canary Stalled, the later waves waiting.
+    view = json.loads(cli("fleet", "rollout", "app", "--config", a1.conf, "--json", check=0).stdout)
+    assert view["revision"] == bad
+    assert [(w["wave"], w["state"]) for w in view["waves"]] == [
+        ("canary", "halted"), ("early", "waiting"), ("rest", "waiting")
+    ]
+    assert view["waves"][0]["hosts"][0]["state"] == "stalled"
+    text = cli("fleet", "rollout", "app", "--config", a1.conf, check=0).stdout
+    assert f"stack app: revision {bad[:12]}, healthyFor 1 s" in text and "halted" in text
     # Drift correction is never gated: a held host still puts its file back.
     (r1.root / "etc/app.conf").write_text("tampered\n")
     wait_for(lambda: r1.content() == "v2\n", timeout=15, what="drift reverted while held")
