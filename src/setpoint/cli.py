@@ -530,18 +530,16 @@ def _register_writeback() -> None:
 _register_writeback()
 
 
-def _register_rollout() -> None:
-    # `setpoint fleet rollout STACK`; nats is imported only when it runs. (When the fleet
-    # bus commands' group exists, rollout joins it: cli_rollout.register(fleet_app).)
-    from setpoint.cli_rollout import register
+def _register_fleetbus() -> None:
+    # setpoint fleet status|watch|rollout, setpoint relay (nats is imported when one runs)
+    from setpoint.cli_fleetbus import fleet_app, register
+    from setpoint.cli_rollout import register as register_rollout
 
-    fleet_app = typer.Typer(help="The fleet as NATS sees it (needs nats: in the config).",
-                            no_args_is_help=True)
-    register(fleet_app)
-    app.add_typer(fleet_app, name="fleet")
+    register_rollout(fleet_app)
+    register(app)
 
 
-_register_rollout()
+_register_fleetbus()
 
 app.add_typer(secrets_app, name="secrets")  # setpoint secrets encrypt|decrypt
 

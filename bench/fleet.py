@@ -1,0 +1,182 @@
+"""Benchmark: a commit reaching a fleet of real agents over NATS, and what an idle fleet costs.
+
+Runs on :mod:`fleet_harness` (nats-server, a counting smart-HTTP Git server, the relay,
+N ``setpoint agent`` processes with their own roots, state dirs, hosts and wave labels).
+In one run:
+
+1. fan-out to the first ``--small`` agents (default 20): commit, webhook to the relay,
+   every agent converged (p50, p99, max over ``--rounds`` commits);
+2. the rest of the N agents join; idle for ``--idle-seconds``: Git server requests per
+   poll (GETs of ``info/refs``, ``ls-refs`` and ``fetch`` POSTs; target 1 / 0 / 0 per
+   poll ... ls-refs is protocol v2's second half of the same ls-remote), the agents'
+   total idle CPU, and per-agent memory (RSS, PSS, private);
+3. fan-out to all N: latencies, and the CPU floor of the commit (the agents' CPU time
+   spent on it divided by the cores): converged-all time / floor, target ≤ 1.5;
+4. polling only (commit, no webhook) at the agents' interval ``--poll-interval``
+   (default 60 s; when shorter, the 60 s figures are computed as measured × 60 / interval).
+
+Targets (issue 13): 20 agents p99 ≤ 2 s; N agents within 1.5x the CPU floor; idle poll =
+1 ls-remote and 0 fetches; per-agent RSS ≤ 60 MB.
+
+Usage: .venv/bin/python bench/fleet.py [--agents 100] [--small 20] [--rounds 3]
+       [--poll-interval 60] [--idle-seconds 60] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fleet_harness import FleetHarness, percentile, wait_until
+
+CORES = len(os.sched_getaffinity(0))
+
+
+def fan_out_round(h: FleetHarness, version: int, agents: list[Any]) -> dict[str, float]:
+    text = f"v{version}\n"
+    cpu0 = h.cpu_seconds(agents)
+    t0, sha = h.commit_motd(text)
+    g0 = _children_cpu()  # the Git server's http-backend processes (after the push)
+    h.webhook(sha)
+    lat = list(h.wait_converged(text, timeout=120, since=t0, agents=agents).values())
+    cpu = h.cpu_seconds(agents) - cpu0
+    floor = cpu / CORES
+    return {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat),
+            "cpu": cpu, "floor": floor, "ratio": max(lat) / floor if floor else 0.0,
+            "git_cpu": _children_cpu() - g0}
+
+
+def _children_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def settle(h: FleetHarness, seconds: float = 3.0) -> None:
+    """Let the passes' tails (watch set-up, status writes) finish before measuring again."""
+    time.sleep(seconds)
+
+
+def rounds(h: FleetHarness, first: int, count: int, agents: list[Any]) -> list[dict[str, float]]:
+    out = []
+    for k in range(count):
+        settle(h)
+        out.append(fan_out_round(h, first + k, agents))
+    return out
+
+
+def med(rs: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rs)
+
+
+def show_rounds(label: str, rs: list[dict[str, float]]) -> None:
+    print(f"{label}: medians over {len(rs)} commits: p50 {med(rs, 'p50') * 1000:.0f} ms, "
+          f"p99 {med(rs, 'p99') * 1000:.0f} ms, max {med(rs, 'max') * 1000:.0f} ms; "
+          f"agents' CPU on the commit {med(rs, 'cpu'):.2f} s -> floor {med(rs, 'floor'):.2f} s "
+          f"on {CORES} cores; max / floor = {med(rs, 'ratio'):.2f} (Git server CPU "
+          f"{med(rs, 'git_cpu'):.2f} s besides)")
+    worst = max(r["p99"] for r in rs)
+    each = ", ".join(f"{r['p99'] * 1000:.0f}" for r in rs)
+    print(f"    per commit p99 (ms): {each}; worst {worst * 1000:.0f} ms")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--agents", type=int, default=100)
+    ap.add_argument("--small", type=int, default=20, help="agents of the first fan-out phase")
+    ap.add_argument("--rounds", type=int, default=3, help="commits per fan-out phase")
+    ap.add_argument("--poll-interval", type=float, default=60.0)
+    ap.add_argument("--idle-seconds", type=float, default=60.0)
+    ap.add_argument("--heartbeat", type=float, default=30.0)
+    ap.add_argument("--no-polling-phase", action="store_true")
+    ap.add_argument("--keep", type=Path, help="run in this directory and keep it (logs)")
+    args = ap.parse_args()
+    n, small = args.agents, min(args.small, args.agents)
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        run(Path(args.keep), n, small, args)
+    else:
+        with tempfile.TemporaryDirectory(prefix="setpoint-fleet-") as tmp:
+            run(Path(tmp), n, small, args)
+
+
+def run(base: Path, n: int, small: int, args: argparse.Namespace) -> None:
+    P = args.poll_interval
+    with FleetHarness(base, n, poll_interval=P, heartbeat=args.heartbeat) as h:
+        t = time.monotonic()
+        h.start(agents=small)
+        h.wait_converged("v1\n", timeout=300)
+        wait_until(h.bus_connected, 60, "agents connected to NATS", every=0.5)
+        print(f"{small} agents up and converged in {time.monotonic() - t:.1f} s "
+              f"({CORES} cores, poll interval {P:g} s, heartbeat {args.heartbeat:g} s)")
+        first = rounds(h, 2, args.rounds, h.agents)
+        show_rounds(f"fan-out, {small} agents (commit -> all converged)", first)
+        version = 2 + args.rounds
+
+        if n > small:
+            t = time.monotonic()
+            h.start_agents(n - small)
+            h.wait_converged(f"v{version - 1}\n", timeout=600)
+            wait_until(h.bus_connected, 120, "agents connected to NATS", every=1.0)
+            print(f"{n - small} more agents up and converged in {time.monotonic() - t:.1f} s")
+
+        settle(h, 10.0)
+        c0, p0, cpu0, t0 = h.git.counts(), h.polls(), h.cpu_seconds(), time.monotonic()
+        time.sleep(args.idle_seconds)  # idle on purpose: this is what is measured
+        c1, p1, cpu1, t1 = h.git.counts(), h.polls(), h.cpu_seconds(), time.monotonic()
+        polls = p1 - p0
+        d = {k: c1[k] - c0[k] for k in c1}
+        idle = (cpu1 - cpu0) / (t1 - t0)
+        print(f"idle {t1 - t0:.0f} s, {n} agents: {polls} polls; Git server: {d['info_refs']} "
+              f"GETs of info/refs, {d['ls_refs']} ls-refs, {d['fetch']} fetches, "
+              f"{d['other']} other")
+        if polls:
+            print(f"    per poll: {d['info_refs'] / polls:.2f} info/refs GETs, "
+                  f"{d['fetch'] / polls:.2f} fetches (target 1 and 0)")
+        print(f"    agents' idle CPU: {idle * 100:.2f}% of one core in total, "
+              f"{idle * 100 / n:.3f}% per agent ({(cpu1 - cpu0) / n * 1000:.0f} ms per agent "
+              f"over {t1 - t0:.0f} s)")
+        mem = h.memory_kib()
+        for key, name in (("rss", "RSS"), ("pss", "PSS"), ("uss", "private")):
+            vals = [m[key] / 1024 for m in mem]
+            print(f"    per-agent {name}: median {statistics.median(vals):.1f} MiB, "
+                  f"max {max(vals):.1f} MiB" + (" (target RSS <= 60 MB)" if key == "rss" else ""))
+
+        if n > small:
+            full = rounds(h, version, args.rounds, h.agents)
+            show_rounds(f"fan-out, {n} agents (commit -> all converged)", full)
+            version += args.rounds
+        else:
+            full = first
+
+        if not args.no_polling_phase:
+            settle(h)
+            text = f"v{version}\n"
+            t0w, _sha = h.commit_motd(text)  # no webhook: only the agents' polls find it
+            lat = list(h.wait_converged(text, timeout=P * 1.2 + 120, since=t0w).values())
+            scale = 60.0 / P
+            print(f"polling only at {P:g} s, {n} agents: p50 {percentile(lat, 50):.1f} s, "
+                  f"p99 {percentile(lat, 99):.1f} s, max {max(lat):.1f} s"
+                  + (f"; at 60 s: p50 {percentile(lat, 50) * scale:.1f} s, "
+                     f"max {max(lat) * scale:.1f} s (computed)" if P != 60 else ""))
+            p50_poll = percentile(lat, 50) * scale
+            max_poll = max(lat) * scale
+            print(f"ratio fan-out / polling at 60 s: p50 {med(full, 'p50') / p50_poll:.4f}, "
+                  f"max {med(full, 'max') / max_poll:.4f} "
+                  f"({p50_poll / med(full, 'p50'):.0f}x and {max_poll / med(full, 'max'):.0f}x "
+                  "faster)")
+
+        ok20 = max(r["p99"] for r in first) <= 2.0
+        okcpu = med(full, "ratio") <= 1.5
+        print(f"targets: {small} agents p99 <= 2 s: {'met' if ok20 else 'NOT met'}; "
+              f"{n} agents max <= 1.5x CPU floor: {'met' if okcpu else 'NOT met'} "
+              f"({med(full, 'ratio'):.2f})")
+
+
+if __name__ == "__main__":
+    main()
