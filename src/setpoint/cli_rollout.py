@@ -40,8 +40,7 @@ async def _read(url_cfg: Any, stack: str) -> dict[str, Any]:
     import nats.js.errors
 
     from setpoint.fleetbus.client import connect_options, redact
-    from setpoint.fleetbus.rollout import SPEC_BUCKET, holders, lease_bucket, snapshot
-    from setpoint.fleetbus.status import BUCKET
+    from setpoint.fleetbus.rollout import SPEC_BUCKET, holders, snapshot
 
     opts = connect_options(url_cfg, "setpoint-cli") | {"allow_reconnect": False}
     try:
@@ -61,11 +60,11 @@ async def _read(url_cfg: Any, stack: str) -> dict[str, Any]:
                 "entry with rollout: (or none has connected to this NATS server yet)"
             ) from None
         try:
-            hosts = await snapshot(await js.key_value(BUCKET), stack)
+            hosts = await snapshot(js, stack)
         except nats.js.errors.NotFoundError:
             hosts = []
         try:
-            leases = await holders(await js.key_value(lease_bucket(stack)))
+            leases = await holders(js, stack)
         except nats.js.errors.NotFoundError:
             leases = {}
         return {"spec": spec, "hosts": hosts, "leases": leases}

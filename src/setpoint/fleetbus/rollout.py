@@ -49,7 +49,7 @@ from nats.js.kv import KeyValue
 from setpoint.engine.admission import Verdict
 from setpoint.engine.outcome import PassResult
 from setpoint.fleetbus.status import BUCKET as STATUS_BUCKET
-from setpoint.fleetbus.status import read_all
+from setpoint.fleetbus.status import decode_entry
 from setpoint.fleetbus.waves import HostState, decide
 from setpoint.render.fleet import Rollout
 
@@ -86,10 +86,50 @@ class Lease:
     seq: int  # the KV revision of our last write: the compare-and-set base
 
 
-async def snapshot(kv: KeyValue, stack: str) -> list[HostState]:
-    """Every host's status entry for ``stack`` (damaged entries skipped)."""
-    entries = await read_all(kv, f"*.{stack}")
-    return [HostState.from_json(asdict(e)) for e in entries.values() if e.stack == stack]
+async def latest(
+    js: JetStreamContext, bucket: str, keys: str, timeout: float = 5.0
+) -> dict[str, bytes]:
+    """The current value of every key of ``bucket`` matching ``keys``: all of them, or an error.
+
+    A partial picture would be unsafe (a wave whose hosts are missing looks done), so
+    this does not trust the client's "initial values done" marker, which can come
+    early; it reads until a delivered entry says nothing is pending after it (the
+    server's count), and asks the stream first whether there is anything to read.
+    Raises nats errors (TimeoutError when the server is slow): callers then hold.
+    """
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"$KV.{bucket}.{keys}")
+    if not (info.state.subjects or {}):
+        return {}
+    kv = await js.key_value(bucket)
+    watcher = await kv.watch(keys)
+    out: dict[str, bytes] = {}
+    try:
+        while True:
+            entry = await watcher.updates(timeout=timeout)  # type: ignore[no-untyped-call]
+            if entry is None:
+                continue  # the client's own marker: not trusted (see above)
+            if entry.operation is None and entry.value:
+                out[entry.key] = entry.value
+            else:
+                out.pop(entry.key, None)  # deleted, purged or expired
+            if entry.delta == 0:
+                break  # the server had nothing more pending for us
+    finally:
+        with contextlib.suppress(Exception):
+            await watcher.stop()  # type: ignore[no-untyped-call]
+    return out
+
+
+async def snapshot(js: JetStreamContext, stack: str, timeout: float = 5.0) -> list[HostState]:
+    """Every host's status entry for ``stack`` (complete, see :func:`latest`)."""
+    out = []
+    for key, value in (await latest(js, STATUS_BUCKET, f"*.{stack}", timeout)).items():
+        e = decode_entry(value)
+        if e is None:
+            log.warning("fleet status %s: not a host status; ignored", key)
+        elif e.stack == stack:
+            out.append(HostState.from_json(asdict(e)))
+    return out
 
 
 async def lease_bucket_kv(js: JetStreamContext, stack: str, ttl: float) -> KeyValue:
@@ -101,21 +141,12 @@ async def lease_bucket_kv(js: JetStreamContext, stack: str, ttl: float) -> KeyVa
         )
 
 
-async def holders(kv: KeyValue, wave: str | None = None) -> dict[str, dict[str, Any]]:
-    """The leases held (key -> value), of one wave or of all."""
-    watcher = await kv.watch(f"{wave}.>" if wave else ">")
+async def holders(js: JetStreamContext, stack: str) -> dict[str, dict[str, Any]]:
+    """The leases of ``stack`` held now (key -> value)."""
     out: dict[str, dict[str, Any]] = {}
-    try:
-        while True:
-            entry = await watcher.updates(timeout=5.0)  # type: ignore[no-untyped-call]
-            if entry is None:
-                break
-            if entry.operation is None and entry.value:
-                with contextlib.suppress(ValueError):
-                    out[entry.key] = json.loads(entry.value)
-    finally:
-        with contextlib.suppress(Exception):
-            await watcher.stop()  # type: ignore[no-untyped-call]
+    for key, value in (await latest(js, lease_bucket(stack), ">")).items():
+        with contextlib.suppress(ValueError):
+            out[key] = json.loads(value)
     return out
 
 
@@ -213,8 +244,7 @@ class RolloutGate:
     ) -> tuple[Verdict, float | None]:
         js = self._js()
         await self._record_spec(js, stack, rollout)
-        status = await js.key_value(STATUS_BUCKET)
-        hosts = await snapshot(status, stack)
+        hosts = await snapshot(js, stack, self.timeout)
         d = decide(rollout, self.host, self.labels, revision, hosts, self.clock(), self.heartbeat)
         if not d.allowed:
             await self.release(stack)  # not moving: a slot held for an older revision goes
