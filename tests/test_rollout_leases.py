@@ -85,9 +85,22 @@ def test_snapshot_is_complete_every_time(nats_server: NatsServer) -> None:  # no
         await put_status(nc, "other", {}, revision=REV)  # another stack's key shape below
         kv = await status_bucket(nc)
         await kv.put(status_key("x", "db"), Entry(host="x", stack="db").encode())
-        for _ in range(20):
-            got = await snapshot(js, "app")
-            assert len(got) == 61
+        # Hosts keep writing (heartbeats) while the gate reads: every read is still whole.
+        stop = asyncio.Event()
+
+        async def heartbeat(i: int) -> None:
+            while not stop.is_set():
+                await put_status(nc, f"host-{i}.example", {"n": str(i)}, revision=REV)
+                await asyncio.sleep(0.01)
+
+        writers = [asyncio.create_task(heartbeat(i)) for i in range(0, 60, 3)]
+        try:
+            sizes = [len(await snapshot(js, "app")) for _ in range(100)]
+        finally:
+            stop.set()
+            await asyncio.gather(*writers)
+        assert sizes == [61] * 100
+        got = await snapshot(js, "app")
         assert {h.host for h in got} >= {"host-0.example", "host-59.example"}
 
     run(nats_server, body)
