@@ -26,7 +26,7 @@ Phases, in one run:
    completing in order afterwards.
 
 Usage: .venv/bin/python bench/fleet_rollout.py [--agents 100] [--healthy-for 2]
-       [--max-parallel 20%] [--rounds 3] [--hold 5] [--keep DIR]
+       [--max-parallel 20%] [--rounds 3] [--hold 5] [--down 10] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -185,6 +185,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--hold", type=float, default=5.0, help="seconds to watch a halted rollout")
     ap.add_argument("--heartbeat", type=float, default=2.0)
+    ap.add_argument("--down", type=float, default=10.0, help="seconds nats-server stays down")
     ap.add_argument("--keep", type=Path, help="keep the fleet's files here")
     args = ap.parse_args()
     hf = args.healthy_for
@@ -276,6 +277,8 @@ def main() -> None:
         wait_until(lambda: victim.read(REL) not in (None, "tampered\n"), 30,
                    "drift reverted while NATS is down")
         revert = time.time() - td
+        # Stay down a while (a fixed window on purpose: nothing may be admitted in it).
+        time.sleep(max(0.0, args.down - (time.time() - down)))
         h.start_nats()
         up = time.time()
         while_down = sum(1 for a in h.agents
