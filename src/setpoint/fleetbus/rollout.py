@@ -35,6 +35,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -61,6 +62,7 @@ log = logging.getLogger("setpoint.rollout")
 SPEC_BUCKET = "setpoint-rollouts"
 LEASE_PREFIX = "setpoint-leases-"
 LEASE_TTL = 30.0  # seconds a lease outlives its holder's last renewal
+RECHECK_MIN, RECHECK_MAX = 1.0, 10.0  # seconds between re-checks of a held stack
 
 Connection = Callable[[], JetStreamContext | None]
 
@@ -187,6 +189,8 @@ class RolloutGate:
         self._renewer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
         self._told: dict[str, dict[str, Any]] = {}  # stack -> detail of the last verdict given
+        self._granted_verdict: dict[str, Verdict] = {}
+        self._rng = random.Random()
 
     # -- the engine's side (pass threads) --------------------------------------------
 
@@ -196,7 +200,8 @@ class RolloutGate:
             return Verdict(True)
         self.wanted[stack] = revision
         if self.granted.get(stack) == revision:
-            return Verdict(True, "admitted earlier", {"wave": "(earlier)"})
+            # Admitted by a re-check in the loop (which then woke the stack): its words.
+            return self._granted_verdict.get(stack) or Verdict(True, "admitted earlier")
         fut = asyncio.run_coroutine_threadsafe(self.check(stack, revision, rollout), self.loop)
         try:
             verdict, recheck = fut.result(self.timeout + 1)
@@ -252,8 +257,7 @@ class RolloutGate:
             await self.release(stack)  # not moving: a slot held for an older revision goes
             return Verdict(False, d.reason, d.detail), d.recheck_at
         if d.slots is None:
-            self.granted[stack] = revision
-            return Verdict(True, d.reason, d.detail), None
+            return self._grant(stack, revision, Verdict(True, d.reason, d.detail)), None
         kv = await lease_bucket_kv(js, stack, self.lease_ttl)
         slot, held = await self._take(kv, stack, d.wave_name, d.slots, revision)
         if slot is None:
@@ -267,16 +271,18 @@ class RolloutGate:
                 ),
                 None,
             )
-        self.granted[stack] = revision
         self._ensure_renewer()
-        return (
-            Verdict(
-                True,
-                f"{d.reason}; lease {slot} of {d.slots} in wave {d.wave_name}",
-                {"wave": d.wave_name, "slot": slot, "slots": d.slots, "waveHosts": d.wave_hosts},
-            ),
-            None,
+        verdict = Verdict(
+            True,
+            f"{d.reason}; lease {slot} of {d.slots} in wave {d.wave_name}",
+            {"wave": d.wave_name, "slot": slot, "slots": d.slots, "waveHosts": d.wave_hosts},
         )
+        return self._grant(stack, revision, verdict), None
+
+    def _grant(self, stack: str, revision: str, verdict: Verdict) -> Verdict:
+        self._granted_verdict[stack] = verdict
+        self.granted[stack] = revision
+        return verdict
 
     async def _take(
         self, kv: KeyValue, stack: str, wave: str, slots: int, revision: str
@@ -370,7 +376,11 @@ class RolloutGate:
             rollout = self.rollouts(stack)
             if rollout is None:
                 break
-            every = min(5.0, max(0.5, rollout.healthy_for / 4))
+            # Each re-check reads the stack's whole status (one consumer, one message per
+            # host): at most every 1-10 s, jittered so a waiting wave does not read in step;
+            # sooner only when time alone is missing (an earlier wave soaking).
+            every = min(RECHECK_MAX, max(RECHECK_MIN, rollout.healthy_for / 2))
+            every *= self._rng.uniform(0.8, 1.2)
             delay = every if at is None else min(every, max(0.05, at - self.clock()))
             await asyncio.sleep(delay)
             if self.wanted.get(stack) != revision:
