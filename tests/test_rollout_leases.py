@@ -47,11 +47,11 @@ def run(server: NatsServer, body: Callable[[Any, JetStreamContext], Awaitable[No
     asyncio.run(main())
 
 
-def gate(js: JetStreamContext | None, host: str, rollout: Rollout, *, labels: dict[str, str]
-         | None = None, ttl: float = 30.0, box: list[Any] | None = None) -> RolloutGate:
+def gate(nc: Any, host: str, rollout: Rollout, *, labels: dict[str, str] | None = None,
+         ttl: float = 30.0) -> RolloutGate:
     return RolloutGate(
         asyncio.get_running_loop(),
-        lambda: box[0] if box is not None else js,
+        lambda: nc,
         host,
         labels or {},
         lambda stack: rollout,
@@ -111,7 +111,7 @@ def test_max_parallel_lease_is_exclusive_released_and_adopted(
 ) -> None:
     async def body(nc: Any, js: JetStreamContext) -> None:
         await status_bucket(nc)
-        a, b = gate(js, "a", ONE_AT_A_TIME), gate(js, "b", ONE_AT_A_TIME)
+        a, b = gate(nc, "a", ONE_AT_A_TIME), gate(nc, "b", ONE_AT_A_TIME)
         va, _ = await a.check("app", REV, ONE_AT_A_TIME)
         assert va.allowed and va.detail["slot"] == 0, va
         vb, _ = await b.check("app", REV, ONE_AT_A_TIME)
@@ -120,7 +120,7 @@ def test_max_parallel_lease_is_exclusive_released_and_adopted(
         held = await holders(js, "app")
         assert [v["host"] for v in held.values()] == ["a"]
         # Host a's agent restarts mid-apply: the new process takes its own slot back.
-        a2 = gate(js, "a", ONE_AT_A_TIME)
+        a2 = gate(nc, "a", ONE_AT_A_TIME)
         va2, _ = await a2.check("app", REV, ONE_AT_A_TIME)
         assert va2.allowed and va2.detail["slot"] == 0
         await a2.release("app")
@@ -139,7 +139,7 @@ def test_a_dead_holder_frees_its_slot_when_max_age_expires_it(
 ) -> None:
     async def body(nc: Any, js: JetStreamContext) -> None:
         await status_bucket(nc)
-        a, b = gate(js, "a", ONE_AT_A_TIME, ttl=2), gate(js, "b", ONE_AT_A_TIME, ttl=2)
+        a, b = gate(nc, "a", ONE_AT_A_TIME, ttl=2), gate(nc, "b", ONE_AT_A_TIME, ttl=2)
         assert (await a.check("app", REV, ONE_AT_A_TIME))[0].allowed
         # a's renewer keeps the lease past its TTL while a lives.
         await asyncio.sleep(3)
@@ -157,23 +157,42 @@ def test_a_dead_holder_frees_its_slot_when_max_age_expires_it(
     run(nats_server, body)
 
 
-def test_canary_gate_and_store_unreachable_holds(nats_server: NatsServer) -> None:  # noqa: F811
+def test_canary_gate_follows_live_status_and_unreachable_holds(
+    nats_server: NatsServer,  # noqa: F811
+) -> None:
     async def body(nc: Any, js: JetStreamContext) -> None:
         await put_status(nc, "c1", {"canary": "true"}, revision="b" * 40, ready=True,
                          healthy=True, ready_since=time.time() - 100)
-        r = gate(js, "r1", CANARY_FIRST)
+        r = gate(nc, "r1", CANARY_FIRST)
         v, _ = await r.check("app", REV, CANARY_FIRST)
         assert not v.allowed and "c1 at bbbbbbbbbbbb, not yet at aaaaaaaaaaaa" in v.reason
         await put_status(nc, "c1", {"canary": "true"}, revision=REV, ready=True, healthy=True,
                          ready_since=time.time())
-        v, at = await r.check("app", REV, CANARY_FIRST)
-        assert not v.allowed and "for 0.0 s of 1" in v.reason and at is not None
+        seen: list[Any] = []
+
+        async def soaking() -> bool:
+            seen[:] = await r.check("app", REV, CANARY_FIRST)
+            return "for 0.0 s of 1" in seen[0].reason or "for 0.1 s of 1" in seen[0].reason
+
+        await poll(soaking, 10, "the canary's new status seen live")
+        at = seen[1]
+        assert at is not None
         await asyncio.sleep(max(0.0, at - time.time()))
         assert (await r.check("app", REV, CANARY_FIRST))[0].allowed
+        # The view followed the writes on its subscription: one complete read in all.
+        assert r.views["app"].reads == 1
+        # A canary that stalls afterwards is seen too (for a host that has not moved yet).
+        await put_status(nc, "c1", {"canary": "true"}, revision=REV, stalled=True,
+                         reason="RolledBack", fetched=REV)
+        r2 = gate(nc, "r2", CANARY_FIRST)
+        v, _ = await r2.check("app", REV, CANARY_FIRST)
+        assert not v.allowed and "c1 Stalled at aaaaaaaaaaaa (RolledBack)" in v.reason, v
         # Without a connection the answer is: wait.
-        down = gate(None, "r2", CANARY_FIRST)
+        down = gate(None, "r3", CANARY_FIRST)
         v, _ = await down.check("app", REV, CANARY_FIRST)
         assert not v.allowed and "unreachable" in v.reason and v.detail == {"state": "unreachable"}
+        for g in (r, r2):
+            await g.close()
 
     run(nats_server, body)
 
@@ -181,7 +200,7 @@ def test_canary_gate_and_store_unreachable_holds(nats_server: NatsServer) -> Non
 def test_store_stopped_means_wait(nats_server: NatsServer) -> None:  # noqa: F811
     async def body(nc: Any, js: JetStreamContext) -> None:
         await status_bucket(nc)
-        r = gate(js, "r1", CANARY_FIRST)
+        r = gate(nc, "r1", CANARY_FIRST)
         nats_server.stop()
         v, _ = await r.check("app", REV, CANARY_FIRST)
         assert not v.allowed and "unreachable" in v.reason

@@ -51,7 +51,7 @@ from setpoint.engine.admission import Verdict
 from setpoint.engine.outcome import PassResult
 from setpoint.fleetbus.status import BUCKET as STATUS_BUCKET
 from setpoint.fleetbus.status import decode_entry
-from setpoint.fleetbus.waves import HostState, decide
+from setpoint.fleetbus.waves import STALE_PERIODS, HostState, decide
 from setpoint.render.fleet import Rollout
 
 if TYPE_CHECKING:
@@ -62,9 +62,9 @@ log = logging.getLogger("setpoint.rollout")
 SPEC_BUCKET = "setpoint-rollouts"
 LEASE_PREFIX = "setpoint-leases-"
 LEASE_TTL = 30.0  # seconds a lease outlives its holder's last renewal
-RECHECK_MIN, RECHECK_MAX = 1.0, 10.0  # seconds between re-checks of a held stack
+RECHECK_MIN, RECHECK_MAX = 0.5, 5.0  # seconds between re-checks of a held stack
 
-Connection = Callable[[], JetStreamContext | None]
+Connection = Callable[[], Any]  # the live nats Client, or None while disconnected
 
 
 def lease_bucket(stack: str) -> str:
@@ -124,16 +124,23 @@ async def latest(
     return out
 
 
-async def snapshot(js: JetStreamContext, stack: str, timeout: float = 5.0) -> list[HostState]:
-    """Every host's status entry for ``stack`` (complete, see :func:`latest`)."""
-    out = []
+async def snapshot_map(
+    js: JetStreamContext, stack: str, timeout: float = 5.0
+) -> dict[str, HostState]:
+    """Every host's status entry for ``stack`` by key (complete, see :func:`latest`)."""
+    out = {}
     for key, value in (await latest(js, STATUS_BUCKET, f"*.{stack}", timeout)).items():
         e = decode_entry(value)
         if e is None:
             log.warning("fleet status %s: not a host status; ignored", key)
         elif e.stack == stack:
-            out.append(HostState.from_json(asdict(e)))
+            out[key] = HostState.from_json(asdict(e))
     return out
+
+
+async def snapshot(js: JetStreamContext, stack: str, timeout: float = 5.0) -> list[HostState]:
+    """Every host's status entry for ``stack`` (complete, see :func:`latest`)."""
+    return list((await snapshot_map(js, stack, timeout)).values())
 
 
 async def lease_bucket_kv(js: JetStreamContext, stack: str, ttl: float) -> KeyValue:
@@ -152,6 +159,77 @@ async def holders(js: JetStreamContext, stack: str) -> dict[str, dict[str, Any]]
         with contextlib.suppress(ValueError):
             out[key] = json.loads(value)
     return out
+
+
+class StatusView:
+    """A live, complete view of one stack's entries in the status bucket (per agent).
+
+    A re-check of a held stack must not cost the server a consumer and a message per
+    host each time (measured: 100 agents re-checking that way kept nats-server too
+    busy to answer). So the view reads the stack's entries once, completely
+    (:func:`latest`), then follows every write on a plain subscription to the bucket's
+    subjects (``$KV.setpoint-status.*.STACK``: no consumer). It reads everything again
+    after a reconnect (messages sent meanwhile are lost) and whenever nothing arrived
+    for 3 heartbeat periods (every host, this one included, writes at least once a
+    period, so silence means the subscription is not delivering).
+    """
+
+    def __init__(self, stack: str, heartbeat: float, clock: Callable[[], float]) -> None:
+        self.stack = stack
+        self.heartbeat = heartbeat
+        self.clock = clock
+        self.entries: dict[str, HostState] = {}
+        self._nc: Any = None
+        self._sub: Any = None
+        self._reconnects = -1
+        self._synced = False
+        self._last_message = 0.0
+        self.reads = 0  # complete reads (for tests and the bench)
+
+    async def hosts(self, nc: Any, js: JetStreamContext, timeout: float) -> list[HostState]:
+        if nc is not self._nc or self._sub is None:
+            await self.close()
+            self._nc = nc
+            subject = f"$KV.{STATUS_BUCKET}.*.{self.stack}"
+            self._sub = await nc.subscribe(subject, cb=self._on_message)
+            self._synced = False
+        reconnects = int(nc.stats.get("reconnects", 0))
+        silent = self.clock() - self._last_message > STALE_PERIODS * self.heartbeat
+        if not self._synced or reconnects != self._reconnects or silent:
+            self._reconnects = reconnects
+            fresh = await snapshot_map(js, self.stack, timeout)
+            # Writes that arrived while reading: keep whichever is newer, per key.
+            for key, h in fresh.items():
+                have = self.entries.get(key)
+                if have is None or have.heartbeat <= h.heartbeat:
+                    self.entries[key] = h
+            for key in set(self.entries) - set(fresh):
+                del self.entries[key]
+            self._synced = True
+            self._last_message = self.clock()
+            self.reads += 1
+        return list(self.entries.values())
+
+    async def _on_message(self, msg: Any) -> None:
+        self._last_message = self.clock()
+        key = msg.subject[len(f"$KV.{STATUS_BUCKET}.") :]
+        op = (msg.headers or {}).get("KV-Operation")
+        if op in ("DEL", "PURGE"):
+            self.entries.pop(key, None)
+            return
+        e = decode_entry(msg.data)
+        if e is None or e.stack != self.stack:
+            return
+        h = HostState.from_json(asdict(e))
+        have = self.entries.get(key)
+        if have is None or have.heartbeat <= h.heartbeat:
+            self.entries[key] = h
+
+    async def close(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
 
 class RolloutGate:
@@ -191,6 +269,7 @@ class RolloutGate:
         self._told: dict[str, dict[str, Any]] = {}  # stack -> detail of the last verdict given
         self._granted_verdict: dict[str, Verdict] = {}
         self._rng = random.Random()
+        self.views: dict[str, StatusView] = {}  # stack -> its live status view
 
     # -- the engine's side (pass threads) --------------------------------------------
 
@@ -231,10 +310,14 @@ class RolloutGate:
             {"state": "unreachable"},
         )
 
-    def _js(self) -> JetStreamContext:
-        js = self.connection()
-        if js is None:
+    def _nc(self) -> Any:
+        nc = self.connection()
+        if nc is None or not nc.is_connected:
             raise Unreachable("not connected")
+        return nc
+
+    def _js(self) -> JetStreamContext:
+        js: JetStreamContext = self._nc().jetstream()
         return js
 
     async def check(
@@ -249,9 +332,13 @@ class RolloutGate:
     async def _check(
         self, stack: str, revision: str, rollout: Rollout
     ) -> tuple[Verdict, float | None]:
-        js = self._js()
+        nc = self._nc()
+        js: JetStreamContext = nc.jetstream()
         await self._record_spec(js, stack, rollout)
-        hosts = await snapshot(js, stack, self.timeout)
+        view = self.views.get(stack)
+        if view is None:
+            view = self.views[stack] = StatusView(stack, self.heartbeat, self.clock)
+        hosts = await view.hosts(nc, js, self.timeout)
         d = decide(rollout, self.host, self.labels, revision, hosts, self.clock(), self.heartbeat)
         if not d.allowed:
             await self.release(stack)  # not moving: a slot held for an older revision goes
@@ -376,10 +463,10 @@ class RolloutGate:
             rollout = self.rollouts(stack)
             if rollout is None:
                 break
-            # Each re-check reads the stack's whole status (one consumer, one message per
-            # host): at most every 1-10 s, jittered so a waiting wave does not read in step;
-            # sooner only when time alone is missing (an earlier wave soaking).
-            every = min(RECHECK_MAX, max(RECHECK_MIN, rollout.healthy_for / 2))
+            # A re-check reads the live view (no request) until leases are to be taken:
+            # every healthyFor/4, 0.5-5 s, jittered so a wave does not take leases in
+            # step; sooner when time alone is missing (an earlier wave soaking).
+            every = min(RECHECK_MAX, max(RECHECK_MIN, rollout.healthy_for / 4))
             every *= self._rng.uniform(0.8, 1.2)
             delay = every if at is None else min(every, max(0.05, at - self.clock()))
             await asyncio.sleep(delay)
@@ -419,6 +506,8 @@ class RolloutGate:
         for t in [*(t for _, t in self._rechecks.values()), self._renewer]:
             if t is not None:
                 t.cancel()
+        for view in self.views.values():
+            await view.close()
 
 
 def attach(agent: Agent) -> RolloutGate | None:
@@ -431,9 +520,8 @@ def attach(agent: Agent) -> RolloutGate | None:
         return None
     loop = asyncio.get_running_loop()
 
-    def connection() -> JetStreamContext | None:
-        nc = bus.client.nc
-        return nc.jetstream() if nc is not None and nc.is_connected else None
+    def connection() -> Any:
+        return bus.client.nc
 
     def rollout_of(stack: str) -> Rollout | None:
         return fleet.rollouts.get(stack) if stack in fleet.names else None
