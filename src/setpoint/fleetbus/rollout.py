@@ -369,6 +369,10 @@ class RolloutGate:
     def _grant(self, stack: str, revision: str, verdict: Verdict) -> Verdict:
         self._granted_verdict[stack] = verdict
         self.granted[stack] = revision
+        view = self.views.pop(stack, None)
+        if view is not None:
+            # Followed only while this host waits: the next rollout reads it afresh.
+            asyncio.get_running_loop().create_task(view.close())
         return verdict
 
     async def _take(
