@@ -97,6 +97,12 @@ def percentile(values: list[float], p: float) -> float:
 # -- Git over smart HTTP, counted ---------------------------------------------------------
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog is 5: a fleet polling at once would overflow it and
+    # wait for TCP's SYN retries (1 s, 3 s ...), which is the harness, not the agents.
+    request_queue_size = 1024
+
+
 class GitServer:
     """``git http-backend`` for every repository under ``root``, with request counts."""
 
@@ -118,7 +124,7 @@ class GitServer:
             do_GET = _handle
             do_POST = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -358,3 +358,99 @@ def stop_popen(proc: subprocess.Popen[str]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def test_the_relay_answers_503_while_nats_is_down_so_the_forge_retries(tmp_path, git_repo):
+    down = NatsServer(tmp_path / "never-started")
+    secret = tmp_path / "relay-secret"
+    secret.write_bytes(SECRET)
+    port = free_port()
+    with open(tmp_path / "relay.log", "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "setpoint", "relay", "--nats", down.url,
+             "--listen", f"127.0.0.1:{port}", "--webhook-secret-file", str(secret)],
+            stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        body = json.dumps({"repository": {"clone_url": git_repo.url}}).encode()
+
+        headers = {"X-Hub-Signature-256": sign(body)}
+
+        def answer() -> int | None:
+            try:
+                return post(f"http://127.0.0.1:{port}", body, headers)[0]
+            except OSError:
+                return None  # not listening yet
+
+        assert wait_for(answer, what="relay listening") == 503
+        log = tmp_path / "relay.log"
+        wait_for(lambda: "cannot connect" in log.read_text(), what="the relay says why")
+        assert SECRET.decode() not in log.read_text()
+    finally:
+        stop(proc)
+
+
+def test_reading_the_status_bucket_sees_every_entry_while_hosts_keep_writing(nats_server):  # noqa: F811
+    import asyncio
+
+    import nats
+
+    from setpoint.fleetbus.bus import status_bucket
+    from setpoint.fleetbus.status import Entry, read_all, status_key
+
+    async def run() -> list[int]:
+        nc = await nats.connect(nats_server.url)
+        try:
+            kv = await status_bucket(nc)
+            keys = [status_key(f"host-{i}.example", "web") for i in range(200)]
+            for i, k in enumerate(keys):
+                await kv.put(k, Entry(host=f"host-{i}.example", stack="web").encode())
+            stop = asyncio.Event()
+
+            async def heartbeats() -> None:  # every host rewriting its entry meanwhile
+                while not stop.is_set():
+                    for i, k in enumerate(keys):
+                        await kv.put(k, Entry(host=f"host-{i}.example", stack="web").encode())
+
+            writer = asyncio.create_task(heartbeats())
+            sizes = [len(await read_all(nc.jetstream())) for _ in range(20)]
+            stop.set()
+            await writer
+            return sizes
+        finally:
+            await nc.close()
+
+    assert asyncio.run(run()) == [200] * 20
+
+
+def test_tls_to_nats_with_the_configured_ca(tmp_path, git_repo):
+    from nats_support import self_signed
+
+    git_repo.commit(motd("v1\n"))
+    crt, key = self_signed(tmp_path)
+    other, _ = self_signed(tmp_path, "other")
+    server = NatsServer(tmp_path / "tls-store", tls=(crt, key))
+    server.start()
+    fleet = Fleet(tmp_path, git_repo, server)
+    try:
+        good = fleet.start("good", nats={"tls": {"caFile": str(crt)}})
+        wrong = fleet.start("wrong", nats={"tls": {"caFile": str(other)}})
+        wait_for(lambda: connected(good), timeout=FAST, what="TLS connection")
+        wait_for(lambda: applied(wrong, "v1\n"), what="the agent works without its bus")
+        wait_for(lambda: bus(wrong)["error"], what="the refused certificate reported")
+        assert not connected(wrong) and "certificate" in bus(wrong)["error"].lower()
+        cfg = tmp_path / "tls-cli.yaml"
+        cfg.write_text(json.dumps({
+            "state": str(tmp_path / "cli-state"),
+            "sources": [{"name": "x", "url": "/nonexistent"}],
+            "stacks": [{"name": "x", "source": "x"}],
+            "nats": {"url": server.url, "tls": {"caFile": str(crt)}},
+        }))
+
+        def hosts() -> list[str]:
+            out = cli("fleet", "status", "--config", cfg, "--json", check=0).stdout
+            return [r["host"] for r in json.loads(out)]
+
+        wait_for(lambda: hosts() == ["good"], timeout=FAST, what="status over TLS")
+    finally:
+        fleet.stop()
+        server.stop()

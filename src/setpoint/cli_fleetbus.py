@@ -113,7 +113,7 @@ async def _status(cfg: NatsConfig) -> list[Entry]:
     nc = await _connect(cfg)
     try:
         kv = await _bucket(nc)
-        return [] if kv is None else list((await read_all(kv)).values())
+        return [] if kv is None else list((await read_all(nc.jetstream())).values())
     finally:
         await nc.close()
 
@@ -153,7 +153,7 @@ async def _watch(cfg: NatsConfig, sel: Selector | None, as_json: bool) -> None:
         while kv is None:  # no agent has reported yet: wait for the first
             await asyncio.sleep(2)
             kv = await _bucket(nc)
-        entries = await read_all(kv)
+        entries = await read_all(nc.jetstream())
         rows = fleet_rows(entries.values(), time.time(), sel)
         if not as_json:
             typer.echo(format_table(rows))

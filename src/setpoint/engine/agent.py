@@ -108,6 +108,7 @@ class Agent:
         self._queues = {s.name: _StackQueue(s) for s in self.config.stacks if not s.suspend}
         self._fetched_once = {s.name: asyncio.Event() for s in self.config.sources}
         self._refresh = {s.name: asyncio.Event() for s in self.config.sources}
+        self._moved: set[str] = set()  # sources whose next check fetches at once
         self.checks = {s.name: 0 for s in self.config.sources}  # polls of the remote
         self.webhook_secret = webhook_secret
         self.webhook_refused = 0
@@ -175,10 +176,15 @@ class Agent:
             if q.cfg.source == source:
                 self.request(q.cfg.name)
 
-    def refresh_source(self, source: str) -> None:
-        """Check the source now (a webhook): calls during a check collapse into one more."""
+    def refresh_source(self, source: str, *, moved: bool = False) -> None:
+        """Check the source now (a webhook): calls during a check collapse into one more.
+
+        ``moved``: a fleet notice named a commit we lack: fetch without an ls-remote first.
+        """
         ev = self._refresh.get(source)
         if ev is not None:
+            if moved:
+                self._moved.add(source)
             ev.set()
 
     async def sync(self, stack: str | None = None) -> list[dict[str, Any]]:
@@ -389,8 +395,10 @@ class Agent:
         # asyncio.wait_for can swallow a cancel when its inner wait completes at once.
         while not self.stop.is_set():
             self._refresh[source].clear()
+            moved = source in self._moved
+            self._moved.discard(source)
             self.checks[source] += 1
-            new = await loop.run_in_executor(self._git, self.controller.poll, source)
+            new = await loop.run_in_executor(self._git, self.controller.poll, source, moved)
             first = not self._fetched_once[source].is_set()
             if fleet is not None and fleet.ref.source == source:
                 # Before the source's stacks run: the Fleet may add or remove some.

@@ -6,8 +6,10 @@ Created by :class:`setpoint.engine.agent.Agent` when the config has ``nats:``; i
 - subscribes to the subject of each of the agent's sources
   (:mod:`setpoint.fleetbus.subjects`); a notice for a ref the source may follow,
   naming a commit it has not fetched, makes the agent check the source at once
-  (``Agent.refresh_source``: ls-remote, fetch only if moved; a storm collapses into
-  one check), after a random delay up to ``spreadSeconds``;
+  (``Agent.refresh_source``; a storm collapses into one check), after a random delay up
+  to ``spreadSeconds``: a fetch straight away when the notice names a commit (the
+  ls-remote would only confirm the move; an unmoved ref costs git fetch the same two
+  requests as an ls-remote), else ls-remote and fetch only if moved;
 - publishes what the agent's own webhook (``POST /hooks/git``) hears, so the hosts
   no webhook can reach learn it too (:meth:`publish`);
 - writes each of its stacks' status to the ``setpoint-status`` bucket
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -154,14 +157,14 @@ class FleetBus:
             await nc.subscribe(subject, cb=self._on_message)
         kv = await status_bucket(nc)
         if not self._written:
-            await self._seed(kv)
+            await self._seed(nc.jetstream())
         self.kv = kv
         self._dirty.update(self._stacks())  # a reconnect: refresh every entry now
         self._wake.set()
 
-    async def _seed(self, kv: Any) -> None:
+    async def _seed(self, js: Any) -> None:
         """Our entries from before a restart: ``ready_since`` carries over at the same revision."""
-        for key, entry in (await read_all(kv, status_key(self.host, "*"))).items():
+        for key, entry in (await read_all(js, status_key(self.host, "*"))).items():
             if parse_key(key)[0] == self.host and entry.stack == parse_key(key)[1]:
                 self._written[entry.stack] = entry
 
@@ -184,7 +187,10 @@ class FleetBus:
             delay = self.agent.rng.uniform(0, self.cfg.spread_seconds)
             log.info("source %s: commit %s announced on the fleet bus; checking%s", name,
                      (notice.commit or "?")[:12], f" in {delay:.1f}s" if delay >= 0.1 else "")
-            loop.call_later(delay, self.agent.refresh_source, name)
+            # A named commit we lack: fetch at once (no ls-remote to confirm a move).
+            moved = notice.commit is not None and ctl.fetched.get(name) is not None
+            loop.call_later(delay, functools.partial(self.agent.refresh_source, name,
+                                                     moved=moved))
 
     # -- status out ---------------------------------------------------------------------
 

@@ -1,11 +1,11 @@
 """One NATS connection that outlives the server: connect, reconnect forever, back off.
 
 Used by :class:`setpoint.fleetbus.bus.FleetBus` (in the agent's asyncio loop),
-``setpoint relay`` and ``setpoint fleet status|watch``. nats-py reconnects an
-established connection by itself (``max_reconnect_attempts=-1``: forever, and its
-subscriptions are re-made); what it does not do is retry the *first* connect, so
-:meth:`BusClient.run` does, with capped, jittered back-off. The agent never waits
-for NATS: drift correction and polling go on while the bus is down.
+``setpoint relay`` and ``setpoint fleet status|watch``. nats-py retries a lost
+connection a few times a second apart (a server restarting; subscriptions are kept);
+after that, and when the first connect fails, :meth:`BusClient.run` connects anew
+with capped, jittered back-off, forever, and ``on_connect`` re-subscribes. The agent
+never waits for NATS: drift correction and polling go on while the bus is down.
 
 Credentials (a ``.creds`` file: user JWT + nkey seed) and TLS files are read by
 nats-py at each connect; their contents and the URL's password are never logged.
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("setpoint.fleetbus")
 
 CONNECT_TIMEOUT = 2.0
+QUICK_RETRIES = 3
 RECONNECT_WAIT = 1.0  # between nats-py's own reconnect attempts (it adds jitter)
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
@@ -75,7 +76,11 @@ def connect_options(cfg: NatsConfig, name: str) -> dict[str, Any]:
         "name": name,
         "connect_timeout": CONNECT_TIMEOUT,
         "allow_reconnect": True,
-        "max_reconnect_attempts": -1,  # forever: an agent lives longer than any outage
+        # A few quick tries (a server restarting); then nats-py closes the connection and
+        # BusClient.run reconnects with capped, jittered back-off, forever. (With -1,
+        # nats-py would retry every second without back-off, the first connect included:
+        # a recovering server would meet the whole fleet every second.)
+        "max_reconnect_attempts": QUICK_RETRIES,
         "reconnect_time_wait": RECONNECT_WAIT,
         # An agent acts on others' notices, never on its own (it acted already).
         "no_echo": True,
@@ -198,6 +203,13 @@ class BusClient:
                     stops.cancel()
                     ends.cancel()
                 self._up.clear()
+                if not stop.is_set():
+                    # nats-py gave up reconnecting: start again, after a pause.
+                    failures += 1
+                    self.nc = None
+                    log.warning("nats %s: connection lost; reconnecting with back-off",
+                                redact(self.cfg.url))
+                    await _wait(stop, BACKOFF_BASE * self.rng.uniform(0.8, 1.0))
         finally:
             nc_ = self.nc
             self.nc = None
