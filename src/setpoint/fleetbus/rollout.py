@@ -50,7 +50,7 @@ from nats.js.kv import KeyValue
 from setpoint.engine.admission import Verdict
 from setpoint.engine.outcome import PassResult
 from setpoint.fleetbus.status import BUCKET as STATUS_BUCKET
-from setpoint.fleetbus.status import decode_entry
+from setpoint.fleetbus.status import decode_entry, read_all
 from setpoint.fleetbus.waves import STALE_PERIODS, HostState, decide
 from setpoint.render.fleet import Rollout
 
@@ -127,15 +127,9 @@ async def latest(
 async def snapshot_map(
     js: JetStreamContext, stack: str, timeout: float = 5.0
 ) -> dict[str, HostState]:
-    """Every host's status entry for ``stack`` by key (complete, see :func:`latest`)."""
-    out = {}
-    for key, value in (await latest(js, STATUS_BUCKET, f"*.{stack}", timeout)).items():
-        e = decode_entry(value)
-        if e is None:
-            log.warning("fleet status %s: not a host status; ignored", key)
-        elif e.stack == stack:
-            out[key] = HostState.from_json(asdict(e))
-    return out
+    """Every host's status entry for ``stack`` by key (complete or an error: read_all)."""
+    entries = await read_all(js, f"*.{stack}", timeout)
+    return {k: HostState.from_json(asdict(e)) for k, e in entries.items() if e.stack == stack}
 
 
 async def snapshot(js: JetStreamContext, stack: str, timeout: float = 5.0) -> list[HostState]:
