@@ -336,7 +336,10 @@ class RolloutGate:
         d = decide(rollout, self.host, self.labels, revision, hosts, self.clock(), self.heartbeat)
         if not d.allowed:
             await self.release(stack)  # not moving: a slot held for an older revision goes
-            return Verdict(False, d.reason, d.detail), d.recheck_at
+            # Not the blocking host's name: the stack is woken (a pass, a journal line)
+            # when the wave waited for or its state changes, not at each host of a wave.
+            why = {k: v for k, v in d.detail.items() if k != "host"}
+            return Verdict(False, d.reason, why), d.recheck_at
         if d.slots is None:
             return self._grant(stack, revision, Verdict(True, d.reason, d.detail)), None
         kv = await lease_bucket_kv(js, stack, self.lease_ttl)
