@@ -482,9 +482,11 @@ _register_writeback()
 
 
 def _register_fleetbus() -> None:
-    # setpoint fleet status|watch, setpoint relay (nats is imported when one runs)
-    from setpoint.cli_fleetbus import register
+    # setpoint fleet status|watch|rollout, setpoint relay (nats is imported when one runs)
+    from setpoint.cli_fleetbus import fleet_app, register
+    from setpoint.cli_rollout import register as register_rollout
 
+    register_rollout(fleet_app)
     register(app)
 
 

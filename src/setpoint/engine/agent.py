@@ -330,6 +330,9 @@ class Agent:
         tasks.append(asyncio.create_task(self._trim_journal()))
         if self.fleetbus is not None:
             tasks.append(asyncio.create_task(self.fleetbus.run()))
+            from setpoint.fleetbus.rollout import attach
+
+            attach(self)  # rollout waves: new revisions of Fleet stacks wait for their turn
         api_task = asyncio.create_task(self._run_api())
         log.info(
             "agent started: %d source(s), %d stack(s)", len(self.config.sources), len(self._queues)

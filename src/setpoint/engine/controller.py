@@ -24,6 +24,7 @@ from typing import IO
 from pydantic import BaseModel
 
 from setpoint.config import AgentConfig, ConfigError, StackConfig
+from setpoint.engine.admission import Admissions
 from setpoint.engine.fleet import FleetChange, FleetView, with_stacks
 from setpoint.engine.fleet_sync import refresh
 from setpoint.engine.gate import FULL, PARTIAL, PassGate, Wait
@@ -126,6 +127,8 @@ class Controller:
         self.waits: dict[str, Wait] = {}  # stack -> what its pass waits for (status)
         self.ctx.wait_hook = self._waiting
         self.ctx.settings_hook = self._settings
+        # Whether a stack may move to a new revision (a fleet's rollout waves); none = yes.
+        self.admissions = Admissions(self.db)
         self.reconciler.desired.peers = self._peers
         # Fleet stacks whose prune failed (retried at each refresh), by name.
         self._removing: dict[str, StackConfig] = {}
@@ -279,10 +282,26 @@ class Controller:
         """
         self._local.stack = stack
         try:
+            if only is None and not dry_run and self.admissions.admission is not None:
+                self._admit(stack)  # outside the gate: it may wait on the fleet store
             with self.gate.hold(PARTIAL if only is not None else FULL):
-                return self._reconcile(stack, dry_run=dry_run, only=only, event_at=event_at)
+                result = self._reconcile(stack, dry_run=dry_run, only=only, event_at=event_at)
+            if not dry_run:
+                self.admissions.settled(stack, result)
+            return result
         finally:
             self._local.stack = None
+
+    def _admit(self, stack: str) -> None:
+        """Ask whether ``stack`` may move to its fetched revision (engine/admission.py)."""
+        cfg = next((s for s in self.config.stacks if s.name == stack), None)
+        if cfg is not None:
+            with self._lock:
+                fetched = self.fetched[cfg.source]
+            self.admissions.ask(stack, fetched, self._last_good(stack))
+
+    def _last_good(self, stack: str) -> str | None:
+        return st.last_good_revision if (st := self.db.load_status(stack)) else None
 
     def _peers(self, stack: StackConfig, sha: str) -> dict[str, set[str]]:
         """The paths each other stack of ``stack``'s source declares at ``sha``.
@@ -354,6 +373,7 @@ class Controller:
             check(sha)
             return self._tree(cfg.source, sha)
 
+        hold = self.admissions.hold_reason(stack, fetched, self._last_good(stack))
         try:
             result = self.reconciler.reconcile(
                 cfg,
@@ -366,6 +386,7 @@ class Controller:
                 event_at=event_at,
                 ids_for=self.sources[cfg.source].object_ids,
                 check_for=check,
+                hold=hold,
             )
             if not dry_run and self.sources[cfg.source].semver is not None:
                 record_tag(self.db, stack, self.sources[cfg.source].tag_of)

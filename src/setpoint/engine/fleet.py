@@ -18,7 +18,7 @@ from pathlib import Path
 from setpoint.atomic import write_atomic
 from setpoint.config import AgentConfig, FleetConfig, StackConfig
 from setpoint.model.errors import ManifestErrors
-from setpoint.render.fleet import load_fleet, select
+from setpoint.render.fleet import Rollout, load_fleet, select
 from setpoint.render.loader import Limits
 
 STATE_FILE = "fleet.json"
@@ -56,6 +56,8 @@ class FleetView:
         saved = self._load()
         self.revision: str | None = saved.revision  # the commit the selection came from
         self.stacks: list[StackConfig] = saved.stacks
+        # The rollout (waves) of each selected stack that declares one, by name.
+        self.rollouts: dict[str, Rollout] = saved.rollouts
         # Stacks the Fleet gave this host before (pruned if no longer given), by name.
         self.owned: dict[str, StackConfig] = {s.name: s for s in saved.stacks + saved.removing}
         self.removing = saved.removing  # still to prune (a prune failed before)
@@ -103,6 +105,7 @@ class FleetView:
             )
             for st in chosen
         ]
+        self.rollouts = {st.name: st.rollout for st in chosen if st.rollout is not None}
         self.revision = sha
         now = self.names
         return FleetChange(sha, sorted(now - before), sorted(before - now))
@@ -124,6 +127,7 @@ class FleetView:
             "revision": self.revision,
             "stacks": [s.model_dump(by_alias=True) for s in self.stacks],
             "removing": [s.model_dump(by_alias=True) for s in removing],
+            "rollouts": {n: r.model_dump(by_alias=True) for n, r in self.rollouts.items()},
         }
         write_atomic(self.file, json.dumps(doc).encode(), mode=0o600)
 
@@ -134,10 +138,11 @@ class FleetView:
                 doc.get("revision"),
                 [StackConfig.model_validate(s) for s in doc.get("stacks", ())],
                 [StackConfig.model_validate(s) for s in doc.get("removing", ())],
+                {n: Rollout.model_validate(r) for n, r in doc.get("rollouts", {}).items()},
             )
         except (OSError, ValueError, AttributeError, TypeError):
             # Missing or damaged: nothing known (never a reason to delete more).
-            return _Saved(None, [], [])
+            return _Saved(None, [], [], {})
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,7 @@ class _Saved:
     revision: str | None
     stacks: list[StackConfig]
     removing: list[StackConfig]
+    rollouts: dict[str, Rollout]
 
 
 def with_stacks(base: AgentConfig, fleet: list[StackConfig]) -> AgentConfig:

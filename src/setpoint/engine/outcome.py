@@ -49,6 +49,9 @@ class PassResult:
     duration: float = 0.0
     partial: bool = False  # only some resources were re-checked (a watch event)
     health: dict[str, tuple[str, str]] = field(default_factory=dict)  # id -> (health, message)
+    # A fetched revision the stack may not move to yet (engine/admission.py), and why.
+    held: str | None = None
+    held_reason: str = ""
 
     def count(self, *states: str) -> int:
         return sum(1 for o in self.outcomes if o.state in states)

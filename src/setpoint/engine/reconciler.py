@@ -144,12 +144,16 @@ class Reconciler:
         event_at: float | None = None,
         ids_for: IdsFor | None = None,
         check_for: Callable[[str], None] | None = None,
+        hold: str | None = None,
     ) -> PassResult:
         """One pass: enforce ``fetched`` if it is valid, else the last good revision.
 
         ``only`` limits the pass to those resource ids (no prune). ``event_at`` is
         the ``time.monotonic()`` of the watch event that asked for the pass: the
         journal's revert entries then say how long the restore took from it.
+        ``hold`` says why ``fetched`` may not be applied yet (not admitted, see
+        :mod:`setpoint.engine.admission`): the last good revision is enforced instead,
+        drift correction included.
         """
         started = self.clock()
         self.inventory.refresh()
@@ -161,6 +165,9 @@ class Reconciler:
         result = PassResult(
             stack=stack.name, fetched=fetched, fetch_error=fetch_error, partial=only is not None
         )
+        if hold is not None and fetched is not None and fetched != last_good:
+            result.held, result.held_reason = fetched, hold
+            fetched = last_good  # what this pass may enforce
         head = self._heads.get(stack.name)
         if (
             only is not None

@@ -166,6 +166,19 @@ def update_status(
         st.set_condition("Ready", False, reason, msg, now)
         st.set_condition("Stalled", True, reason, msg, now)
     st.set_condition("Reconciling", False, Reason.RECONCILIATION_SUCCEEDED, "pass finished", now)
+    if result.held is not None:
+        # A new revision waits for its turn (a rollout's waves): still moving, not stuck.
+        msg = (
+            f"revision {_short(result.held)} waits ({result.held_reason}); "
+            + (
+                f"revision {_short(result.revision)} stays in force"
+                if result.revision
+                else "nothing applied yet"
+            )
+        )
+        st.set_condition("Reconciling", True, Reason.ROLLOUT_WAITING, msg, now)
+        if result.revision is None:
+            st.set_condition("Ready", False, Reason.ROLLOUT_WAITING, msg, now)
     st.failures = 0 if result.converged else st.failures + 1
 
     changed = result.count(CHANGED, REVERTED) + sum(1 for p in result.prunes if not p.is_noop)

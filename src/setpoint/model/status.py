@@ -25,6 +25,7 @@ class Reason(enum.StrEnum):
     HISTORY_REWRITTEN = "HistoryRewritten"
     ROLLED_BACK = "RolledBack"  # a rollout never became ready; the last healthy one runs
     ROLLOUT_FAILED = "RolloutFailed"  # ... and there was nothing to roll back to
+    ROLLOUT_WAITING = "RolloutWaiting"  # a new revision is held (waves); the last good runs
 
 
 class Health(enum.StrEnum):
