@@ -4,7 +4,8 @@ One object per process. The CLI's ``plan``/``apply``/``forget`` use it directly
 for one pass (or one forget); :mod:`setpoint.engine.agent` drives it in a loop.
 At its first pass it reports the stacks the state DB knows but the config no
 longer names (:mod:`setpoint.engine.orphans`); :meth:`Controller.prune_stack`
-deletes what such a stack owns. Not thread-safe by itself:
+deletes what such a stack owns and :meth:`Controller.forget` forgets it (both in
+:mod:`setpoint.engine.forget`). Not thread-safe by itself:
 the agent calls it from one worker thread (passes) and one git thread (polls),
 which touch disjoint parts (see ``_lock``).
 """
@@ -23,21 +24,15 @@ from typing import IO
 
 from pydantic import BaseModel
 
-from setpoint.config import AgentConfig, ConfigError, StackConfig
+from setpoint.config import AgentConfig, StackConfig
 from setpoint.engine.admission import Admissions
 from setpoint.engine.fleet import FleetChange, FleetView, with_stacks
 from setpoint.engine.fleet_sync import refresh
+from setpoint.engine.forget import forget_stack, prune_stack_of
 from setpoint.engine.gate import FULL, PARTIAL, PassGate, Wait
-from setpoint.engine.orphans import (
-    ForgetResult,
-    Orphan,
-    find_orphans,
-    hand_over,
-    release,
-    report_orphans,
-)
+from setpoint.engine.orphans import ForgetResult, Orphan, find_orphans, report_orphans
 from setpoint.engine.outcome import PassResult
-from setpoint.engine.prune import PruneResult, prune_records
+from setpoint.engine.prune import PruneResult
 from setpoint.engine.reconciler import Reconciler
 from setpoint.engine.render_store import RenderStore
 from setpoint.engine.status import record_tag
@@ -55,7 +50,7 @@ from setpoint.source.verify import (
     is_ancestor,
     verify_revision,
 )
-from setpoint.state import Event, JournalEntry, StateDB
+from setpoint.state import JournalEntry, StateDB
 from setpoint.state.retention import Retention, TrimResult, trim_apart, trim_if_due
 
 log = logging.getLogger("setpoint.controller")
@@ -551,99 +546,12 @@ class Controller:
         revision: str | None = None,
         why: str | None = None,
     ) -> PruneResult:
-        """Delete what stack ``name`` owns through the providers, by the ordinary prune rules.
-
-        For a stack that left the config (``setpoint forget NAME --prune``; Fleet
-        stacks that stop applying to this host). Resources labelled ``setpoint/prune:
-        disabled`` are released (kept on the host); what is deleted or released
-        leaves the inventory, one transaction each; a failed delete stays in it and
-        is named in ``PruneResult.failures``. Refused for a stack of the config: its
-        next pass would create everything again.
-        """
-        if any(s.name == name for s in self.config.stacks):
-            raise ConfigError(
-                f"stack {name!r} is in the config: its next pass would create again what a "
-                "prune deletes; remove it from the config first"
-            )
-        view = self.reconciler.inventory
-        view.refresh()
-        self.reconciler.begin_outside(name)  # a fresh parent-chain check for every delete
-        try:
-            return prune_records(
-                name,
-                list(view.stack(name).values()),
-                view,
-                self.reconciler.providers,
-                revision=revision,
-                stack_prune=stack_prune,
-                why=why or f"stack {name} left the config",
-                dry_run=False,
-                clock=self.reconciler.clock,
-            )
-        finally:
-            self.reconciler.end_pass()
+        """Delete what stack ``name`` owns, by the ordinary prune rules (engine/forget.py)."""
+        return prune_stack_of(self, name, stack_prune=stack_prune, revision=revision, why=why)
 
     def forget(self, name: str, *, prune: bool = False, to: str | None = None) -> ForgetResult:
         """``setpoint forget``: release stack ``name``'s inventory, prune it, or hand it ``to``.
 
-        The caller holds the state dir (:meth:`lock_state`): a running agent keeps
-        the inventory in memory. ``name`` must have left the config; ``to`` must be
-        in it. Journaled (event ``forget``); the stack's status is dropped once it
-        owns nothing.
+        See :func:`setpoint.engine.forget.forget_stack`; the caller holds the state dir.
         """
-        if prune and to is not None:
-            raise SetpointError("give --prune or --to NEW, not both")
-        if any(s.name == name for s in self.config.stacks):
-            raise ConfigError(
-                f"stack {name!r} is still in the config; forget is for stacks the config no "
-                f"longer names (remove or rename it in the config first)"
-            )
-        known = self.db.stack_sizes()
-        if name not in known:
-            raise SetpointError(
-                f"the state dir {self.config.state} knows no stack named {name!r} "
-                f"(known: {', '.join(sorted(known)) or 'none'})"
-            )
-        view = self.reconciler.inventory
-        if to is not None:
-            if to == name:
-                raise SetpointError(f"cannot hand stack {name!r} to itself")
-            self.config.stack(to)  # ConfigError naming the known stacks
-            result = hand_over(view, name, to, time.time())
-        elif prune:
-            result = self._forget_pruned(name)
-        else:
-            result = release(view, name, time.time())
-        if result.ok:
-            desired = self.reconciler.desired
-            desired.orphans = desired.orphans - {name}
-        return result
-
-    def _forget_pruned(self, name: str) -> ForgetResult:
-        view = self.reconciler.inventory
-        before = dict(view.stack(name))
-        pruned = self.prune_stack(name)
-        deleted = [before[rid] for rid in pruned.deleted]
-        kept = [c.resource for c in pruned.changes if c.is_noop]
-        result = ForgetResult(name, "prune", deleted, kept, dict(pruned.failures))
-        summary = f"{len(deleted)} deleted, {len(kept)} kept on the host (released)"
-        if pruned.failures:
-            msg = (
-                f"stack {name}: {summary}; {len(pruned.failures)} could not be deleted and "
-                f"stay in its inventory: {', '.join(sorted(pruned.failures))}"
-            )
-        else:
-            msg = f"forgot stack {name}: {summary}"
-            self.db.delete_status(name)
-        self.db.append(
-            JournalEntry(
-                time.time(),
-                name,
-                Event.FORGET,
-                None,
-                None,
-                msg,
-                {"mode": "prune", "deleted": len(deleted), "kept": kept, "failed": pruned.failures},
-            )
-        )
-        return result
+        return forget_stack(self, name, prune=prune, to=to)
