@@ -7,12 +7,13 @@ instead. Provider errors become per-resource outcomes; they never escape the pas
 Bookkeeping (inventory, journal) is written only from confirmed outcomes, one
 transaction per resource, so a crash never loses the record of a completed apply;
 the write-ahead claims before creates are taken in batches (:mod:`.claims`).
+The step over one resource (read, plan, apply, what it records) is
+:class:`~setpoint.engine.step.ResourceStep`, which the reconciler mixes in.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -23,11 +24,11 @@ from setpoint.engine.claims import PassClaims
 from setpoint.engine.desired import Desired, DesiredCache, TreeIdFor, refusal_reason
 from setpoint.engine.inventory import InventoryView
 from setpoint.engine.outcome import PassResult, ResourceOutcome
-from setpoint.engine.prune import os_message, prune
+from setpoint.engine.prune import prune
 from setpoint.engine.render_store import IdsFor
 from setpoint.engine.status import update_status
+from setpoint.engine.step import ResourceStep
 from setpoint.model.errors import ManifestErrors, SetpointError
-from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers.base import (
     DesiredAware,
@@ -36,17 +37,13 @@ from setpoint.providers.base import (
     HealthReporting,
     PassAware,
     PassInfo,
-    Provider,
     ProviderContext,
     Registry,
-    StallError,
 )
 from setpoint.render import RenderCache
-from setpoint.state import InventoryRecord, JournalEntry, StateDB
+from setpoint.state import JournalEntry, StateDB
 
 __all__ = ["Desired", "Reconciler", "TreeIdFor"]
-
-log = logging.getLogger("setpoint.reconciler")
 
 TreeFor = Callable[[str], Path]
 
@@ -63,7 +60,7 @@ class _Head:
     errors: tuple[str, ...]
 
 
-class Reconciler:
+class Reconciler(ResourceStep):
     """Runs passes for the stacks of one target, sharing one render cache.
 
     Partial passes (``only=``, the agent's watch events) must cost O(changed), not
@@ -125,9 +122,6 @@ class Reconciler:
         """The desired state the last full pass of ``stack`` enforced (None if none)."""
         head = self._heads.get(stack)
         return head.desired if head is not None else None
-
-    def _provider(self, r: Resource) -> Provider:
-        return self.providers[r.kind]
 
     # -- the pass ---------------------------------------------------------------------
 
@@ -377,149 +371,6 @@ class Reconciler:
         for p in self._pass_aware:
             p.end_pass()
 
-    def _one(
-        self,
-        stack: StackConfig,
-        r: Resource,
-        owned: InventoryRecord | None,
-        sha: str,
-        dry_run: bool,
-        already_reported: bool = False,
-        event_at: float | None = None,
-        deps: frozenset[str] = frozenset(),
-        claiming: tuple[PassClaims, int] | None = None,
-    ) -> ResourceOutcome:
-        """Read, plan and (unless a dry run) apply ``r``; ``claiming``: (claims, position)."""
-        provider = self._provider(r)
-        effective = self._effective[r.kind]
-        if effective is not None:
-            # What the resource's state derives from (a Service: its own spec, its
-            # release's and its restartOn declarations): a change there is not drift.
-            r = replace(r, digest=effective(r))
-        try:
-            change = provider.plan(r, provider.read(r))
-        except Exception as exc:  # a provider error is an outcome; it never ends the pass
-            if isinstance(exc, StallError):  # e.g. a rolled-back rollout, still declared
-                return self._failed(stack, r, sha, str(exc), dry_run, stall=exc.reason)
-            return self._failed(stack, r, sha, f"cannot read: {_error_text(r, exc)}", dry_run)
-        if owned is None and not dry_run:
-            refused = self._take_over(stack, r, provider, sha, change, deps)
-            if refused is not None:
-                return self._failed(stack, r, sha, refused, dry_run)
-        drift = owned is not None and owned.digest == r.digest and not change.is_noop
-        if change.is_noop:
-            if (owned is None or owned.digest != r.digest) and not dry_run:
-                if claiming is not None:
-                    claiming[0].applied(r.id)
-                self.inventory.record_outcome(
-                    records=[self._record(stack, r, sha, deps, owned=owned, keep=False)]
-                )
-            return ResourceOutcome(r.id, "in_sync")
-        if dry_run:
-            return ResourceOutcome(r.id, "drifted" if drift else "pending", change=change)
-        now = self.clock()
-        entries = []
-        if drift:
-            entries.append(
-                JournalEntry(
-                    now, stack.name, "drift", sha, r.id, _drift_message(change), _detail(change)
-                )
-            )
-            if stack.drift == "report":
-                # Report mode: journal a drift once, not on every pass while it lasts.
-                if not already_reported:
-                    self.db.append(*entries)
-                return ResourceOutcome(r.id, "drifted", change=change)
-        intent = owned is None and change.action is Action.CREATE
-        if intent:
-            # Write-ahead: own the path before creating it, so that a crash between the
-            # create and its record cannot leave a file that no inventory knows (which
-            # prune would then never remove). Digest "" = not applied yet (never drift).
-            # Batched: the creates that follow are claimed in the same transaction.
-            if claiming is not None:
-                claiming[0].claim(claiming[1], r)
-            else:
-                claim = replace(self._record(stack, r, sha, deps), digest="")
-                self.inventory.record_outcome(records=[claim])
-        t0 = time.monotonic()
-        try:
-            provider.apply(r, change)
-        except Exception as exc:
-            if claiming is not None:  # the create failed (atomically): withdraw the claim
-                claiming[0].withdraw(r.id)
-            elif intent:
-                self.inventory.record_outcome(removed=[(stack.name, r.id)])
-            if entries:
-                self.db.append(*entries)
-            if isinstance(exc, StallError):
-                return self._failed(stack, r, sha, str(exc), False, stall=exc.reason)
-            return self._failed(
-                stack, r, sha, f"cannot {change.action.value}: {_error_text(r, exc)}", False
-            )
-        done = time.monotonic()
-        if claiming is not None:
-            claiming[0].applied(r.id)  # created: a failing record below keeps the claim
-        event = "revert" if drift else "apply"
-        detail = _detail(change) | {"ms": round((done - t0) * 1000, 3)}
-        if event_at is not None and drift:
-            # From the watch event to the restored state: what the operator waited.
-            detail |= {"trigger": "watch", "restore_ms": round((done - event_at) * 1000, 3)}
-        entries.append(
-            JournalEntry(self.clock(), stack.name, event, sha, r.id, change.summary(), detail)
-        )
-        self.inventory.record_outcome(
-            records=[self._record(stack, r, sha, deps, owned=owned)], entries=entries
-        )
-        return ResourceOutcome(r.id, "reverted" if drift else "changed", change=change)
-
-    def _take_over(
-        self,
-        stack: StackConfig,
-        r: Resource,
-        provider: Provider,
-        sha: str,
-        change: Change,
-        deps: frozenset[str],
-    ) -> str | None:
-        """Before this stack first records ``r``: every claim must be free, or handed over.
-
-        Another stack may own one: one that gives it up in this same commit (the path
-        moves between stacks) hands its record over here, in one transaction with this
-        claim, so the path is never unowned nor deleted; any other owner (one that
-        claimed it while this pass waited for a rollout) refuses the resource.
-        """
-        owners = self.inventory.owners()
-        taken: list[tuple[str, InventoryRecord]] = []
-        for key in provider.claims(r):
-            other = owners.get(key)
-            if other is None or other.stack == stack.name:
-                continue
-            if not self.desired.handed_over(stack, sha, key, other.stack):
-                return (
-                    f"cannot {change.action.value} {key}: stack {other.stack} claimed it "
-                    f"meanwhile ({other.resource}); refused"
-                )
-            taken.append((key, other))
-        if not taken:
-            return None
-        entries = [
-            JournalEntry(
-                self.clock(),
-                stack.name,
-                "handover",
-                sha,
-                r.id,
-                f"{key} handed over from stack {other.stack} ({other.resource}), which no "
-                "longer declares it",
-                {"path": key, "from": other.stack},
-            )
-            for key, other in taken
-        ]
-        claim = replace(self._record(stack, r, sha, deps), digest="")  # applied below
-        removed = sorted({(other.stack, other.resource) for _key, other in taken})
-        self.inventory.record_outcome(records=[claim], removed=removed, entries=entries)
-        return None
-
     def _heirs(self, stack: StackConfig, sha: str) -> dict[str, str]:
         """Paths other stacks of this stack's source declare at ``sha`` (path -> stack)."""
         peers = self.desired.peers(stack, sha) if self.desired.peers is not None else {}
@@ -559,88 +410,3 @@ class Reconciler:
         health = self._health_of[r.kind]
         if health is not None:
             result.health[r.id] = health(r)
-
-    def _failed(
-        self,
-        stack: StackConfig,
-        r: Resource,
-        sha: str,
-        message: str,
-        dry_run: bool,
-        stall: str = "",
-    ) -> ResourceOutcome:
-        if not dry_run:
-            self.db.record_repeat(
-                JournalEntry(
-                    self.clock(),
-                    stack.name,
-                    "failure",
-                    sha,
-                    r.id,
-                    f"{r.id} ({r.location}): {message}",
-                ),
-                follows=r.id in self._failing.get(stack.name, frozenset()),
-            )
-        return ResourceOutcome(r.id, "failed", error=message, stall=stall)
-
-    def _record(
-        self,
-        stack: StackConfig,
-        r: Resource,
-        sha: str,
-        deps: frozenset[str],
-        owned: InventoryRecord | None = None,
-        keep: bool = True,
-    ) -> InventoryRecord:
-        """The inventory row of ``r``: every claim, the provider's delete record, deps.
-
-        ``deps`` are the resolved dependency ids (explicit and implicit), so that a
-        later prune deletes dependents first, from the inventory alone.
-        """
-        provider = self._provider(r)
-        claims = tuple(provider.claims(r))
-        # The revision kept is the one that last changed the declaration, so that
-        # "which commit declared this" stays answerable without rewriting every row.
-        keep = keep and owned is not None and owned.digest == r.digest
-        return InventoryRecord(
-            stack=stack.name,
-            resource=r.id,
-            kind=r.kind,
-            path=claims[0] if claims else "",
-            location=str(r.location),
-            digest=r.digest,
-            revision=owned.revision if keep and owned else sha,
-            applied_at=self.clock(),
-            prune=not r.prune_disabled,
-            claims=claims,
-            record=provider.record(r),
-            deps=tuple(sorted(deps)),
-        )
-
-
-def _error_text(r: Resource, exc: Exception) -> str:
-    """The operator's message for a provider error; a bug's traceback goes to the log."""
-    if isinstance(exc, SetpointError | OSError):
-        return os_message(exc)
-    log.error("%s: unexpected error in the %s provider", r.id, r.kind, exc_info=exc)
-    return f"internal error in the {r.kind} provider: {exc!r} (see the agent's log)"
-
-
-def _drift_message(change: Change) -> str:
-    if change.action is Action.CREATE:
-        return f"{change.path} was deleted outside setpoint"
-    if change.action is Action.REPLACE:
-        return f"{change.path} was replaced by another type of file outside setpoint"
-    what = ", ".join(str(f) for f in change.fields) or "changed"
-    return f"{change.path} changed outside setpoint: {what}"
-
-
-def _detail(change: Change) -> dict[str, object]:
-    detail: dict[str, object] = {"action": change.action.value, "path": change.path}
-    if change.fields:
-        detail["fields"] = [{"field": f.field, "old": f.old, "new": f.new} for f in change.fields]
-    if change.diff:
-        detail["diff"] = change.diff
-    if change.extra:
-        detail["purged"] = list(change.extra)
-    return detail
