@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 from setpoint.atomic import write_atomic
 from setpoint.config import StackConfig
+from setpoint.engine.agent_status import agent_status
 from setpoint.engine.controller import Controller
 from setpoint.engine.outcome import REVERTED, PassResult, result_json
 from setpoint.engine.watch import StackWatches, fallback_poll_interval
@@ -541,48 +542,7 @@ class Agent:
 
     def status_json(self) -> dict[str, Any]:
         """What ``GET /status`` returns: the stored stack status plus the agent's live view."""
-        stacks = [s.to_json() for s in self.controller.db.all_status()]
-        ctl = self.controller
-        return {
-            "stacks": stacks,
-            "agent": {
-                "pid": os.getpid(),
-                "started": self.started,
-                "listen": self.api_address,
-                "sources": {
-                    name: {
-                        "fetched": ctl.fetched.get(name),
-                        "error": ctl.fetch_errors.get(name),
-                        "checks": self.checks[name],
-                    }
-                    for name in self.checks
-                },
-                "renders": ctl.reconciler.renders,
-                "fleetbus": self.fleetbus.info() if self.fleetbus is not None else None,
-                "webhook": {
-                    "enabled": bool(self.webhook_secret),
-                    "refused": self.webhook_refused,
-                },
-                "passes": {
-                    name: {
-                        "total": q.passes,
-                        "partial": q.partial_passes,
-                        "last": q.last_pass,
-                        "queued": q.wake.is_set(),
-                        "waiting": (
-                            w.describe(time.time())
-                            if (w := ctl.waits.get(name)) is not None
-                            else None
-                        ),
-                    }
-                    for name, q in self._queues.items()
-                },
-                "watch": {
-                    name: w.info() | {"poll_interval": self.watch_poll}
-                    for name, w in self._watches.items()
-                },
-            },
-        }
+        return agent_status(self)
 
 
 def read_suspended(state: Path) -> set[str]:
