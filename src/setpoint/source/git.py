@@ -22,7 +22,9 @@ On disk, under ``cache_dir``::
 
 A damaged mirror (``git fsck`` reports corruption) is deleted and cloned again;
 a check that could not run (timeout, no git) keeps it. Exports are never
-touched by that: each is checked against its manifest before use.
+touched by that: each is checked against its manifest before use. The mirror's
+on-disk upkeep (attributes file, stale lock files, fsck's verdict) is in
+:mod:`.mirror`.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pathlib import Path
 
 from setpoint.model.errors import SourceError
 from setpoint.model.semver import Range
-from setpoint.source import export, tags
+from setpoint.source import export, mirror, tags
 from setpoint.source.auth import SourceAuth, explain_ssh_failure, git_environment, helper_options
 from setpoint.source.credentials import install_helper, remove_helper, split_credentials
 from setpoint.source.gitcmd import _GIT_OPTS, check_ref, git_env, normalize_url, redact_url
@@ -52,13 +54,6 @@ log = logging.getLogger("setpoint.source")
 
 SHA_RE = re.compile(r"^[0-9a-f]{40}$")
 _ABBREV_SHA_RE = re.compile(r"^[0-9a-f]{4,39}$")
-
-# The repository's own .gitattributes must not change what we export: the tree
-# we render is exactly what was committed. This file has the highest precedence.
-_ATTRIBUTES = (
-    "# Written by setpoint: export the exact committed bytes.\n"
-    "* -export-ignore -export-subst -text -eol -ident -filter -working-tree-encoding\n"
-)
 
 __all__ = ["SHA_RE", "GitSource", "check_ref", "git_env", "normalize_url", "redact_url"]
 
@@ -177,7 +172,7 @@ class GitSource:
         """
         with self._lock, self._flocked():
             self._ensure_repo()
-            self._remove_stale_locks()
+            mirror.remove_stale_locks(self.repo_dir)
             if self.is_commit:
                 return self._fetch_commit(self.ref)
             if self.semver is not None:
@@ -243,7 +238,7 @@ class GitSource:
             if rc == 0:
                 return False
             report = self._stderr_tail(out + b"\n" + err)
-            if not _is_corruption(rc, report):
+            if not mirror.is_corruption(rc, report):
                 raise SourceError(
                     f"source {self.name}: git fsck exited with {rc} without reporting damage "
                     f"({report or 'no output'}); the mirror is kept, not re-cloned"
@@ -474,21 +469,6 @@ class GitSource:
         finally:
             os.close(fd)  # releases the lock
 
-    def _remove_stale_locks(self) -> None:
-        """Delete ``*.lock`` files a killed git left in the mirror.
-
-        We hold the flock, and only we run git in the mirror (gc never detaches),
-        so any lock file now is stale; left alone, it would fail every later
-        fetch with "cannot lock ref". Loose-object directories hold no locks and
-        are skipped: they can be many.
-        """
-        for dirpath, dirnames, filenames in os.walk(self.repo_dir):
-            if os.path.basename(dirpath) == "objects":
-                dirnames[:] = [d for d in dirnames if d in ("info", "pack")]
-            for name in filenames:
-                if name.endswith(".lock"):
-                    os.unlink(os.path.join(dirpath, name))
-
     def _ensure_repo(self) -> None:
         """Create the bare mirror if needed (re-running ``git init`` also repairs a partial one)."""
         if self._repo_ready:
@@ -499,12 +479,7 @@ class GitSource:
             self._git(
                 ["init", "--bare", "--quiet", str(self.repo_dir)], what="create mirror", bare=False
             )
-        attributes = self.repo_dir / "info" / "attributes"
-        if not attributes.is_file() or attributes.read_text() != _ATTRIBUTES:
-            attributes.parent.mkdir(exist_ok=True)
-            tmp = attributes.with_name(f"attributes.{os.getpid()}.tmp")
-            tmp.write_text(_ATTRIBUTES)
-            tmp.replace(attributes)
+        mirror.write_attributes(self.repo_dir)
         if self._credentials is not None:
             helper = install_helper(self.auth_dir, self._credentials)
             self._credential_opts = ("-c", f"credential.helper={helper}")
@@ -578,22 +553,6 @@ class GitSource:
         text = err.decode("utf-8", "replace").replace(self.url, self._url)
         kept = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
         return " | ".join(kept)[-chars:]
-
-
-# fsck's own findings (exit 1-127 is a bit mask of the kinds of damage found),
-# or its fatal errors that mean unreadable objects: anything else (out of memory,
-# cannot fork...) says nothing about the mirror.
-_CORRUPTION_RE = re.compile(
-    r"missing (blob|tree|commit|tag)|broken link|corrupt|bad object|hash mismatch"
-    r"|sha1 mismatch|inflate|unable to (read|unpack|parse)|invalid (object|sha1|tree|commit)"
-    r"|is empty|not a git repository|bad (tree|commit|tag|blob)|packfile",
-    re.IGNORECASE,
-)
-
-
-def _is_corruption(rc: int, report: str) -> bool:
-    """Whether fsck exiting with ``rc`` and printing ``report`` found a corrupt mirror."""
-    return 0 < rc < 128 or bool(_CORRUPTION_RE.search(report))
 
 
 def _local_ref(name: str) -> str:
