@@ -27,6 +27,8 @@ if [ "${1:-run}" = dev ]; then
   command -v chromedriver >/dev/null || missing="$missing chromium-driver"
   # The PostgreSQL tests start their own server (initdb into a temp dir): Debian's package.
   compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing="$missing postgresql"
+  # tests/test_metrics.py checks the shipped alert rules with promtool (Debian's prometheus).
+  command -v promtool >/dev/null || missing="$missing prometheus"
   if [ -n "$missing" ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
