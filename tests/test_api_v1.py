@@ -7,7 +7,7 @@ import sys
 
 import test_watch
 from api_support import call, token_file
-from helpers import cli, docs, manifest, wait_for
+from helpers import cli, docs, manifest, self_signed, wait_for
 from test_watch import FAST, read
 
 run_agent = test_watch.run_agent  # the shared fixture: a real agent process
@@ -188,35 +188,6 @@ def test_status_history_and_sync_go_through_a_running_agent(git_repo, state_dir,
     # The agent is gone (agent.json names a dead pid): the state dir answers.
     assert "stack web" in cli("status", "--state", state_dir, check=0).stdout
     assert "apply File/motd" in cli("history", "--state", state_dir, check=0).stdout
-
-
-def self_signed(tmp_path):
-    import datetime as dt
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    crt, k = tmp_path / "tls.crt", tmp_path / "tls.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                  serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))  # fmt: skip
-    k.chmod(0o600)
-    return crt, k
 
 
 def test_with_tls_the_api_speaks_https_and_the_cli_follows(git_repo, tmp_path, root, state_dir):

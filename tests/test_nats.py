@@ -423,7 +423,7 @@ def test_reading_the_status_bucket_sees_every_entry_while_hosts_keep_writing(nat
 
 
 def test_tls_to_nats_with_the_configured_ca(tmp_path, git_repo):
-    from nats_support import self_signed
+    from helpers import self_signed
 
     git_repo.commit(motd("v1\n"))
     crt, key = self_signed(tmp_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from setpoint.model.plan import Change
+from setpoint.engine.outcome import change_json
 from setpoint.providers.base import DigestDeriving
 
 if TYPE_CHECKING:
@@ -19,17 +19,6 @@ if TYPE_CHECKING:
 
 class NotDeclared(LookupError):
     pass
-
-
-def change_json(c: Change) -> dict[str, Any]:
-    return {
-        "action": c.action.value,
-        "path": c.path,
-        "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in c.fields],
-        "diff": c.diff,
-        "reason": c.reason,
-        "purge": list(c.extra),
-    }
 
 
 def live_diff(ctl: Controller, stack: str, rid: str) -> dict[str, Any]:

@@ -75,19 +75,23 @@ class PassResult:
         )
 
 
+def change_json(c: Change) -> dict[str, Any]:
+    """A planned change as JSON data (also the API's live diff, :mod:`setpoint.api.diff`)."""
+    return {
+        "action": c.action.value,
+        "path": c.path,
+        "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in c.fields],
+        "diff": c.diff,
+        "reason": c.reason,
+        "purge": list(c.extra),
+    }
+
+
 def result_json(r: PassResult) -> dict[str, Any]:
     """A pass's result as JSON data (``plan/apply --json``, the agent's ``POST /sync``)."""
 
     def change(c: Change) -> dict[str, Any]:
-        return {
-            "resource": c.resource,
-            "action": c.action.value,
-            "path": c.path,
-            "fields": [{"field": f.field, "old": f.old, "new": f.new} for f in c.fields],
-            "diff": c.diff,
-            "reason": c.reason,
-            "purge": list(c.extra),
-        }
+        return {"resource": c.resource} | change_json(c)
 
     return {
         "stack": r.stack,
