@@ -223,26 +223,43 @@ def one_shot(
 
     plan: 0 in sync, 2 changes pending, 1 error; apply: 0 converged, 1 otherwise.
     """
-    from setpoint.cli_output import print_plan
-    from setpoint.engine.controller import Controller
-    from setpoint.engine.outcome import result_json
+    from setpoint.engine import settled
     from setpoint.model.errors import SetpointError
 
-    try:
-        cfg = build_config(config, repo, ref, path, stack, root, state, drift=drift, prune=prune)
-        ctl = Controller(cfg)
-    except SetpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    try:
-        if not dry_run:
-            ctl.lock_state()
-        results = ctl.run_once(dry_run=dry_run)
-    except SetpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        ctl.close()
+    opts = {"config": config, "repo": repo, "ref": ref, "path": path, "stack": stack,
+            "root": root, "state": state, "drift": drift, "prune": prune}  # fmt: skip
+    results, inv = None, None
+    if config is None or repo is None:
+        try:  # nothing to do, as a full pass would find (engine/settled.py)? Else run one.
+            inv = settled.invocation(opts)
+            results = settled.confirm(inv, dry_run=dry_run) if inv is not None else None
+        except (OSError, ValueError, SetpointError):
+            results = None
+    if results is None:
+        from setpoint.engine.controller import Controller
+
+        try:
+            cfg = build_config(config, repo, ref, path, stack, root, state, drift=drift,
+                               prune=prune)  # fmt: skip
+            ctl = Controller(cfg)
+        except SetpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        try:
+            if not dry_run:
+                ctl.lock_state()
+            mark = settled.journal_mark(ctl.db) if inv is not None and not dry_run else 0
+            results = ctl.run_once(dry_run=dry_run)
+            if inv is not None and not dry_run:
+                settled.save(inv, ctl, results, mark)
+        except SetpointError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            ctl.close()
+    from setpoint.cli_output import print_plan
+    from setpoint.engine.outcome import result_json
+
     if as_json:
         print(json.dumps([result_json(r) for r in results], indent=2))
     else:

@@ -80,9 +80,10 @@ def forget(
     plain forget is possible.
     """
     from setpoint.config import DEFAULT_STATE
-    from setpoint.engine.controller import Controller, StateLockedError, lock_state_dir
+    from setpoint.engine.controller import Controller
     from setpoint.engine.inventory import InventoryView
     from setpoint.engine.orphans import release
+    from setpoint.state.lock import StateLockedError, lock_state_dir
 
     def locked(exc: StateLockedError) -> typer.Exit:
         return _fail(

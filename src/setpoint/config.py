@@ -32,13 +32,13 @@ from pydantic import (
 )
 
 from setpoint.config_paths import resolve_paths
+from setpoint.facts import FACT_PREFIX
 from setpoint.model.errors import SetpointError
 
 NAME = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
 DEFAULT_STATE = "/var/lib/setpoint"
 DEFAULT_LISTEN = "127.0.0.1:9090"
 LISTEN_RE = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
-FACT_PREFIX = "setpoint.io/"
 
 
 class ConfigError(SetpointError):

@@ -12,7 +12,8 @@ import platform
 import socket
 from collections.abc import Mapping
 
-from setpoint.config import FACT_PREFIX
+# Labels under this prefix are facts; config.py refuses them in `labels:`.
+FACT_PREFIX = "setpoint.io/"
 
 
 def gather(host: str | None = None) -> dict[str, str]:

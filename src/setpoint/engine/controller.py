@@ -12,7 +12,6 @@ which touch disjoint parts (see ``_lock``).
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
@@ -35,6 +34,7 @@ from setpoint.engine.outcome import PassResult
 from setpoint.engine.prune import PruneResult
 from setpoint.engine.reconciler import Reconciler
 from setpoint.engine.render_store import RenderStore
+from setpoint.engine.settled import forget_settled
 from setpoint.engine.status import record_tag
 from setpoint.facts import host_labels
 from setpoint.model.errors import SetpointError, SourceError
@@ -51,46 +51,16 @@ from setpoint.source.verify import (
     verify_revision,
 )
 from setpoint.state import JournalEntry, StateDB
-from setpoint.state.retention import Retention, TrimResult, trim_apart, trim_if_due
+from setpoint.state.lock import lock_state_dir
+from setpoint.state.retention import (
+    ONE_SHOT_TRIM_BATCHES,
+    Retention,
+    TrimResult,
+    trim_apart,
+    trim_if_due,
+)
 
 log = logging.getLogger("setpoint.controller")
-# A one-shot apply trims at most this many batches (a few ms each); the agent trims all.
-ONE_SHOT_TRIM_BATCHES = 40
-
-
-class StateLockedError(SetpointError):
-    def __init__(self, message: str, state: Path, holder: str) -> None:
-        super().__init__(message)
-        self.state = state
-        self.holder = holder  # "pid N" as the holder wrote it
-
-
-def lock_state_dir(state: Path) -> IO[str]:
-    """Take ``STATE/agent.lock`` (one agent per state dir); a dead holder frees it.
-
-    Returns the open lock file: the lock lasts as long as it stays open. Raises
-    :class:`StateLockedError` naming the holder when another process has it.
-    """
-    path = state / "agent.lock"
-    f = open(path, "a+")  # noqa: SIM115 (held for the process lifetime)
-    os.chmod(path, 0o600)
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.seek(0)
-        holder = f.read().strip() or "another process"
-        f.close()
-        raise StateLockedError(
-            f"state dir {state} is in use by {holder}; only one setpoint agent "
-            "may own a state dir (stop the other one, or give this one its own --state)",
-            state,
-            holder,
-        ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"pid {os.getpid()}\n")
-    f.flush()
-    return f
 
 
 class Controller:
@@ -159,6 +129,8 @@ class Controller:
     def lock_state(self) -> None:
         """Take the state dir's lock (one agent per state dir); a dead holder frees it."""
         self._lock_file = lock_state_dir(Path(self.config.state))
+        # This process may change what the settled record vouches for: drop it first.
+        forget_settled(Path(self.config.state))
 
     def close(self) -> None:
         self.db.close()

@@ -45,6 +45,8 @@ class Desired:
     ordered: Ordered
     paths: dict[str, str] = field(default_factory=dict)  # declared path -> resource id
     index: dict[str, int] = field(default_factory=dict)  # resource id -> position in order
+    # Rendered with decrypted secrets: nothing derived from it may be written to disk.
+    secrets: bool = False
 
 
 class DesiredCache:
@@ -121,6 +123,8 @@ class DesiredCache:
             if errors:
                 raise ManifestErrors(errors)
             hit = order_stack(sha, resources, self.providers)
+            if rendered.secrets:
+                hit = replace(hit, secrets=True)
             if self.store is not None:  # written after the pass: not on the apply's path
                 self._unsaved.append((stack.path, self.host, sha, tree, rendered, ids_for, hit))
             if tkey is not None and _self_contained(tree, stack.path, rendered.inputs):
@@ -179,6 +183,8 @@ class DesiredCache:
             rendered = self.cache.get_or_render(sha, tree, stack.path, self.registry, self.host)
             resources = [replace(r, stack=stack.name) for r in rendered.resources]
             hit = order_stack(sha, resources, self.providers)
+            if rendered.secrets:
+                hit = replace(hit, secrets=True)
             _put(self._by_commit, key, hit)
         return hit
 

@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from setpoint.engine.settled import code_fingerprint
 from setpoint.model.resource import Location, Resource
 from setpoint.providers.base import Registry
 from setpoint.render import Host, Limits
@@ -61,20 +62,6 @@ fingerprint)."""
 """(commit sha, repository paths) -> their Git object ids at that commit, or None."""
 
 _CONTENT = 1  # a File's blob is its inline content, encoded: not stored twice
-
-
-def code_fingerprint() -> str:
-    """Sizes and mtimes of setpoint's modules: another version or a local edit renders afresh."""
-    base = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(base):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.endswith(".py"):
-                st = os.stat(os.path.join(dirpath, name))
-                rel = os.path.relpath(os.path.join(dirpath, name), base)
-                h.update(f"{rel} {st.st_size} {st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
 
 
 class RenderStore:

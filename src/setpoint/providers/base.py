@@ -362,6 +362,37 @@ class StackChecker(Protocol):
     def check_declarations(self, resources: Sequence[Resource]) -> list[ManifestError]: ...
 
 
+@dataclass(frozen=True)
+class QuickCheck:
+    """What :class:`QuickCheckable` gives: a checker and the data it needs, as JSON values.
+
+    ``checker`` names a module under ``setpoint.providers`` whose ``confirm(root,
+    entries) -> bool`` must import nothing heavy (no pydantic: it runs in a one-shot
+    process that never loads the engine); ``entries`` are plain JSON values.
+    """
+
+    checker: str
+    entries: list[Any]
+
+
+@runtime_checkable
+class QuickCheckable(Protocol):
+    """Optional provider capability: a no-op confirmed without rendering (engine/settled.py).
+
+    After a one-shot apply that left every stack converged, the engine asks the
+    provider of each kind in use for ``quick_check`` of its resources (``claimed`` as
+    in :class:`PassInfo`). The next ``setpoint apply``/``plan`` at the same revision
+    and config runs ``confirm`` instead of loading the engine; it must return True only
+    when a full pass would find every one of those resources in sync (False sends the
+    run down the full path, so a doubt costs time, never correctness). None: this
+    provider cannot say so cheaply (the fast path is then not used for the stack).
+    """
+
+    def quick_check(
+        self, resources: Sequence[Resource], claimed: AbstractSet[str]
+    ) -> QuickCheck | None: ...
+
+
 class RegistryError(SetpointError):
     pass
 

@@ -34,7 +34,7 @@ from setpoint.model.status import StackStatus
 from setpoint.state.journal import REPEATABLE, JournalEntry, cap_text, encode_detail
 
 DB_NAME = "setpoint.db"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # How long a writer waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 10_000
 # The WAL file is cut back to this size after a checkpoint (a big transaction grew it).
@@ -112,6 +112,23 @@ _RETENTION_SCHEMA: tuple[str, ...] = (
     "CREATE TABLE journal_marks (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID",
 )
 _MIGRATIONS[3] = _RETENTION_SCHEMA
+
+# -- schema for the settled record (engine/settled.py) ---------------------------------
+# A counter that every change of the inventory moves, whoever makes it (a pass, prune,
+# forget, a hand-over): a one-shot run compares it with the one its settled record
+# saw, which costs one row read instead of reading the whole inventory.
+_GENERATION_SCHEMA: tuple[str, ...] = (
+    "CREATE TABLE generations (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    "INSERT INTO generations VALUES ('inventory', 0)",
+    # Whole statements spelled out (as everywhere here): no SQL is ever formatted.
+    "CREATE TRIGGER inventory_insert AFTER INSERT ON inventory BEGIN "
+    "UPDATE generations SET value = value + 1 WHERE name = 'inventory'; END",
+    "CREATE TRIGGER inventory_update AFTER UPDATE ON inventory BEGIN "
+    "UPDATE generations SET value = value + 1 WHERE name = 'inventory'; END",
+    "CREATE TRIGGER inventory_delete AFTER DELETE ON inventory BEGIN "
+    "UPDATE generations SET value = value + 1 WHERE name = 'inventory'; END",
+)
+_MIGRATIONS[4] = _GENERATION_SCHEMA
 
 # Whole statements spelled out (no formatting): every value is a bound parameter.
 _SELECT_RECORDS = (
@@ -305,6 +322,14 @@ class StateDB:
         """
         with self._lock:
             row = self._conn.execute("PRAGMA data_version").fetchone()
+        return int(row[0])
+
+    def inventory_generation(self) -> int:
+        """A counter every committed change of the inventory moves (schema triggers)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT value FROM generations WHERE name = 'inventory'"
+            ).fetchone()
         return int(row[0])
 
     def inventory(self, stack: str) -> dict[str, InventoryRecord]:

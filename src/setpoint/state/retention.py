@@ -56,6 +56,10 @@ _REMOVED = "removed_total"
 _BOUNDS = "SELECT (SELECT min(id) FROM journal), (SELECT max(id) FROM journal)"
 
 
+# A one-shot apply trims at most this many batches (a few ms each); the agent trims all.
+ONE_SHOT_TRIM_BATCHES = 40
+
+
 class _JournalConfig(Protocol):
     @property
     def max_age_days(self) -> float: ...

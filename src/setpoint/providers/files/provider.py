@@ -23,6 +23,7 @@ by every stack, fed by the engine's generic ``begin_pass``/``end_pass``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Collection, Iterable, Sequence, Set
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -35,6 +36,7 @@ from setpoint.providers.base import (
     PassInfo,
     ProviderContext,
     ProviderEvent,
+    QuickCheck,
     WatchCallback,
     Watcher,
 )
@@ -48,7 +50,7 @@ from setpoint.providers.files.common import (
     os_error,
 )
 from setpoint.providers.files.guard import state_dir_below
-from setpoint.providers.files.plan import plan_directory, plan_file, plan_symlink
+from setpoint.providers.files.plan import link_text, plan_directory, plan_file, plan_symlink
 from setpoint.providers.files.read import declared_ancestors, lstat_or_none, observe
 from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.files.target import FileTarget
@@ -289,6 +291,38 @@ class FilesystemProvider:
     def unwatched(self) -> set[str]:
         """Ids the open watches could not watch (kernel watch limit): poll them."""
         return {rid for w in self._watches if not w.closed for rid in w.unwatched()}
+
+    def quick_check(self, resources: Sequence[Resource], claimed: Set[str]) -> QuickCheck | None:
+        """QuickCheckable: the entries :func:`setpoint.providers.files.quick.confirm` checks.
+
+        What the plan compares, as the declaration says it (a File's bytes as a size and
+        a SHA-256). ``claimed`` gives a purging Directory the names it may hold.
+        """
+        root = str(self.target.root)
+        keep = claimed | declared_ancestors(claimed)
+        entries: list[Any] = []
+        for r in resources:
+            spec = fs_spec(r)
+            if isinstance(spec, FileSpec):
+                data = desired_bytes(r, spec)
+                entries.append(
+                    ["f", spec.path, int(spec.mode, 8), spec.owner, spec.group, len(data),
+                     hashlib.sha256(data).hexdigest()]
+                )  # fmt: skip
+            elif isinstance(spec, DirectorySpec):
+                allowed = None
+                if spec.purge:
+                    prefix = spec.path + "/"
+                    allowed = sorted(
+                        p[len(prefix) :] for p in keep
+                        if p.startswith(prefix) and "/" not in p[len(prefix) :]
+                    )  # fmt: skip
+                entries.append(
+                    ["d", spec.path, int(spec.mode, 8), spec.owner, spec.group, allowed]
+                )
+            else:
+                entries.append(["l", spec.path, link_text(spec.target, root)])
+        return QuickCheck("setpoint.providers.files.quick", entries)
 
     def _declared_ancestors(self) -> frozenset[str]:
         # Recomputed when begin_pass swaps ``target.declared`` or it grows (once per pass).
