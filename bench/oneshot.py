@@ -16,6 +16,10 @@ venv's interpreter (``python -m setpoint``, no shim), medians over --repeat runs
     ``python -c pass`` (the interpreter alone);
   the max RSS of a no-op apply at N = 5,000 (target <= 50 MB; GNU ``time``).
 
+A no-op run is answered by the settled record (engine/settled.py) that the warm-up
+applies leave; the engine's own no-op pass is measured too, with the record dropped
+before each run (no target: for comparison).
+
 Children run with compiled bytecode, as an installed package does (this script drops
 PYTHONDONTWRITEBYTECODE for them; the warm-up runs write it).
 
@@ -207,6 +211,13 @@ def bench_n(n: int, repeat: int, repeat_apply: int, first: bool) -> list[tuple[s
         fl, sp = alternate(repeat, check, lambda _k: run(
             setpoint("plan", *stack_args(repo, root, state))))
         rows.append((f"no-op plan, N={n:,} (floor: check)", fl, sp))
+
+        def full_path(_k: int) -> float:
+            (state / "settled").unlink()  # the engine's path (the run writes it again)
+            return run(noop)
+
+        fl, sp = alternate(max(1, repeat // 2), check, full_path)
+        rows.append((f"no-op apply by the engine, N={n:,} (record dropped)", fl, sp))
         rows.append((f"max RSS MB, no-op apply, N={n:,} (floor: python -c pass)",
                      max_rss_mb([PY, "-c", "pass"]), max_rss_mb(noop)))
         if first:
