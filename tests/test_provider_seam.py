@@ -285,3 +285,37 @@ def test_a_version_1_inventory_keeps_working(tmp_path: Path) -> None:
     root.mkdir()
     release = ReleaseProvider(ProviderContext(root, state_dir=state))
     assert release.delete("Release", inv["Release/app"].record) == "release app already absent"
+
+
+# -- the settled record (engine/settled.py) ---------------------------------------------
+
+
+def _settle(cfg: AgentConfig, state: Path) -> bool:
+    """A one-shot apply in process, then the settled record's save: was it written?"""
+    from setpoint.engine import settled
+
+    inv = settled.Invocation(state, "test-key")
+    ctl = Controller(cfg, demo_registry())
+    try:
+        ctl.lock_state()
+        mark = settled.journal_mark(ctl.db)
+        results = ctl.run_once()
+        assert all(r.converged for r in results), results
+        return settled.save(inv, ctl, results, mark)
+    finally:
+        ctl.close()
+
+
+def test_a_family_without_a_quick_check_gets_no_settled_record(
+    git_repo, root, state_dir
+) -> None:
+    git_repo.commit({
+        "m/a.yaml": manifest("File", "f", path="/srv/f", content="x\n"),
+        "n/b.yaml": manifest("File", "g", path="/srv/g", content="y\n"),
+    })  # fmt: skip
+    cfg = two_stacks(git_repo, root, state_dir)
+    assert _settle(cfg, state_dir) and (state_dir / "settled").is_file()
+    # The same stacks plus one resource of a family that cannot vouch cheaply.
+    git_repo.commit({"n/c.yaml": manifest("Demo", "one", keys=["one"])})
+    assert not _settle(cfg, state_dir)
+    assert not (state_dir / "settled").exists()
