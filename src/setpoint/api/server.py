@@ -85,7 +85,8 @@ def build_app(agent: Agent, auth: ApiAuth | None = None) -> FastAPI:
     async def metrics(request: Request) -> Response:
         """Prometheus metrics (text exposition format); see README "Metrics"."""
         auth.require(request, READ)
-        return Response(agent.obs.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        m = agent.obs.metrics  # None only for an agent built without an API
+        return Response(m.render() if m else b"", media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/hooks/git")
     async def hook(request: Request) -> JSONResponse:
@@ -157,6 +158,7 @@ class ApiServer:
         config = uvicorn.Config(
             self.asgi(),
             lifespan="off",
+            ws="none",  # no WebSocket routes (events are SSE): wsproto stays unloaded
             log_level="warning",
             access_log=False,
             server_header=False,

@@ -98,7 +98,7 @@ class Agent:
         rng: random.Random | None = None,
         on_pass: Callable[[PassResult], None] | None = None,
         webhook_secret: bytes | None = None,
-        api: bool = True,
+        api: bool | None = None,
     ) -> None:
         self.controller = controller
         self.config = controller.config
@@ -121,7 +121,9 @@ class Agent:
         self.webhook_secret = webhook_secret
         self.webhook_refused = 0
         self.api_token = secrets.token_urlsafe(32)
-        self.api_enabled = api
+        # None: as the config says (``listen: off`` is no API; then setpoint.api.server,
+        # FastAPI and uvicorn are never imported).
+        self.api_enabled = self.config.api_on if api is None else api
         self.api_address: str | None = None
         self.api_error: str | None = None
         self._api_server: Any = None
@@ -359,6 +361,14 @@ class Agent:
 
     async def _run_api(self) -> None:
         if not self.api_enabled:
+            # No listener (``listen: off``): say so in agent.json, so `setpoint status`
+            # reads the state dir and `setpoint sync` explains why it cannot ask us.
+            _write_private(
+                Path(self.config.state) / AGENT_FILE,
+                json.dumps({"pid": os.getpid(), "listen": None}) + "\n",
+            )
+            with contextlib.suppress(FileNotFoundError):  # a token for no API
+                (Path(self.config.state) / TOKEN_FILE).unlink()
             return
         # Import the web stack in a thread: the first fetch and pass start meanwhile.
         loop = asyncio.get_running_loop()
