@@ -246,10 +246,11 @@ def compare_memory(h: FleetHarness, api: bool, count: int, version: int) -> None
     t = time.monotonic()
     others = h.start_agents(count, api=not api)
     h.wait_converged(f"v{version}\n", timeout=300, agents=others)
+    took = time.monotonic() - t
     settle(h, 20.0)  # their first pass's tail, the bus connection, a status heartbeat
     mem = h.memory_kib()
     print(f"memory beside: {count} agents with the API {'on' if not api else 'off'} joined "
-          f"and converged in {time.monotonic() - t:.1f} s; at the same moment:")
+          f"and converged in {took:.1f} s; 20 s later, at the same moment:")
     show_memory(f"API {'on' if api else 'off'}", mem[:first])
     show_memory(f"API {'on' if not api else 'off'}", mem[first:])
     a = statistics.median(m["rss"] for m in mem[:first])

@@ -333,6 +333,8 @@ class Agent:
         tasks.append(asyncio.create_task(self._trim_journal()))
         if self.fleetbus is not None:
             tasks.append(asyncio.create_task(self.fleetbus.run()))
+        if self.fleetbus is not None and self.controller.fleet is not None:
+            # Only a Fleet's stacks have rollouts: plain stacks never load the gate.
             from setpoint.fleetbus.rollout import attach
 
             attach(self)  # rollout waves: new revisions of Fleet stacks wait for their turn
