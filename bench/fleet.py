@@ -257,6 +257,13 @@ def compare_memory(h: FleetHarness, api: bool, count: int, version: int) -> None
     b = statistics.median(m["rss"] for m in mem[first:])
     off, on = (b, a) if api else (a, b)
     print(f"    RSS median, API off / API on = {off / on:.3f} ({(on - off) / 1024:.1f} MiB less)")
+    if not api:
+        # An agent loads its HTTP stack on the first request: ask each once, as a
+        # monitoring probe would, and measure again.
+        for agent in others:
+            agent.status()
+        settle(h, 5.0)
+        show_memory("API on, after one GET /status", h.memory_kib()[first:])
 
 
 if __name__ == "__main__":

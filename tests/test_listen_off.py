@@ -3,13 +3,15 @@
 A real ``setpoint agent`` process (one-stack flags and ``--listen off``, or a config file
 with ``listen: "off"``): it binds no port, never maps uvicorn's C HTTP parser,
 ``setpoint status`` and ``history`` read its state dir, and ``setpoint sync`` says the
-agent has no listener instead of "no running agent".
+agent has no listener instead of "no running agent". With a listener, the HTTP stack
+is loaded on the first connection, which is answered.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -117,3 +119,25 @@ def test_a_bad_listen_flag_names_off(tmp_path):
     res = cli("agent", "--repo", "file:///nowhere", "--state", tmp_path / "s", "--root",
               tmp_path, "--listen", "nowhere", check=1)
     assert "give HOST:PORT, e.g. 127.0.0.1:9090, or off" in res.stderr
+
+
+def test_with_a_listener_the_http_stack_loads_on_the_first_request(tmp_path, git_repo, root,
+                                                                   state_dir):
+    git_repo.commit({"m/a.yaml": manifest("File", "motd", path="/etc/motd", content="v1\n")})
+    log = tmp_path / "agent.log"
+    proc = start_agent("--repo", git_repo.url, "--path", "m", "--stack", "web", "--root", root,
+                       "--state", state_dir, "--listen", "127.0.0.1:0", log=log)
+    try:
+        info = wait_for(lambda: agent_info(state_dir, proc.pid), what=f"agent.json ({log})")
+        wait_for(lambda: (root / "etc/motd").exists(), what="the first pass")
+        assert len(listening_sockets(proc.pid)) == 1  # bound at start
+        maps = Path(f"/proc/{proc.pid}/maps")
+        assert "httptools" not in maps.read_text()  # nobody asked yet
+        with urllib.request.urlopen(f"http://{info['listen']}/status", timeout=60) as r:
+            doc = json.loads(r.read())  # waited in the backlog during the import
+        assert [s["stack"] for s in doc["stacks"]] == ["web"]
+        assert "httptools" in maps.read_text()
+        assert cli("sync", "--state", state_dir, check=0).returncode == 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

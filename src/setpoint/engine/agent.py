@@ -372,23 +372,42 @@ class Agent:
             with contextlib.suppress(FileNotFoundError):  # a token for no API
                 (Path(self.config.state) / TOKEN_FILE).unlink()
             return
-        # Import the web stack in a thread: the first fetch and pass start meanwhile.
-        loop = asyncio.get_running_loop()
-        mod = await loop.run_in_executor(None, importlib.import_module, "setpoint.api.server")
-        if self.stop.is_set():
-            return
-        server = mod.ApiServer(self, self.config.listen)
+        from setpoint.api.listener import bind_listener, first_connection
+
         try:
-            sock = server.bind()
+            sock, address = bind_listener(self.config.listen)
         except OSError as exc:
             # Drift correction does not depend on the API: keep running, say why.
             self.api_error = f"cannot listen on {self.config.listen}: {exc.strerror or exc}"
             log.error("%s; the HTTP API (status, sync, webhooks) is off", self.api_error)
             return
-        self.api_address = server.address
+        self.api_address = address
         self._write_api_files()
+        scheme = "https" if self.config.api.tls is not None else "http"
+        log.info("API listening on %s://%s", scheme, address)
+        try:
+            # FastAPI and uvicorn (about 13 MiB) are loaded when the first client
+            # connects (it waits in the backlog meanwhile): many agents are never asked.
+            if not await first_connection(sock, self.stop):
+                sock.close()
+                return
+            # In a thread: passes and polls go on during the import.
+            loop = asyncio.get_running_loop()
+            mod = await loop.run_in_executor(None, importlib.import_module, "setpoint.api.server")
+            if self.stop.is_set():
+                sock.close()
+                return
+            server = mod.ApiServer(self, self.config.listen)
+            server.address = address
+        except Exception as exc:
+            sock.close()
+            self.api_error = f"the HTTP API could not start: {exc}"
+            log.exception("%s; reconciling goes on without it", self.api_error)
+            return
+        except BaseException:  # cancelled
+            sock.close()
+            raise
         self._api_server = server
-        log.info("API listening on %s://%s", server.scheme, server.address)
         await server.serve(sock)
 
     def _write_api_files(self) -> None:
