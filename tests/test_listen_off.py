@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,23 @@ def test_with_a_listener_the_http_stack_loads_on_the_first_request(tmp_path, git
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_a_taken_address_is_reported_at_start_and_reconciling_goes_on(tmp_path, git_repo, root,
+                                                                      state_dir):
+    git_repo.commit({"m/a.yaml": manifest("File", "motd", path="/etc/motd", content="v1\n")})
+    log = tmp_path / "agent.log"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        proc = start_agent("--repo", git_repo.url, "--path", "m", "--stack", "web", "--root",
+                           root, "--state", state_dir, "--listen", f"127.0.0.1:{port}", log=log)
+        try:
+            wait_for(lambda: "cannot listen on" in log.read_text(), what=f"the error ({log})")
+            wait_for(lambda: (root / "etc/motd").exists(), what="the first pass")
+            assert f"cannot listen on 127.0.0.1:{port}" in log.read_text()
+            assert proc.poll() is None
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
