@@ -13,13 +13,21 @@ In one run:
 3. fan-out to all N: latencies, and the CPU floor of the commit (the agents' CPU time
    spent on it divided by the cores): converged-all time / floor, target ≤ 1.5;
 4. polling only (commit, no webhook) at the agents' interval ``--poll-interval``
-   (default 60 s; when shorter, the 60 s figures are computed as measured × 60 / interval).
+   (default 60 s; when shorter, the 60 s figures are computed as measured × 60 / interval);
+5. memory beside: ``--compare`` (default 5) more agents in the other mode join the idle
+   fleet, and both groups' RSS are measured at the same moment.
+
+The agents run with ``listen: off`` by default (``--api off``: a NATS fleet needs no
+HTTP listener, and none of the HTTP stack is loaded); ``--api on`` runs them with their
+API as before. Nothing here asks the agents' API: convergence is read from their roots,
+status writes from the status bucket's stream, polls from the Git server's counts (one
+``ls-refs`` POST per ls-remote; with ``--api on`` the agents' own counts are shown too).
 
 Targets (issue 13): 20 agents p99 ≤ 2 s; N agents within 1.5x the CPU floor; idle poll =
-1 ls-remote and 0 fetches; per-agent RSS ≤ 60 MB.
+1 ls-remote and 0 fetches; per-agent RSS ≤ 60 MB (decimal: 57.2 MiB).
 
 Usage: .venv/bin/python bench/fleet.py [--agents 100] [--small 20] [--rounds 3]
-       [--poll-interval 60] [--idle-seconds 60] [--keep DIR]
+       [--poll-interval 60] [--idle-seconds 60] [--api off|on] [--compare 5] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def fan_out_round(h: FleetHarness, version: int, agents: list[Any]) -> dict[str, float]:
     text = f"v{version}\n"
-    req0, kv0 = h.git.counts(), kv_writes(h)  # before cpu0: GET /status costs the agents CPU
+    req0, kv0 = h.git.counts(), h.kv_writes()  # before cpu0: not the agents' CPU
     cpu0, m0 = h.cpu_seconds(agents), machine_cpu()
     t0, sha = h.commit_motd(text)
     g0 = _children_cpu()  # the Git server's http-backend processes (after the push)
@@ -51,7 +59,7 @@ def fan_out_round(h: FleetHarness, version: int, agents: list[Any]) -> dict[str,
     floor = cpu / CORES
     busy = (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9)  # share of the cores busy meanwhile
     settle(h, 2.0)  # the passes' status writes land just after the file
-    req1, kv1 = h.git.counts(), kv_writes(h)
+    req1, kv1 = h.git.counts(), h.kv_writes()
     reqs = sum(req1.values()) - sum(req0.values())
     return {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat),
             "cpu": cpu, "floor": floor, "ratio": max(lat) / floor if floor else 0.0,
@@ -66,11 +74,6 @@ def machine_cpu() -> tuple[float, float]:
     f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
     idle = f[3] + f[4]
     return float(sum(f) - idle), float(sum(f))
-
-
-def kv_writes(h: FleetHarness) -> int:
-    """Status entries the agents have written to the bucket so far (their counters)."""
-    return sum(int(s["agent"]["fleetbus"]["status_writes"]) for s in h.statuses())
 
 
 def _children_cpu() -> float:
@@ -125,6 +128,10 @@ def main() -> None:
     ap.add_argument("--idle-seconds", type=float, default=60.0)
     ap.add_argument("--heartbeat", type=float, default=30.0)
     ap.add_argument("--no-polling-phase", action="store_true")
+    ap.add_argument("--api", choices=("off", "on"), default="off",
+                    help="the agents' HTTP API: off (listen: off) or on a loopback port")
+    ap.add_argument("--compare", type=int, default=5,
+                    help="agents of the other --api mode started at the end to compare memory")
     ap.add_argument("--keep", type=Path, help="run in this directory and keep it (logs)")
     args = ap.parse_args()
     n, small = args.agents, min(args.small, args.agents)
@@ -138,13 +145,15 @@ def main() -> None:
 
 def run(base: Path, n: int, small: int, args: argparse.Namespace) -> None:
     P = args.poll_interval
-    with FleetHarness(base, n, poll_interval=P, heartbeat=args.heartbeat) as h:
+    api = args.api == "on"
+    with FleetHarness(base, n, poll_interval=P, heartbeat=args.heartbeat, api=api) as h:
         t = time.monotonic()
         h.start(agents=small)
         h.wait_converged("v1\n", timeout=300)
         wait_until(h.bus_connected, 60, "agents connected to NATS", every=0.5)
         print(f"{small} agents up and converged in {time.monotonic() - t:.1f} s "
-              f"({CORES} cores, poll interval {P:g} s, heartbeat {args.heartbeat:g} s)")
+              f"({CORES} cores, poll interval {P:g} s, heartbeat {args.heartbeat:g} s, "
+              f"API {'on' if api else 'off (listen: off)'})")
         first = rounds(h, 2, args.rounds, h.agents)
         show_rounds(f"fan-out, {small} agents (commit -> all converged)", first)
         version = 2 + args.rounds
@@ -157,16 +166,18 @@ def run(base: Path, n: int, small: int, args: argparse.Namespace) -> None:
             print(f"{n - small} more agents up and converged in {time.monotonic() - t:.1f} s")
 
         settle(h, 10.0)
-        kw0 = kv_writes(h)
-        c0, p0, cpu0, t0 = h.git.counts(), h.polls(), h.cpu_seconds(), time.monotonic()
+        kw0 = h.kv_writes()
+        p0 = h.polls() if api else 0
+        c0, cpu0, t0 = h.git.counts(), h.cpu_seconds(), time.monotonic()
         time.sleep(args.idle_seconds)  # idle on purpose: this is what is measured
-        c1, p1, cpu1, t1 = h.git.counts(), h.polls(), h.cpu_seconds(), time.monotonic()
-        kw1 = kv_writes(h)
-        polls = p1 - p0
+        c1, cpu1, t1 = h.git.counts(), h.cpu_seconds(), time.monotonic()
+        kw1 = h.kv_writes()
         d = {k: c1[k] - c0[k] for k in c1}
+        polls = d["ls_refs"]  # one per ls-remote (protocol v2), counted by the Git server
+        counted = f"; the agents counted {h.polls() - p0}" if api else ""
         idle = (cpu1 - cpu0) / (t1 - t0)
-        print(f"idle {t1 - t0:.0f} s, {n} agents: {polls} polls; Git server: {d['info_refs']} "
-              f"GETs of info/refs, {d['ls_refs']} ls-refs, {d['fetch']} fetches, "
+        print(f"idle {t1 - t0:.0f} s, {n} agents: {polls} polls (ls-refs POSTs{counted}); "
+              f"Git server: {d['info_refs']} GETs of info/refs, {d['fetch']} fetches, "
               f"{d['other']} other")
         if polls:
             print(f"    per poll: {d['info_refs'] / polls:.2f} info/refs GETs, "
@@ -176,11 +187,7 @@ def run(base: Path, n: int, small: int, args: argparse.Namespace) -> None:
               f"over {t1 - t0:.0f} s); {load()}")
         print(f"    status writes: {(kw1 - kw0) * 60 / (t1 - t0) / n:.2f} per agent per minute "
               f"(heartbeat {args.heartbeat:g} s, one stack each)")
-        mem = h.memory_kib()
-        for key, name in (("rss", "RSS"), ("pss", "PSS"), ("uss", "private")):
-            vals = [m[key] / 1024 for m in mem]
-            print(f"    per-agent {name}: median {statistics.median(vals):.1f} MiB, "
-                  f"max {max(vals):.1f} MiB" + (" (target RSS <= 60 MB)" if key == "rss" else ""))
+        show_memory(f"API {args.api}", h.memory_kib())
 
         polled: tuple[float, float] | None = None
         if not args.no_polling_phase:
@@ -210,12 +217,53 @@ def run(base: Path, n: int, small: int, args: argparse.Namespace) -> None:
                   f"({polled[0] / med(full, 'p50'):.0f}x and {polled[1] / med(full, 'max'):.0f}x "
                   "faster)")
 
+        if args.compare > 0:
+            compare_memory(h, api, args.compare, version - 1)
+
         ok20 = med(first, "p99") <= 2.0  # medians over the commits, like every figure here
         okcpu = med(full, "ratio") <= 1.5
+        rss = statistics.median(m["rss"] for m in h.memory_kib()[:n]) * 1024 / 1e6
         print(f"targets (medians over the commits): {small} agents p99 <= 2 s: "
               f"{'met' if ok20 else 'NOT met'}; "
               f"{n} agents max <= 1.5x CPU floor: {'met' if okcpu else 'NOT met'} "
-              f"({med(full, 'ratio'):.2f})")
+              f"({med(full, 'ratio'):.2f}); per-agent RSS <= 60 MB with the API {args.api}: "
+              f"{'met' if rss <= 60 else 'NOT met'} ({rss:.1f} MB)")
+
+
+def show_memory(label: str, mem: list[dict[str, int]]) -> None:
+    """Medians and maxima of RSS, PSS and private memory; RSS in MiB and (decimal) MB."""
+    for key, name in (("rss", "RSS"), ("pss", "PSS"), ("uss", "private")):
+        vals = [m[key] / 1024 for m in mem]
+        mid = statistics.median(vals)
+        extra = f" = {mid * 1.048576:.1f} MB (target <= 60 MB)" if key == "rss" else ""
+        print(f"    per-agent {name}, {label}, {len(vals)} agents: median {mid:.1f} MiB{extra}, "
+              f"max {max(vals):.1f} MiB")
+
+
+def compare_memory(h: FleetHarness, api: bool, count: int, version: int) -> None:
+    """``count`` agents of the other mode join; both groups' memory at the same moment."""
+    first = len(h.agents)
+    t = time.monotonic()
+    others = h.start_agents(count, api=not api)
+    h.wait_converged(f"v{version}\n", timeout=300, agents=others)
+    took = time.monotonic() - t
+    settle(h, 20.0)  # their first pass's tail, the bus connection, a status heartbeat
+    mem = h.memory_kib()
+    print(f"memory beside: {count} agents with the API {'on' if not api else 'off'} joined "
+          f"and converged in {took:.1f} s; 20 s later, at the same moment:")
+    show_memory(f"API {'on' if api else 'off'}", mem[:first])
+    show_memory(f"API {'on' if not api else 'off'}", mem[first:])
+    a = statistics.median(m["rss"] for m in mem[:first])
+    b = statistics.median(m["rss"] for m in mem[first:])
+    off, on = (b, a) if api else (a, b)
+    print(f"    RSS median, API off / API on = {off / on:.3f} ({(on - off) / 1024:.1f} MiB less)")
+    if not api:
+        # An agent loads its HTTP stack on the first request: ask each once, as a
+        # monitoring probe would, and measure again.
+        for agent in others:
+            agent.status()
+        settle(h, 5.0)
+        show_memory("API on, after one GET /status", h.memory_kib()[first:])
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ fleet benchmarks (rollouts in waves): everything is a method of :class:`FleetHar
   (not over HTTP), so they never show in the counts.
 - Agents: separate ``setpoint agent`` processes, each with its own root, state dir, host
   name (``agent-000`` ...), labels ``{role: web, wave: "1".."3"}`` (waves spread evenly
-  by default; ``wave_of`` changes that) and API on a free loopback port. The default
+  by default; ``wave_of`` changes that) and API on a free loopback port, or
+  ``listen: off`` with ``api=False`` (how a NATS fleet runs: no HTTP stack loaded). The default
   repository has one stack ``web`` at path ``m`` with one File ``/etc/motd``; give
   ``files`` and ``agent_config`` to run something else (a Fleet file, say).
 - The relay (``setpoint relay``) takes the webhook the harness posts after a commit.
@@ -28,11 +29,16 @@ Example::
 
 CPU figures are read from ``/proc/PID/stat`` (user + system, including waited-for
 children such as the agents' ``git`` processes), memory from ``/proc/PID/status`` and
-``smaps_rollup``.
+``smaps_rollup``. Nothing needs the agents' HTTP API: convergence is read from their
+roots, status writes and who is on the bus from the ``setpoint-status`` bucket's stream
+(:meth:`FleetHarness.kv_writes`, :meth:`FleetHarness.bus_connected`), polls from the Git
+server's counts (one ``ls-refs`` POST per ls-remote). With the API on, the agents' own
+counters are there too (:meth:`FleetHarness.statuses`, :meth:`FleetHarness.polls`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import hmac
@@ -262,6 +268,7 @@ class AgentProc:
         return self.proc.pid
 
     def api_up(self) -> bool:
+        """Started: its API listens, or (``listen: off``) it wrote agent.json without one."""
         if self.proc.poll() is not None:
             raise RuntimeError(f"agent {self.host} exited: {self.log.read_text()[-3000:]}")
         try:
@@ -270,11 +277,12 @@ class AgentProc:
             return False
         if info.get("pid") != self.proc.pid:
             return False
-        self.url = f"http://{info['listen']}"
+        self.url = f"http://{info['listen']}" if info.get("listen") else None
         return True
 
     def status(self) -> dict[str, Any]:
-        assert self.url is not None
+        if self.url is None:
+            raise RuntimeError(f"agent {self.host} runs with listen: off: no GET /status")
         with urllib.request.urlopen(self.url + "/status", timeout=30) as r:
             data: dict[str, Any] = json.loads(r.read())
         return data
@@ -295,7 +303,8 @@ class FleetHarness:
     ``poll_interval``: the agents' Git poll (seconds); ``nats``: agents join the bus;
     ``heartbeat``/``spread``: their ``nats:`` settings; ``wave_of(i, n)``: agent i's wave
     label; ``files``: the repository's first commit; ``agent_config(i, cfg)``: edits agent
-    i's config (a dict, as written to its config file) before it starts.
+    i's config (a dict, as written to its config file) before it starts; ``api``: the
+    agents' HTTP API on a free port (else ``listen: off``).
     """
 
     def __init__(
@@ -311,8 +320,10 @@ class FleetHarness:
         wave_of: Callable[[int, int], int] | None = None,
         files: dict[str, str] | None = None,
         agent_config: Callable[[int, dict[str, Any]], dict[str, Any]] | None = None,
+        api: bool = True,
     ) -> None:
         self.base = base
+        self.api = api
         self.n = agents
         self.poll_interval = poll_interval
         self.resync = resync
@@ -398,14 +409,16 @@ class FleetHarness:
 
         wait_until(up, 60, "relay up and connected to NATS", every=0.2)
 
-    def config_for(self, i: int) -> dict[str, Any]:
+    def config_for(self, i: int, api: bool | None = None) -> dict[str, Any]:
+        """Agent i's config; ``api`` overrides the harness's ``api`` for this agent."""
+        api = self.api if api is None else api
         d = self.base / "agents" / f"{i:03d}"
         cfg: dict[str, Any] = {
             "host": f"agent-{i:03d}",
             "labels": {"role": "web", "wave": str(self.wave_of(i, self.n))},
             "root": str(d / "root"),
             "state": str(d / "state"),
-            "listen": "127.0.0.1:0",
+            "listen": "127.0.0.1:0" if api else "off",
             "retry": {"base": 1, "max": 30},
             "sources": [{"name": "infra", "url": self.repo_url, "ref": "main",
                          "interval": self.poll_interval}],
@@ -416,8 +429,12 @@ class FleetHarness:
                            "spreadSeconds": self.spread}
         return self.agent_config(i, cfg) if self.agent_config is not None else cfg
 
-    def start_agents(self, count: int, batch: int = 10) -> list[AgentProc]:
-        """Start ``count`` more agents, ``batch`` at a time (each batch's APIs up first)."""
+    def start_agents(self, count: int, batch: int = 10,
+                     api: bool | None = None) -> list[AgentProc]:
+        """Start ``count`` more agents, ``batch`` at a time (each batch's APIs up first).
+
+        ``api``: with or without their HTTP API (default: the harness's ``api``).
+        """
         new: list[AgentProc] = []
         first = len(self.agents)
         for lo in range(first, first + count, batch):
@@ -425,7 +442,7 @@ class FleetHarness:
             for i in range(lo, min(lo + batch, first + count)):
                 d = self.base / "agents" / f"{i:03d}"
                 d.mkdir(parents=True, exist_ok=True)
-                group.append(AgentProc(i, d, self.config_for(i)))
+                group.append(AgentProc(i, d, self.config_for(i, api)))
             self.agents += group
             new += group
             wait_until(lambda g=group: all(a.api_up() for a in g), 120,
@@ -508,6 +525,7 @@ class FleetHarness:
         return [memory_kib(a.pid) for a in self.agents]
 
     def statuses(self) -> list[dict[str, Any]]:
+        """Every agent's GET /status (``api=True`` only)."""
         return [a.status() for a in self.agents]
 
     def polls(self) -> int:
@@ -515,8 +533,44 @@ class FleetHarness:
         return sum(int(s["agent"]["sources"]["infra"]["checks"]) for s in self.statuses())
 
     def bus_connected(self) -> bool:
-        return all(s["agent"]["fleetbus"] and s["agent"]["fleetbus"]["connected"]
-                   for s in self.statuses())
+        """Every agent is on the bus: each has written its stack's status to the bucket."""
+        if self.api:
+            return all(s["agent"]["fleetbus"] and s["agent"]["fleetbus"]["connected"]
+                       for s in self.statuses())
+        from setpoint.fleetbus.status import escape_host
+
+        hosts = {key.split(".")[0] for key in self.status_keys()}
+        return all(escape_host(a.host) in hosts for a in self.agents)
+
+    def status_stream(self) -> tuple[int, list[str]]:
+        """The ``setpoint-status`` stream: (last sequence = every write so far, its keys)."""
+        prefix = "$KV.setpoint-status."
+
+        async def read() -> tuple[int, list[str]]:
+            import nats
+            import nats.js.errors
+
+            nc = await nats.connect(self.nats_url, connect_timeout=5, allow_reconnect=False)
+            try:
+                js = nc.jetstream(timeout=30)
+                try:
+                    info = await js.stream_info("KV_setpoint-status", subjects_filter=prefix + ">")
+                except nats.js.errors.NotFoundError:
+                    return 0, []  # no agent has written yet
+                keys = [k[len(prefix):] for k in info.state.subjects or {}]
+                return int(info.state.last_seq), keys
+            finally:
+                await nc.close()
+
+        return asyncio.run(read())
+
+    def kv_writes(self) -> int:
+        """Status entries written to the bucket so far, by every agent (the stream's count)."""
+        return self.status_stream()[0]
+
+    def status_keys(self) -> list[str]:
+        """The bucket's keys (``HOST.STACK``, host escaped as in setpoint.fleetbus.status)."""
+        return self.status_stream()[1]
 
 
 def motd_manifest(text: str) -> str:

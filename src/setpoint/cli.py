@@ -246,7 +246,8 @@ def agent(
         typer.Option(
             "--listen",
             help="HOST:PORT of the HTTP API (GET /status, POST /sync, POST /hooks/git); "
-            "port 0 picks a free one. Default: listen: in the config, else 127.0.0.1:9090.",
+            "port 0 picks a free one; 'off': no HTTP listener (status from the state dir, "
+            "no sync). Default: listen: in the config, else 127.0.0.1:9090.",
         ),
     ] = None,
     webhook_secret_file: Annotated[
@@ -261,7 +262,7 @@ def agent(
     """Run the loop: poll, reconcile new revisions, resync against drift, retry with back-off."""
     import asyncio
 
-    from setpoint.api.auth import check_startup
+    from setpoint.api.auth import check_startup  # no FastAPI: `listen: off` stays light
     from setpoint.engine.agent import Agent
     from setpoint.engine.controller import Controller
     from setpoint.obs import logs
@@ -283,18 +284,20 @@ def agent(
 
     # The agent logs events (setpoint.obs.logs), one line each; plans stay in the journal.
     try:
-        asyncio.run(Agent(ctl, webhook_secret=secret).run())
+        asyncio.run(Agent(ctl, webhook_secret=secret, api=cfg.api_on).run())
     finally:
         ctl.close()
 
 
 def _agent_overrides(cfg: AgentConfig, listen: str | None, secret_file: Path | None) -> AgentConfig:
-    from setpoint.config import LISTEN_RE
+    from setpoint.config import AGENT_LISTEN_RE
 
     update: dict[str, object] = {}
     if listen is not None:
-        if not re.match(LISTEN_RE, listen):
-            raise SetpointError(f"--listen {listen!r}: give HOST:PORT, e.g. 127.0.0.1:9090")
+        if not re.match(AGENT_LISTEN_RE, listen):
+            raise SetpointError(
+                f"--listen {listen!r}: give HOST:PORT, e.g. 127.0.0.1:9090, or off"
+            )
         update["listen"] = listen
     if secret_file is not None:
         update["webhook_secret_file"] = secret_file.resolve()
@@ -329,9 +332,18 @@ def sync(
     as_json: JsonOpt = False,
 ) -> None:
     """Ask the running agent for an immediate fetch and full pass; print its outcome."""
-    from setpoint.cli_api import running_agent
+    from setpoint.cli_api import agent_without_api, running_agent
 
     client = running_agent(state)
+    pid = agent_without_api(state) if client is None else None
+    if pid is not None:
+        raise _fail(
+            SetpointError(
+                f"the agent running in {state} (pid {pid}) has no HTTP listener (listen: "
+                "off), so it cannot be asked to sync; it polls its sources on its own. To "
+                "sync on demand, run it with listen: HOST:PORT (or --listen 127.0.0.1:0)"
+            )
+        )
     if client is None or client.token is None:
         raise _fail(
             SetpointError(

@@ -2,8 +2,10 @@
 
 An agent is running when ``STATE/agent.json`` names a live pid; then these commands
 ask it (it knows more than the state dir: live pass counts, and a sync must be
-run by it). The token is ``STATE/api-token`` (write scope, so reads work too when
-anonymous reads are off); with ``api.tls`` the agent's own certificate is trusted.
+run by it). An agent with ``listen: off`` writes ``"listen": null`` there: ``status``
+and ``history`` read the state dir, ``sync`` says the agent has no listener. The
+token is ``STATE/api-token`` (write scope, so reads work too when anonymous reads are
+off); with ``api.tls`` the agent's own certificate is trusted.
 """
 
 from __future__ import annotations
@@ -53,12 +55,11 @@ class AgentClient:
             raise SetpointError(f"cannot reach the agent at {self.base}: {exc}") from None
 
 
-def running_agent(state: Path) -> AgentClient | None:
-    """A client for the agent that owns ``state``, or None when none runs there."""
+def _live_agent(state: Path) -> dict[str, Any] | None:
+    """``STATE/agent.json`` if the agent it names is alive, else None."""
     try:
         info = json.loads((state / AGENT_FILE).read_text())
         pid = int(info["pid"])
-        listen = str(info["listen"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     try:
@@ -67,6 +68,25 @@ def running_agent(state: Path) -> AgentClient | None:
         return None  # a stale file: that agent is gone
     except PermissionError:
         pass  # alive, another user's
+    return info if isinstance(info, dict) else None
+
+
+def agent_without_api(state: Path) -> int | None:
+    """The pid of an agent running in ``state`` with ``listen: off``, else None."""
+    info = _live_agent(state)
+    return int(info["pid"]) if info is not None and info.get("listen") is None else None
+
+
+def running_agent(state: Path) -> AgentClient | None:
+    """A client for the agent that owns ``state``, or None when none runs there.
+
+    None too for an agent with ``listen: off`` (``"listen": null`` in agent.json):
+    there is nothing to ask, so callers read the state dir.
+    """
+    info = _live_agent(state)
+    if info is None or not isinstance(info.get("listen"), str):
+        return None
+    listen = info["listen"]
     try:
         token: str | None = (state / TOKEN_FILE).read_text().strip()
     except OSError:

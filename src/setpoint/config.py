@@ -5,6 +5,11 @@ Loaded from the ``--config`` YAML file or built from the one-stack CLI flags
 :mod:`setpoint.engine.controller`. Field names are part of the interface and are
 documented in README.md ("Configuration file"). Relative file paths in a config
 file are made absolute by :mod:`setpoint.config_paths`.
+
+``listen:`` is the HTTP API's HOST:PORT, or ``"off"`` for an agent with no listener
+(:attr:`AgentConfig.api_on`): nothing of ``setpoint.api`` (FastAPI, uvicorn, the web UI)
+is loaded then, which is what a NATS fleet wants (status in the ``setpoint-status``
+bucket, ``setpoint status`` from the state dir).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ NAME = r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$"
 DEFAULT_STATE = "/var/lib/setpoint"
 DEFAULT_LISTEN = "127.0.0.1:9090"
 LISTEN_RE = r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
+# ``listen: "off"``: the agent runs with no HTTP listener (the API is never imported).
+LISTEN_OFF = "off"
+AGENT_LISTEN_RE = rf"^{LISTEN_OFF}$|{LISTEN_RE}"
 
 
 class ConfigError(SetpointError):
@@ -402,8 +410,11 @@ class AgentConfig(_Model):
     limits: LimitsConfig = LimitsConfig()
     journal: JournalConfig = JournalConfig()
     # The agent's HTTP listener (GET /status, POST /sync, POST /hooks/git): HOST:PORT,
-    # port 0 = any free port (written to STATE/agent.json for `setpoint sync`).
-    listen: str = Field(default=DEFAULT_LISTEN, pattern=LISTEN_RE)
+    # port 0 = any free port (written to STATE/agent.json for `setpoint sync`); "off":
+    # no listener at all, and the HTTP stack is never loaded (about 15 MiB less per
+    # agent): `setpoint status` reads the state dir, a fleet's status is in NATS, and
+    # `setpoint sync` / webhooks to the agent are unavailable.
+    listen: str = Field(default=DEFAULT_LISTEN, pattern=AGENT_LISTEN_RE)
     # The shared secret for POST /hooks/git; without it every webhook call is refused.
     webhook_secret_file: Path | None = Field(default=None, alias="webhookSecretFile")
     # SOPS secrets: the age key file; SOPS_AGE_KEY_FILE / SOPS_AGE_KEY are read as well.
@@ -418,6 +429,11 @@ class AgentConfig(_Model):
                       pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     # The fleet bus (NATS): fan-out of new commits and fleet status. None: off.
     nats: NatsConfig | None = None
+
+    @property
+    def api_on(self) -> bool:
+        """Whether the agent has an HTTP listener (``listen:`` is not ``"off"``)."""
+        return self.listen != LISTEN_OFF
 
     @field_validator("root", "state", mode="after")
     @classmethod

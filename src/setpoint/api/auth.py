@@ -23,10 +23,13 @@ import os
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from fastapi import HTTPException, Request
+from typing import TYPE_CHECKING
 
 from setpoint.config import AgentConfig, ConfigError
+
+if TYPE_CHECKING:  # FastAPI is loaded by the server only: `setpoint agent` checks its
+    # config with check_startup before it knows whether it will listen at all
+    from fastapi import Request
 
 COOKIE = "setpoint_token"
 READ, WRITE = "read", "write"
@@ -64,10 +67,22 @@ def read_token_file(path: Path, what: str) -> str:
 
 
 def check_startup(cfg: AgentConfig) -> None:
-    """Refuse to start on an unsafe API config (ConfigError saying what to do)."""
-    host = listen_host(cfg.listen)
+    """Refuse to start on an unsafe API config (ConfigError saying what to do).
+
+    With ``listen: off`` only what does not belong to the API (notification secrets)
+    is checked: ``api:`` is unused then.
+    """
+    if cfg.api_on:
+        _check_api(cfg)
+    for st in cfg.stacks:
+        for j, n in enumerate(st.notifications):
+            if n.secret_file is not None:
+                read_token_file(n.secret_file, f"stacks.{st.name}.notifications[{j}].secretFile")
+
+
+def _check_api(cfg: AgentConfig) -> None:
     api = cfg.api
-    if not is_loopback(host) and api.tls is None:
+    if not is_loopback(listen_host(cfg.listen)) and api.tls is None:
         raise ConfigError(
             f"listen: {cfg.listen} is not a loopback address: the API would send tokens and "
             "status in clear; give api: {tls: {certFile: ..., keyFile: ...}} or listen on "
@@ -80,10 +95,6 @@ def check_startup(cfg: AgentConfig) -> None:
         read_token_file(api.tls.key_file, "api.tls.keyFile")  # a private key: 0600 too
     for i, t in enumerate(api.tokens):
         read_token_file(t.file, f"api.tokens[{i}]")
-    for st in cfg.stacks:
-        for j, n in enumerate(st.notifications):
-            if n.secret_file is not None:
-                read_token_file(n.secret_file, f"stacks.{st.name}.notifications[{j}].secretFile")
 
 
 @dataclass
@@ -121,6 +132,8 @@ class ApiAuth:
 
     def require(self, request: Request, need: str) -> None:
         if not self.allowed(request, need):
+            from fastapi import HTTPException
+
             raise HTTPException(
                 status_code=401,
                 detail=f"missing or wrong token ({need} access needs a {need} token)",

@@ -12,7 +12,9 @@ Endpoints (the OpenAPI document is at ``/openapi.json``):
   ``GET /metrics`` (Prometheus text), the web UI at ``/`` (:mod:`setpoint.api.ui`).
 
 Who may call what: :mod:`setpoint.api.auth`. Tokens and secrets are never logged
-(uvicorn's access log is off).
+(uvicorn's access log is off). The agent imports this module when the first client
+connects to the socket it bound at start (:mod:`setpoint.api.listener`), never with
+``listen: off``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from setpoint.api.auth import READ, WRITE, ApiAuth, check_startup
+from setpoint.api.listener import bind_listener
 from setpoint.api.webhook import match_sources, payload_urls, verify_signature
 from setpoint.obs.metrics import version
 
@@ -85,7 +88,8 @@ def build_app(agent: Agent, auth: ApiAuth | None = None) -> FastAPI:
     async def metrics(request: Request) -> Response:
         """Prometheus metrics (text exposition format); see README "Metrics"."""
         auth.require(request, READ)
-        return Response(agent.obs.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        m = agent.obs.metrics  # None only for an agent built without an API
+        return Response(m.render() if m else b"", media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/hooks/git")
     async def hook(request: Request) -> JSONResponse:
@@ -117,11 +121,6 @@ class _Server(uvicorn.Server):
         yield
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 class ApiServer:
     """Binds ``listen`` (HOST:PORT; port 0 = any free port) and serves the app in this loop."""
 
@@ -136,20 +135,7 @@ class ApiServer:
         self._server: _Server | None = None
 
     def bind(self) -> socket.socket:
-        host, port = parse_listen(self.listen)
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-            sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        bound = sock.getsockname()
-        shown = f"[{bound[0]}]" if family == socket.AF_INET6 else bound[0]
-        self.address = f"{shown}:{bound[1]}"
+        sock, self.address = bind_listener(self.listen)
         return sock
 
     async def serve(self, sock: socket.socket) -> None:
@@ -157,6 +143,7 @@ class ApiServer:
         config = uvicorn.Config(
             self.asgi(),
             lifespan="off",
+            ws="none",  # no WebSocket routes (events are SSE): wsproto stays unloaded
             log_level="warning",
             access_log=False,
             server_header=False,

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jinja2
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
 
@@ -27,6 +26,8 @@ from setpoint.obs.events import entry_json
 from setpoint.obs.views import resource_views
 
 if TYPE_CHECKING:
+    import jinja2
+
     from setpoint.engine.agent import Agent
 
 HERE = Path(__file__).parent
@@ -48,6 +49,10 @@ def _when(ts: float | None) -> str:
 
 
 def environment() -> jinja2.Environment:
+    # Imported here, on the first page asked for: most agents never serve one, and
+    # Jinja2 with its compiled templates costs each of them about 2 MiB.
+    import jinja2
+
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
@@ -64,14 +69,16 @@ def router(agent: Agent, auth: ApiAuth) -> APIRouter:
     from setpoint.api.v1 import StacksView
 
     api = APIRouter(include_in_schema=False)
-    env = environment()
+    envs: list[jinja2.Environment] = []  # made on the first page
     view = StacksView(agent)
     obs = agent.obs
 
     def page(request: Request, template: str, status: int = 200, **ctx: Any) -> Response:
         if not auth.allowed(request, READ):
             template, status = "login.html", 401
-        html = env.get_template(template).render(**ctx)
+        if not envs:
+            envs.append(environment())
+        html = envs[0].get_template(template).render(**ctx)
         return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
 
     @api.get("/")

@@ -98,7 +98,7 @@ class Agent:
         rng: random.Random | None = None,
         on_pass: Callable[[PassResult], None] | None = None,
         webhook_secret: bytes | None = None,
-        api: bool = True,
+        api: bool | None = None,
     ) -> None:
         self.controller = controller
         self.config = controller.config
@@ -121,7 +121,9 @@ class Agent:
         self.webhook_secret = webhook_secret
         self.webhook_refused = 0
         self.api_token = secrets.token_urlsafe(32)
-        self.api_enabled = api
+        # None: as the config says (``listen: off`` is no API; then setpoint.api.server,
+        # FastAPI and uvicorn are never imported).
+        self.api_enabled = self.config.api_on if api is None else api
         self.api_address: str | None = None
         self.api_error: str | None = None
         self._api_server: Any = None
@@ -331,6 +333,8 @@ class Agent:
         tasks.append(asyncio.create_task(self._trim_journal()))
         if self.fleetbus is not None:
             tasks.append(asyncio.create_task(self.fleetbus.run()))
+        if self.fleetbus is not None and self.controller.fleet is not None:
+            # Only a Fleet's stacks have rollouts: plain stacks never load the gate.
             from setpoint.fleetbus.rollout import attach
 
             attach(self)  # rollout waves: new revisions of Fleet stacks wait for their turn
@@ -359,24 +363,51 @@ class Agent:
 
     async def _run_api(self) -> None:
         if not self.api_enabled:
+            # No listener (``listen: off``): say so in agent.json, so `setpoint status`
+            # reads the state dir and `setpoint sync` explains why it cannot ask us.
+            _write_private(
+                Path(self.config.state) / AGENT_FILE,
+                json.dumps({"pid": os.getpid(), "listen": None}) + "\n",
+            )
+            with contextlib.suppress(FileNotFoundError):  # a token for no API
+                (Path(self.config.state) / TOKEN_FILE).unlink()
             return
-        # Import the web stack in a thread: the first fetch and pass start meanwhile.
-        loop = asyncio.get_running_loop()
-        mod = await loop.run_in_executor(None, importlib.import_module, "setpoint.api.server")
-        if self.stop.is_set():
-            return
-        server = mod.ApiServer(self, self.config.listen)
+        from setpoint.api.listener import bind_listener, first_connection
+
         try:
-            sock = server.bind()
+            sock, address = bind_listener(self.config.listen)
         except OSError as exc:
             # Drift correction does not depend on the API: keep running, say why.
             self.api_error = f"cannot listen on {self.config.listen}: {exc.strerror or exc}"
             log.error("%s; the HTTP API (status, sync, webhooks) is off", self.api_error)
             return
-        self.api_address = server.address
+        self.api_address = address
         self._write_api_files()
+        scheme = "https" if self.config.api.tls is not None else "http"
+        log.info("API listening on %s://%s", scheme, address)
+        try:
+            # FastAPI and uvicorn (about 13 MiB) are loaded when the first client
+            # connects (it waits in the backlog meanwhile): many agents are never asked.
+            if not await first_connection(sock, self.stop):
+                sock.close()
+                return
+            # In a thread: passes and polls go on during the import.
+            loop = asyncio.get_running_loop()
+            mod = await loop.run_in_executor(None, importlib.import_module, "setpoint.api.server")
+            if self.stop.is_set():
+                sock.close()
+                return
+            server = mod.ApiServer(self, self.config.listen)
+            server.address = address
+        except Exception as exc:
+            sock.close()
+            self.api_error = f"the HTTP API could not start: {exc}"
+            log.exception("%s; reconciling goes on without it", self.api_error)
+            return
+        except BaseException:  # cancelled
+            sock.close()
+            raise
         self._api_server = server
-        log.info("API listening on %s://%s", server.scheme, server.address)
         await server.serve(sock)
 
     def _write_api_files(self) -> None:

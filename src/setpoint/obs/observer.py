@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from setpoint.engine.outcome import PassResult
 from setpoint.obs import logs
 from setpoint.obs.events import EventBus
-from setpoint.obs.metrics import Metrics
 from setpoint.obs.notify import Notice, Notifier
 from setpoint.obs.views import StateReader, resource_views
 from setpoint.state import JournalEntry
 
 if TYPE_CHECKING:
     from setpoint.engine.agent import Agent
+    from setpoint.obs.metrics import Metrics
 
 log = logging.getLogger("setpoint.obs")
 
@@ -42,7 +42,13 @@ class Observer:
         self.ctl = ctl = agent.controller
         self.events = EventBus()
         self._reader: StateReader | None = None
-        self.metrics = Metrics(self._snapshot)
+        # Metrics are only ever read by GET /metrics: an agent without an API
+        # (``listen: off``) keeps none and never loads prometheus-client.
+        self.metrics: Metrics | None = None
+        if agent.api_enabled:
+            from setpoint.obs.metrics import Metrics
+
+            self.metrics = Metrics(self._snapshot)
         self.notifier = Notifier(Path(ctl.config.state))
         self._last_ok: dict[str, float] = {}
         self._converged: dict[str, bool] = {}
@@ -76,7 +82,8 @@ class Observer:
         try:
             self.version += 1
             self.events.publish(entries)
-            self.metrics.observe_entries(entries, self._source_of())
+            if self.metrics is not None:
+                self.metrics.observe_entries(entries, self._source_of())
             logs.log_entries(entries)
             for e in entries:
                 kind = NOTICES.get(str(e.event))
@@ -93,7 +100,8 @@ class Observer:
         if self._user_on_pass is not None:
             self._user_on_pass(r)
         try:
-            self.metrics.observe_pass(r, self._source_of().get(r.stack, ""))
+            if self.metrics is not None:
+                self.metrics.observe_pass(r, self._source_of().get(r.stack, ""))
             logs.log_pass(r)
             was = self._converged.get(r.stack)
             ok = r.converged
