@@ -6,7 +6,9 @@ another stack) is refused as a whole and the last good revision is enforced
 instead. Provider errors become per-resource outcomes; they never escape the pass.
 Bookkeeping (inventory, journal) is written only from confirmed outcomes, one
 transaction per resource, so a crash never loses the record of a completed apply;
-the write-ahead claims before creates are taken in batches (:mod:`.claims`).
+the write-ahead claims before creates, and the records of those creates, are
+written in batches (:mod:`.claims`): a crash may lose the records of a batch of
+creates, never their claims, and the next pass records and journals them.
 The step over one resource (read, plan, apply, what it records) is
 :class:`~setpoint.engine.step.ResourceStep`, which the reconciler mixes in.
 """
@@ -319,6 +321,10 @@ class Reconciler(ResourceStep):
                         ResourceOutcome(r.id, "waiting", error=f"waiting for {', '.join(waiting)}")
                     )
                     continue
+                if claims is not None and r.id not in claims.fresh:
+                    # Only this pass's claimed creates batch their records: anything else
+                    # is recorded after what waits, so the journal keeps the order of events.
+                    claims.flush()
                 outcome = self._one(
                     stack,
                     r,

@@ -8,7 +8,8 @@ cache and clock. It builds what a pass records about one resource: its inventory
 row (every claim, the provider's delete record, its dependencies), the journal
 entries of an apply, a revert, a drift, a handover or a failure, and the
 operator's message for a provider error. Bookkeeping follows confirmed outcomes
-only, one transaction per resource.
+only, one transaction per resource, except the creates the pass claimed in a batch,
+whose records go with the next batch (:meth:`~.claims.PassClaims.done`).
 """
 
 from __future__ import annotations
@@ -74,6 +75,8 @@ class ResourceStep:
         try:
             change = provider.plan(r, provider.read(r))
         except Exception as exc:  # a provider error is an outcome; it never ends the pass
+            if claiming is not None:
+                claiming[0].flush()  # the creates before it are journaled before its failure
             if isinstance(exc, StallError):  # e.g. a rolled-back rollout, still declared
                 return self._failed(stack, r, sha, str(exc), dry_run, stall=exc.reason)
             return self._failed(stack, r, sha, f"cannot read: {_error_text(r, exc)}", dry_run)
@@ -84,10 +87,18 @@ class ResourceStep:
         drift = owned is not None and owned.digest == r.digest and not change.is_noop
         if change.is_noop:
             if (owned is None or owned.digest != r.digest) and not dry_run:
+                fresh = claiming is not None and r.id in claiming[0].fresh
                 if claiming is not None:
                     claiming[0].applied(r.id)
+                    claiming[0].flush()
+                entries = []
+                if owned is not None and owned.digest == "" and not fresh:
+                    # Claimed by an earlier pass that stopped (a crash) after the create and
+                    # before its record, which it batched: what it created is journaled now.
+                    entries.append(_recovered(self.clock(), stack.name, sha, r, change))
                 self.inventory.record_outcome(
-                    records=[self._record(stack, r, sha, deps, owned=owned, keep=False)]
+                    records=[self._record(stack, r, sha, deps, owned=owned, keep=False)],
+                    entries=entries,
                 )
             return ResourceOutcome(r.id, "in_sync")
         if dry_run:
@@ -132,8 +143,7 @@ class ResourceStep:
                 stack, r, sha, f"cannot {change.action.value}: {_error_text(r, exc)}", False
             )
         done = time.monotonic()
-        if claiming is not None:
-            claiming[0].applied(r.id)  # created: a failing record below keeps the claim
+        fresh = claiming is not None and r.id in claiming[0].fresh
         event = "revert" if drift else "apply"
         detail = _detail(change) | {"ms": round((done - t0) * 1000, 3)}
         if event_at is not None and drift:
@@ -142,9 +152,13 @@ class ResourceStep:
         entries.append(
             JournalEntry(self.clock(), stack.name, event, sha, r.id, change.summary(), detail)
         )
-        self.inventory.record_outcome(
-            records=[self._record(stack, r, sha, deps, owned=owned)], entries=entries
-        )
+        record = self._record(stack, r, sha, deps, owned=owned)
+        if claiming is not None and fresh:
+            # A create this pass claimed: its record goes with the next batch (claims.py);
+            # until then its claim owns the path, so a crash leaves nothing unknown.
+            claiming[0].done(record, entries)
+        else:
+            self.inventory.record_outcome(records=[record], entries=entries)
         return ResourceOutcome(r.id, "reverted" if drift else "changed", change=change)
 
     def _take_over(
@@ -260,6 +274,20 @@ def _error_text(r: Resource, exc: Exception) -> str:
         return os_message(exc)
     log.error("%s: unexpected error in the %s provider", r.id, r.kind, exc_info=exc)
     return f"internal error in the {r.kind} provider: {exc!r} (see the agent's log)"
+
+
+def _recovered(ts: float, stack: str, sha: str, r: Resource, change: Change) -> JournalEntry:
+    """The journal entry of a create whose record a stopped pass never wrote."""
+    return JournalEntry(
+        ts,
+        stack,
+        "apply",
+        sha,
+        r.id,
+        f"create {r.id} {change.path} (recorded now: the pass that created it stopped "
+        "before recording it)",
+        {"action": "create", "path": change.path, "recovered": True},
+    )
 
 
 def _drift_message(change: Change) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Iterable
 from dataclasses import replace
 
 from setpoint.model.plan import Action, Change, FieldChange
@@ -210,12 +211,16 @@ def _diff(old: bytes, new: bytes, path: str) -> str:
             f"binary content differs (old sha256 {hashlib.sha256(old).hexdigest()}, "
             f"new sha256 {hashlib.sha256(new).hexdigest()})\n"
         )
-    lines = difflib.unified_diff(
-        _lines(old.decode("utf-8")),
-        _lines(new.decode("utf-8")),
-        fromfile=f"{path} (current)",
-        tofile=f"{path} (declared)",
-    )
+    lines: Iterable[str]
+    if old:
+        lines = difflib.unified_diff(
+            _lines(old.decode("utf-8")),
+            _lines(new.decode("utf-8")),
+            fromfile=f"{path} (current)",
+            tofile=f"{path} (declared)",
+        )
+    else:
+        lines = _all_added(_lines(new.decode("utf-8")), path)
     out: list[str] = []
     size = 0
     for line in lines:
@@ -227,6 +232,16 @@ def _diff(old: bytes, new: bytes, path: str) -> str:
             break
         out.append(line)
     return "".join(out)
+
+
+def _all_added(new: list[str], path: str) -> list[str]:
+    """What ``difflib.unified_diff([], new, ...)`` yields, without its matcher: a create's
+    diff (every line added) is most of a first apply's planning otherwise."""
+    if not new:
+        return []
+    added = "+1" if len(new) == 1 else f"+1,{len(new)}"
+    head = [f"--- {path} (current)\n", f"+++ {path} (declared)\n", f"@@ -0,0 {added} @@\n"]
+    return head + ["+" + line for line in new]
 
 
 def _lines(text: str) -> list[str]:
