@@ -221,17 +221,20 @@ def _diff(old: bytes, new: bytes, path: str) -> str:
         )
     else:
         lines = _all_added(_lines(new.decode("utf-8")), path)
-    out: list[str] = []
+    # Only a file's last line can lack its newline: marked as diff(1) does.
+    out = [line if line.endswith("\n") else line + NO_EOL for line in lines]
+    text = "".join(out)
+    if len(text) * 4 <= DIFF_OUTPUT_LIMIT or len(text.encode("utf-8")) <= DIFF_OUTPUT_LIMIT:
+        return text
+    kept: list[str] = []
     size = 0
-    for line in lines:
-        if not line.endswith("\n"):
-            line += NO_EOL  # same marker as diff(1)
+    for line in out:
         size += len(line.encode("utf-8"))
         if size > DIFF_OUTPUT_LIMIT:
-            out.append(TRUNCATED)
+            kept.append(TRUNCATED)
             break
-        out.append(line)
-    return "".join(out)
+        kept.append(line)
+    return "".join(kept)
 
 
 def _all_added(new: list[str], path: str) -> list[str]:
