@@ -34,7 +34,7 @@ from setpoint.model.resource import Resource
 from setpoint.providers.base import Provider
 from setpoint.state import InventoryRecord, JournalEntry
 
-BATCH = 256  # claims per transaction at most (the resource that needs one, and what follows)
+BATCH = 1024  # claims per transaction at most (the resource that needs one, and what follows)
 
 RecordFor = Callable[[Resource], InventoryRecord]
 

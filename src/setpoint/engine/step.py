@@ -145,7 +145,11 @@ class ResourceStep:
         done = time.monotonic()
         fresh = claiming is not None and r.id in claiming[0].fresh
         event = "revert" if drift else "apply"
-        detail = _detail(change) | {"ms": round((done - t0) * 1000, 3)}
+        # A create's diff is the whole declared content, which Git holds at ``sha``: its
+        # fields (size, sha256, mode) say what was written. Most of a first apply's
+        # journal bytes otherwise; an update's and a revert's diffs are kept.
+        full = drift or change.action is not Action.CREATE
+        detail = _detail(change, diff=full) | {"ms": round((done - t0) * 1000, 3)}
         if event_at is not None and drift:
             # From the watch event to the restored state: what the operator waited.
             detail |= {"trigger": "watch", "restore_ms": round((done - event_at) * 1000, 3)}
@@ -299,11 +303,11 @@ def _drift_message(change: Change) -> str:
     return f"{change.path} changed outside setpoint: {what}"
 
 
-def _detail(change: Change) -> dict[str, object]:
+def _detail(change: Change, diff: bool = True) -> dict[str, object]:
     detail: dict[str, object] = {"action": change.action.value, "path": change.path}
     if change.fields:
         detail["fields"] = [{"field": f.field, "old": f.old, "new": f.new} for f in change.fields]
-    if change.diff:
+    if change.diff and diff:
         detail["diff"] = change.diff
     if change.extra:
         detail["purged"] = list(change.extra)
