@@ -87,7 +87,8 @@ class PassClaims:
         self.fresh |= taken
 
     def _claim_record(self, r: Resource) -> InventoryRecord:
-        return replace(self.record_for(r), digest="")  # "" = not applied yet (never drift)
+        rec = self.record_for(r)  # built with digest "" by the reconciler (no copy per claim)
+        return rec if rec.digest == "" else replace(rec, digest="")  # "" = not applied yet
 
     def applied(self, rid: str) -> None:
         """``rid``'s create is recorded: its claim is no longer this pass's to withdraw."""

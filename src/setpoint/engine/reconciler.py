@@ -308,7 +308,9 @@ class Reconciler(ResourceStep):
                 order,
                 self.inventory,
                 self._provider,
-                lambda r: self._record(stack, r, desired.revision, desired.ordered.deps[r.id]),
+                lambda r: self._record(
+                    stack, r, desired.revision, desired.ordered.deps[r.id], digest=""
+                ),
             )
         try:
             blocked: set[str] = set()

@@ -244,11 +244,13 @@ class ResourceStep:
         deps: frozenset[str],
         owned: InventoryRecord | None = None,
         keep: bool = True,
+        digest: str | None = None,
     ) -> InventoryRecord:
         """The inventory row of ``r``: every claim, the provider's delete record, deps.
 
         ``deps`` are the resolved dependency ids (explicit and implicit), so that a
-        later prune deletes dependents first, from the inventory alone.
+        later prune deletes dependents first, from the inventory alone. ``digest``:
+        "" for a write-ahead claim (default: the declaration's).
         """
         provider = self._provider(r)
         claims = tuple(provider.claims(r))
@@ -261,7 +263,7 @@ class ResourceStep:
             kind=r.kind,
             path=claims[0] if claims else "",
             location=str(r.location),
-            digest=r.digest,
+            digest=r.digest if digest is None else digest,
             revision=owned.revision if keep and owned else sha,
             applied_at=self.clock(),
             prune=not r.prune_disabled,
