@@ -323,10 +323,6 @@ class Reconciler(ResourceStep):
                         ResourceOutcome(r.id, "waiting", error=f"waiting for {', '.join(waiting)}")
                     )
                     continue
-                if claims is not None and r.id not in claims.fresh:
-                    # Only this pass's claimed creates batch their records: anything else
-                    # is recorded after what waits, so the journal keeps the order of events.
-                    claims.flush()
                 outcome = self._one(
                     stack,
                     r,

@@ -67,6 +67,9 @@ class ResourceStep:
     ) -> ResourceOutcome:
         """Read, plan and (unless a dry run) apply ``r``; ``claiming``: (claims, position)."""
         provider = self._provider(r)
+        # The records of this pass's batched creates go before anything else this
+        # resource writes (the journal keeps the order of events); a claim takes them along.
+        settle = claiming[0].flush if claiming is not None else _nothing
         effective = self._effective[r.kind]
         if effective is not None:
             # What the resource's state derives from (a Service: its own spec, its
@@ -75,14 +78,14 @@ class ResourceStep:
         try:
             change = provider.plan(r, provider.read(r))
         except Exception as exc:  # a provider error is an outcome; it never ends the pass
-            if claiming is not None:
-                claiming[0].flush()  # the creates before it are journaled before its failure
+            settle()
             if isinstance(exc, StallError):  # e.g. a rolled-back rollout, still declared
                 return self._failed(stack, r, sha, str(exc), dry_run, stall=exc.reason)
             return self._failed(stack, r, sha, f"cannot read: {_error_text(r, exc)}", dry_run)
         if owned is None and not dry_run:
-            refused = self._take_over(stack, r, provider, sha, change, deps)
+            refused = self._take_over(stack, r, provider, sha, change, deps, settle)
             if refused is not None:
+                settle()
                 return self._failed(stack, r, sha, refused, dry_run)
         drift = owned is not None and owned.digest == r.digest and not change.is_noop
         if change.is_noop:
@@ -90,7 +93,7 @@ class ResourceStep:
                 fresh = claiming is not None and r.id in claiming[0].fresh
                 if claiming is not None:
                     claiming[0].applied(r.id)
-                    claiming[0].flush()
+                settle()
                 entries = []
                 if owned is not None and owned.digest == "" and not fresh:
                     # Claimed by an earlier pass that stopped (a crash) after the create and
@@ -114,6 +117,7 @@ class ResourceStep:
             if stack.drift == "report":
                 # Report mode: journal a drift once, not on every pass while it lasts.
                 if not already_reported:
+                    settle()
                     self.db.append(*entries)
                 return ResourceOutcome(r.id, "drifted", change=change)
         intent = owned is None and change.action is Action.CREATE
@@ -162,6 +166,7 @@ class ResourceStep:
             # until then its claim owns the path, so a crash leaves nothing unknown.
             claiming[0].done(record, entries)
         else:
+            settle()
             self.inventory.record_outcome(records=[record], entries=entries)
         return ResourceOutcome(r.id, "reverted" if drift else "changed", change=change)
 
@@ -173,6 +178,7 @@ class ResourceStep:
         sha: str,
         change: Change,
         deps: frozenset[str],
+        settle: Callable[[], None],
     ) -> str | None:
         """Before this stack first records ``r``: every claim must be free, or handed over.
 
@@ -210,6 +216,7 @@ class ResourceStep:
         ]
         claim = replace(self._record(stack, r, sha, deps), digest="")  # applied below
         removed = sorted({(other.stack, other.resource) for _key, other in taken})
+        settle()
         self.inventory.record_outcome(records=[claim], removed=removed, entries=entries)
         return None
 
@@ -280,6 +287,10 @@ def _error_text(r: Resource, exc: Exception) -> str:
         return os_message(exc)
     log.error("%s: unexpected error in the %s provider", r.id, r.kind, exc_info=exc)
     return f"internal error in the {r.kind} provider: {exc!r} (see the agent's log)"
+
+
+def _nothing() -> None:
+    """No batched records to settle (a dry run, or work outside a pass)."""
 
 
 def _recovered(ts: float, stack: str, sha: str, r: Resource, change: Change) -> JournalEntry:
