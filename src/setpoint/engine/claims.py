@@ -17,9 +17,9 @@ failure at once, the rest when the pass ends (:meth:`PassClaims.close`).
 
 The records of the creates themselves (inventory row with the applied digest, the
 ``apply`` journal entry) are batched too (:meth:`PassClaims.done`): they wait, in
-order, for the next write of the pass (the next batch of claims, a withdrawal, a
-flush before any other resource's bookkeeping, the end of the pass) and go in its
-transaction. A crash loses at most those records, never a claim: every created
+order, for the next write of the pass (the next batch of claims, a withdrawal, the
+end of the pass, or :meth:`PassClaims.flush`, which the step calls before any other
+write) and go in its transaction. A crash loses at most those records, never a claim: every created
 file is still owned (digest ""), and the next pass finds it as declared, records it
 and journals its create then (:mod:`.step`, "recovered").
 """
