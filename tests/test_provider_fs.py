@@ -196,6 +196,36 @@ def test_diff_is_capped(prov: FilesystemProvider, root: Path) -> None:
     assert len(change.diff.encode()) <= DIFF_OUTPUT_LIMIT + 64
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["", "one\n", "one", "a\nb\n", "a\n\nb", "\n", "é\r\nü\n", "line\n" * 14_000],
+)
+def test_a_creates_diff_is_the_unified_diff_from_nothing(
+    prov: FilesystemProvider, text: str
+) -> None:
+    """A create's all-added diff is built without difflib's matcher (plan._all_added);
+    it must read exactly as difflib's, truncation and no-newline marker included."""
+    import difflib
+
+    from setpoint.providers.files.plan import NO_EOL, TRUNCATED
+
+    parts = text.split("\n")  # lines end at LF only (a CR stays in its line)
+    lines = [part + "\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    want, size = [], 0
+    for line in difflib.unified_diff(
+        [], lines, fromfile="/new.txt (current)", tofile="/new.txt (declared)"
+    ):
+        line = line if line.endswith("\n") else line + NO_EOL
+        size += len(line.encode())
+        if size > DIFF_OUTPUT_LIMIT:
+            want.append(TRUNCATED)
+            break
+        want.append(line)
+    change = plan(prov, file_res("/new.txt", text.encode()))
+    assert change.action is Action.CREATE
+    assert change.diff == "".join(want)
+
+
 def test_mode_drift_fixed_in_place(prov: FilesystemProvider, root: Path) -> None:
     res = file_res("/etc/secret", b"s", mode="0600")
     converge(prov, res)

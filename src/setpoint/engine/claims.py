@@ -14,6 +14,14 @@ always could (the next pass creates them, or prunes them if no longer declared).
 A claim this pass took and did not use (the create failed, the resource waited
 on a failed dependency, or the look-ahead guessed wrong) is withdrawn: on a
 failure at once, the rest when the pass ends (:meth:`PassClaims.close`).
+
+The records of the creates themselves (inventory row with the applied digest, the
+``apply`` journal entry) are batched too (:meth:`PassClaims.done`): they wait, in
+order, for the next write of the pass (the next batch of claims, a withdrawal, the
+end of the pass, or :meth:`PassClaims.flush`, which the step calls before any other
+write) and go in its transaction. A crash loses at most those records, never a claim: every created
+file is still owned (digest ""), and the next pass finds it as declared, records it
+and journals its create then (:mod:`.step`, "recovered").
 """
 
 from __future__ import annotations
@@ -24,9 +32,9 @@ from dataclasses import replace
 from setpoint.engine.inventory import InventoryView
 from setpoint.model.resource import Resource
 from setpoint.providers.base import Provider
-from setpoint.state import InventoryRecord
+from setpoint.state import InventoryRecord, JournalEntry
 
-BATCH = 256  # claims per transaction at most (the resource that needs one, and what follows)
+BATCH = 1024  # claims per transaction at most (the resource that needs one, and what follows)
 
 RecordFor = Callable[[Resource], InventoryRecord]
 
@@ -50,6 +58,9 @@ class PassClaims:
         self.record_for = record_for
         self.batch = batch
         self.fresh: set[str] = set()  # ids claimed by this pass, not yet recorded as applied
+        # Confirmed creates whose records wait for the next write (see the module docstring).
+        self.pending: list[InventoryRecord] = []
+        self.pending_entries: list[JournalEntry] = []
         self.transactions = 0  # for tests and benchmarks
 
     def claim(self, pos: int, r: Resource) -> None:
@@ -72,26 +83,53 @@ class PassClaims:
                 continue
             records.append(self._claim_record(nxt))
             taken.add(nxt.id)
-        self.inventory.record_outcome(records=records)
-        self.transactions += 1
+        self._write(records=records)
         self.fresh |= taken
 
     def _claim_record(self, r: Resource) -> InventoryRecord:
-        return replace(self.record_for(r), digest="")  # "" = not applied yet (never drift)
+        rec = self.record_for(r)  # built with digest "" by the reconciler (no copy per claim)
+        return rec if rec.digest == "" else replace(rec, digest="")  # "" = not applied yet
 
     def applied(self, rid: str) -> None:
         """``rid``'s create is recorded: its claim is no longer this pass's to withdraw."""
         self.fresh.discard(rid)
 
+    def done(self, record: InventoryRecord, entries: Sequence[JournalEntry]) -> None:
+        """The create of a resource this pass claimed is confirmed: record it with the next
+        write (the next batch's claims, normally; never more than ``batch`` records wait)."""
+        self.fresh.discard(record.resource)
+        self.pending.append(record)
+        self.pending_entries.extend(entries)
+        if len(self.pending) > self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the records that wait (before any other bookkeeping of the pass)."""
+        if self.pending:
+            self._write()
+
     def withdraw(self, rid: str) -> None:
         """The create of ``rid`` failed (atomically): nothing was created, drop its claim."""
         if rid in self.fresh:
             self.fresh.discard(rid)
-            self.inventory.record_outcome(removed=[(self.stack, rid)])
+            self._write(removed=[(self.stack, rid)])
+        else:
+            self.flush()  # the failure the caller journals next comes after them
 
     def close(self) -> None:
-        """Withdraw, in one transaction, the claims of this pass no create used."""
-        if self.fresh:
-            removed = [(self.stack, rid) for rid in sorted(self.fresh)]
-            self.fresh.clear()
-            self.inventory.record_outcome(removed=removed)
+        """Write what waits and withdraw the claims no create used, in one transaction."""
+        removed = [(self.stack, rid) for rid in sorted(self.fresh)]
+        self.fresh.clear()
+        if removed or self.pending:
+            self._write(removed=removed)
+
+    def _write(
+        self, records: Sequence[InventoryRecord] = (), removed: Sequence[tuple[str, str]] = ()
+    ) -> None:
+        """One transaction: the records that wait (and their journal entries) first."""
+        if self.pending:
+            records = [*self.pending, *records]
+        entries = self.pending_entries
+        self.pending, self.pending_entries = [], []
+        self.inventory.record_outcome(records=records, removed=removed, entries=entries)
+        self.transactions += 1

@@ -6,7 +6,9 @@ another stack) is refused as a whole and the last good revision is enforced
 instead. Provider errors become per-resource outcomes; they never escape the pass.
 Bookkeeping (inventory, journal) is written only from confirmed outcomes, one
 transaction per resource, so a crash never loses the record of a completed apply;
-the write-ahead claims before creates are taken in batches (:mod:`.claims`).
+the write-ahead claims before creates, and the records of those creates, are
+written in batches (:mod:`.claims`): a crash may lose the records of a batch of
+creates, never their claims, and the next pass records and journals them.
 The step over one resource (read, plan, apply, what it records) is
 :class:`~setpoint.engine.step.ResourceStep`, which the reconciler mixes in.
 """
@@ -306,7 +308,9 @@ class Reconciler(ResourceStep):
                 order,
                 self.inventory,
                 self._provider,
-                lambda r: self._record(stack, r, desired.revision, desired.ordered.deps[r.id]),
+                lambda r: self._record(
+                    stack, r, desired.revision, desired.ordered.deps[r.id], digest=""
+                ),
             )
         try:
             blocked: set[str] = set()

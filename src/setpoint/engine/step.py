@@ -8,7 +8,8 @@ cache and clock. It builds what a pass records about one resource: its inventory
 row (every claim, the provider's delete record, its dependencies), the journal
 entries of an apply, a revert, a drift, a handover or a failure, and the
 operator's message for a provider error. Bookkeeping follows confirmed outcomes
-only, one transaction per resource.
+only, one transaction per resource, except the creates the pass claimed in a batch,
+whose records go with the next batch (:meth:`~.claims.PassClaims.done`).
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ class ResourceStep:
     ) -> ResourceOutcome:
         """Read, plan and (unless a dry run) apply ``r``; ``claiming``: (claims, position)."""
         provider = self._provider(r)
+        # The records of this pass's batched creates go before anything else this
+        # resource writes (the journal keeps the order of events); a claim takes them along.
+        settle = claiming[0].flush if claiming is not None else _nothing
         effective = self._effective[r.kind]
         if effective is not None:
             # What the resource's state derives from (a Service: its own spec, its
@@ -74,20 +78,30 @@ class ResourceStep:
         try:
             change = provider.plan(r, provider.read(r))
         except Exception as exc:  # a provider error is an outcome; it never ends the pass
+            settle()
             if isinstance(exc, StallError):  # e.g. a rolled-back rollout, still declared
                 return self._failed(stack, r, sha, str(exc), dry_run, stall=exc.reason)
             return self._failed(stack, r, sha, f"cannot read: {_error_text(r, exc)}", dry_run)
         if owned is None and not dry_run:
-            refused = self._take_over(stack, r, provider, sha, change, deps)
+            refused = self._take_over(stack, r, provider, sha, change, deps, settle)
             if refused is not None:
+                settle()
                 return self._failed(stack, r, sha, refused, dry_run)
         drift = owned is not None and owned.digest == r.digest and not change.is_noop
         if change.is_noop:
             if (owned is None or owned.digest != r.digest) and not dry_run:
+                fresh = claiming is not None and r.id in claiming[0].fresh
                 if claiming is not None:
                     claiming[0].applied(r.id)
+                settle()
+                entries = []
+                if owned is not None and owned.digest == "" and not fresh:
+                    # Claimed by an earlier pass that stopped (a crash) after the create and
+                    # before its record, which it batched: what it created is journaled now.
+                    entries.append(_recovered(self.clock(), stack.name, sha, r, change))
                 self.inventory.record_outcome(
-                    records=[self._record(stack, r, sha, deps, owned=owned, keep=False)]
+                    records=[self._record(stack, r, sha, deps, owned=owned, keep=False)],
+                    entries=entries,
                 )
             return ResourceOutcome(r.id, "in_sync")
         if dry_run:
@@ -103,6 +117,7 @@ class ResourceStep:
             if stack.drift == "report":
                 # Report mode: journal a drift once, not on every pass while it lasts.
                 if not already_reported:
+                    settle()
                     self.db.append(*entries)
                 return ResourceOutcome(r.id, "drifted", change=change)
         intent = owned is None and change.action is Action.CREATE
@@ -132,19 +147,27 @@ class ResourceStep:
                 stack, r, sha, f"cannot {change.action.value}: {_error_text(r, exc)}", False
             )
         done = time.monotonic()
-        if claiming is not None:
-            claiming[0].applied(r.id)  # created: a failing record below keeps the claim
+        fresh = claiming is not None and r.id in claiming[0].fresh
         event = "revert" if drift else "apply"
-        detail = _detail(change) | {"ms": round((done - t0) * 1000, 3)}
+        # A create's diff is the whole declared content, which Git holds at ``sha``: its
+        # fields (size, sha256, mode) say what was written. Most of a first apply's
+        # journal bytes otherwise; an update's and a revert's diffs are kept.
+        full = drift or change.action is not Action.CREATE
+        detail = _detail(change, diff=full) | {"ms": round((done - t0) * 1000, 3)}
         if event_at is not None and drift:
             # From the watch event to the restored state: what the operator waited.
             detail |= {"trigger": "watch", "restore_ms": round((done - event_at) * 1000, 3)}
         entries.append(
             JournalEntry(self.clock(), stack.name, event, sha, r.id, change.summary(), detail)
         )
-        self.inventory.record_outcome(
-            records=[self._record(stack, r, sha, deps, owned=owned)], entries=entries
-        )
+        record = self._record(stack, r, sha, deps, owned=owned)
+        if claiming is not None and fresh:
+            # A create this pass claimed: its record goes with the next batch (claims.py);
+            # until then its claim owns the path, so a crash leaves nothing unknown.
+            claiming[0].done(record, entries)
+        else:
+            settle()
+            self.inventory.record_outcome(records=[record], entries=entries)
         return ResourceOutcome(r.id, "reverted" if drift else "changed", change=change)
 
     def _take_over(
@@ -155,6 +178,7 @@ class ResourceStep:
         sha: str,
         change: Change,
         deps: frozenset[str],
+        settle: Callable[[], None],
     ) -> str | None:
         """Before this stack first records ``r``: every claim must be free, or handed over.
 
@@ -192,6 +216,7 @@ class ResourceStep:
         ]
         claim = replace(self._record(stack, r, sha, deps), digest="")  # applied below
         removed = sorted({(other.stack, other.resource) for _key, other in taken})
+        settle()
         self.inventory.record_outcome(records=[claim], removed=removed, entries=entries)
         return None
 
@@ -226,11 +251,13 @@ class ResourceStep:
         deps: frozenset[str],
         owned: InventoryRecord | None = None,
         keep: bool = True,
+        digest: str | None = None,
     ) -> InventoryRecord:
         """The inventory row of ``r``: every claim, the provider's delete record, deps.
 
         ``deps`` are the resolved dependency ids (explicit and implicit), so that a
-        later prune deletes dependents first, from the inventory alone.
+        later prune deletes dependents first, from the inventory alone. ``digest``:
+        "" for a write-ahead claim (default: the declaration's).
         """
         provider = self._provider(r)
         claims = tuple(provider.claims(r))
@@ -243,7 +270,7 @@ class ResourceStep:
             kind=r.kind,
             path=claims[0] if claims else "",
             location=str(r.location),
-            digest=r.digest,
+            digest=r.digest if digest is None else digest,
             revision=owned.revision if keep and owned else sha,
             applied_at=self.clock(),
             prune=not r.prune_disabled,
@@ -262,6 +289,24 @@ def _error_text(r: Resource, exc: Exception) -> str:
     return f"internal error in the {r.kind} provider: {exc!r} (see the agent's log)"
 
 
+def _nothing() -> None:
+    """No batched records to settle (a dry run, or work outside a pass)."""
+
+
+def _recovered(ts: float, stack: str, sha: str, r: Resource, change: Change) -> JournalEntry:
+    """The journal entry of a create whose record a stopped pass never wrote."""
+    return JournalEntry(
+        ts,
+        stack,
+        "apply",
+        sha,
+        r.id,
+        f"create {r.id} {change.path} (recorded now: the pass that created it stopped "
+        "before recording it)",
+        {"action": "create", "path": change.path, "recovered": True},
+    )
+
+
 def _drift_message(change: Change) -> str:
     if change.action is Action.CREATE:
         return f"{change.path} was deleted outside setpoint"
@@ -271,11 +316,11 @@ def _drift_message(change: Change) -> str:
     return f"{change.path} changed outside setpoint: {what}"
 
 
-def _detail(change: Change) -> dict[str, object]:
+def _detail(change: Change, diff: bool = True) -> dict[str, object]:
     detail: dict[str, object] = {"action": change.action.value, "path": change.path}
     if change.fields:
         detail["fields"] = [{"field": f.field, "old": f.old, "new": f.new} for f in change.fields]
-    if change.diff:
+    if change.diff and diff:
         detail["diff"] = change.diff
     if change.extra:
         detail["purged"] = list(change.extra)

@@ -13,7 +13,7 @@ from pydantic import BeforeValidator, ConfigDict
 
 from setpoint.model.resource import parse_resource_id
 
-STRICT = ConfigDict(extra="forbid", frozen=True, strict=False)
+STRICT = ConfigDict(extra="forbid", frozen=True, strict=False, defer_build=True)
 MODE_RE = re.compile(r"^0?[0-7]{3}$|^[0-7]{4}$")
 USER_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}\$?$", re.IGNORECASE)
 

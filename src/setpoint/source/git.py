@@ -46,7 +46,14 @@ from setpoint.model.semver import Range
 from setpoint.source import export, mirror, tags
 from setpoint.source.auth import SourceAuth, explain_ssh_failure, git_environment, helper_options
 from setpoint.source.credentials import install_helper, remove_helper, split_credentials
-from setpoint.source.gitcmd import _GIT_OPTS, check_ref, git_env, normalize_url, redact_url
+from setpoint.source.gitcmd import (
+    _GIT_OPTS,
+    check_ref,
+    fetch_options,
+    git_env,
+    normalize_url,
+    redact_url,
+)
 from setpoint.source.trees import TMP_PREFIX as _TMP_PREFIX
 from setpoint.source.trees import TreeStore
 
@@ -412,6 +419,7 @@ class GitSource:
         # Explicit refspecs fetch a named tag themselves, so tags are never
         # auto-followed: we store only what we asked for.
         args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules"]
+        args += fetch_options(self._git_url)
         self._git(
             [*args, self._git_url, *refspecs],
             what=f"cannot fetch {self.ref!r} from {self._url}",

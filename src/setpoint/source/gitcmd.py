@@ -92,6 +92,20 @@ def normalize_url(url: str) -> str:
     return os.path.abspath(os.path.expanduser(url))
 
 
+# The other side of a fetch from a local path or file:// URL is a git we start ourselves:
+# its pack costs a delta search and full compression that a copy on the same machine
+# does not need (a first fetch of 3 MB of manifests: 0.33 s, 0.08 s without). Over
+# ssh or http(s) the server packs as it is configured; this is never sent there.
+_LOCAL_UPLOAD_PACK = "git -c pack.window=0 -c pack.compression=1 upload-pack"
+
+
+def fetch_options(url: str) -> list[str]:
+    """Extra ``git fetch`` options for ``url`` (a normalized URL): a cheap pack if local."""
+    if url.startswith(("/", "file://")):
+        return [f"--upload-pack={_LOCAL_UPLOAD_PACK}"]
+    return []
+
+
 def redact_url(url: str) -> str:
     """``url`` with a password (or, for http(s), the whole user part, often a token) masked."""
     return redact(url, query=False)

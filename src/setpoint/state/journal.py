@@ -112,6 +112,16 @@ def encode_detail(entry: JournalEntry) -> str:
     document is standard JSON that any reader of the database can parse.
     """
     try:
+        try:
+            # Most details are small: no string in them can need capping when the whole
+            # document is that short (a string is no longer in JSON than in the detail).
+            raw = json.dumps(
+                entry.detail, ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            )
+            if len(raw) * 4 <= MAX_TEXT_BYTES:
+                return raw
+        except (TypeError, ValueError):
+            pass  # a Mapping that is not a dict (the copy makes it one), NaN, a cycle: below
         return json.dumps(
             _cap_values(entry.detail), ensure_ascii=False, allow_nan=False, separators=(",", ":")
         )

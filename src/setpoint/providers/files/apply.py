@@ -26,7 +26,6 @@ import errno
 import os
 import shutil
 import stat
-from collections.abc import Iterator
 
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
@@ -37,7 +36,14 @@ from setpoint.providers.files.plan import link_text
 from setpoint.providers.files.read import list_dir, lstat_or_none
 from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.files.target import FileTarget
-from setpoint.providers.files.walk import forget_below, host_dir, parent_dir, parent_of, the_dir
+from setpoint.providers.files.walk import (
+    forget_below,
+    host_dir,
+    open_dir,
+    parent_dir,
+    parent_of,
+    the_dir,
+)
 
 _TMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _ATTR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -248,13 +254,24 @@ def _fd_attrs(
         os.close(fd)
 
 
-@contextlib.contextmanager
-def _parent(target: FileTarget, path: str) -> Iterator[int]:
-    """A fresh descriptor of ``path``'s parent, missing parents made (see fs_walk)."""
-    with parent_dir(target, path, create=True) as pfd:
-        if pfd is None:  # create=True never gives None; kept for the type checker
-            raise ProviderError(f"cannot create {path}: its parent directory is missing")
-        yield pfd
+class _parent:  # lower case: used like the context-manager functions it replaced
+    """A fresh descriptor of ``path``'s parent, missing parents made (see fs_walk).
+
+    A class rather than a generator: one per write of a first apply, and the cheaper.
+    """
+
+    def __init__(self, target: FileTarget, path: str) -> None:
+        self.target, self.path = target, path
+
+    def __enter__(self) -> int:
+        fd = open_dir(self.target, parent_of(self.path), self.path, create=True)
+        if fd is None:  # create=True never gives None; kept for the type checker
+            raise ProviderError(f"cannot create {self.path}: its parent directory is missing")
+        self.fd = fd
+        return fd
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
 
 
 def _name(path: str) -> str:

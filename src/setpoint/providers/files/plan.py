@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+from collections.abc import Iterable
 from dataclasses import replace
 
 from setpoint.model.plan import Action, Change, FieldChange
@@ -56,10 +57,16 @@ def _plan_file(resource: Resource, spec: FileSpec, obs: FsState | None, ids: IdC
     rid, path = resource.id, spec.path
     want = desired_bytes(resource, spec)
     if obs is None:
-        fields = [_content_field(None, want), FieldChange("mode", None, spec.mode)]
+        # Every file of a first apply comes here: the bytes are decoded once.
+        text = _text(want)
+        size = f"{'' if text is not None else 'binary, '}{len(want)} bytes"
+        content = FieldChange("content", None, f"{size}, sha256 {_sha(want)[:12]}")
+        fields = [content, FieldChange("mode", None, spec.mode)]
         fields += _owner_fields(spec, None, ids)
         # New text is shown as an all-added diff; new binary data needs no diff line.
-        diff = _diff(b"", want, path) if len(want) <= DIFF_INPUT_LIMIT and _is_text(want) else None
+        diff = None
+        if text is not None:
+            diff = _diff(b"", want, path, text) if len(want) <= DIFF_INPUT_LIMIT else None
         return Change(rid, Action.CREATE, path, tuple(fields), diff, "absent")
     if obs.type != FILE:
         return _replace(rid, path, obs, FILE, spec.force)
@@ -174,6 +181,20 @@ def _owner_fields(
     return fields
 
 
+def _text(data: bytes) -> str | None:
+    """``data`` decoded, if it is text (UTF-8 without NUL)."""
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _is_text(data: bytes) -> bool:
     if b"\0" in data:
         return False
@@ -198,35 +219,55 @@ def _content_field(
     return FieldChange("content", _describe(old, old_sha, old_size), new_desc)
 
 
-def _diff(old: bytes, new: bytes, path: str) -> str:
-    """A unified diff for text, capped at DIFF_OUTPUT_LIMIT; a digest line for binary."""
+def _diff(old: bytes, new: bytes, path: str, new_text: str | None = None) -> str:
+    """A unified diff for text, capped at DIFF_OUTPUT_LIMIT; a digest line for binary.
+
+    ``new_text``: ``new`` already decoded (the caller found it text).
+    """
     if len(old) > DIFF_INPUT_LIMIT or len(new) > DIFF_INPUT_LIMIT:
         return (
             f"content differs (old sha256 {hashlib.sha256(old).hexdigest()}, new sha256 "
             f"{hashlib.sha256(new).hexdigest()}); too large for a line diff\n"
         )
-    if not (_is_text(old) and _is_text(new)):
+    if not (_is_text(old) and (new_text is not None or _is_text(new))):
         return (
             f"binary content differs (old sha256 {hashlib.sha256(old).hexdigest()}, "
             f"new sha256 {hashlib.sha256(new).hexdigest()})\n"
         )
-    lines = difflib.unified_diff(
-        _lines(old.decode("utf-8")),
-        _lines(new.decode("utf-8")),
-        fromfile=f"{path} (current)",
-        tofile=f"{path} (declared)",
-    )
-    out: list[str] = []
+    lines: Iterable[str]
+    if old:
+        lines = difflib.unified_diff(
+            _lines(old.decode("utf-8")),
+            _lines(new.decode("utf-8")),
+            fromfile=f"{path} (current)",
+            tofile=f"{path} (declared)",
+        )
+    else:
+        lines = _all_added(_lines(new.decode("utf-8") if new_text is None else new_text), path)
+    # Only a file's last line can lack its newline: marked as diff(1) does.
+    out = [line if line.endswith("\n") else line + NO_EOL for line in lines]
+    text = "".join(out)
+    if len(text) * 4 <= DIFF_OUTPUT_LIMIT or len(text.encode("utf-8")) <= DIFF_OUTPUT_LIMIT:
+        return text
+    kept: list[str] = []
     size = 0
-    for line in lines:
-        if not line.endswith("\n"):
-            line += NO_EOL  # same marker as diff(1)
+    for line in out:
         size += len(line.encode("utf-8"))
         if size > DIFF_OUTPUT_LIMIT:
-            out.append(TRUNCATED)
+            kept.append(TRUNCATED)
             break
-        out.append(line)
-    return "".join(out)
+        kept.append(line)
+    return "".join(kept)
+
+
+def _all_added(new: list[str], path: str) -> list[str]:
+    """What ``difflib.unified_diff([], new, ...)`` yields, without its matcher: a create's
+    diff (every line added) is most of a first apply's planning otherwise."""
+    if not new:
+        return []
+    added = "+1" if len(new) == 1 else f"+1,{len(new)}"
+    head = [f"--- {path} (current)\n", f"+++ {path} (declared)\n", f"@@ -0,0 {added} @@\n"]
+    return head + ["+" + line for line in new]
 
 
 def _lines(text: str) -> list[str]:

@@ -26,7 +26,9 @@ class FileTarget:
     of each declared Symlink to its declared target: only those symlinks may be
     followed on the way to a managed path, and only while the path is still declared.
     ``dir_fds`` caches the directory descriptors opened for reading in this pass (see
-    :mod:`setpoint.providers.files.walk`).
+    :mod:`setpoint.providers.files.walk`), ``absent_dirs`` the directories such a read
+    found missing (a first apply's look-ahead reads every file of a directory not made
+    yet); any walk that may create empties it.
     """
 
     root: Path
@@ -35,6 +37,7 @@ class FileTarget:
     touched_dirs: set[str] = field(default_factory=set)
     links: dict[str, str] = field(default_factory=dict)
     dir_fds: dict[str, int] = field(default_factory=dict, repr=False)
+    absent_dirs: set[str] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self.root = Path(os.path.realpath(self.root))
@@ -55,6 +58,7 @@ class FileTarget:
 
     def close_dirs(self) -> None:
         """Close the cached directory descriptors (they pin directories and mounts)."""
+        self.absent_dirs.clear()
         fds = self.dir_fds
         while fds:
             os.close(fds.popitem()[1])

@@ -20,7 +20,9 @@ refers to the directory that was walked, never to where the symlink points.
 
 Reads (the hot drift check) reuse the descriptors of the pass, cached in
 ``FileTarget.dir_fds`` by declared directory path and closed at the start and end of each
-pass (``FileTarget.forget_parents``, ``FileTarget.fsync_touched``); every write walks afresh.
+pass (``FileTarget.forget_parents``, ``FileTarget.fsync_touched``), and remember which
+parents they found missing (``FileTarget.absent_dirs``) until a walk that may create
+(every write) starts; every write walks afresh.
 Only one pass runs on a target at a time (the agent runs passes on one thread).
 """
 
@@ -121,6 +123,8 @@ def open_dir(target: FileTarget, dirpath: str, path: str, *, create: bool = Fals
     undeclared symlink on the way and ``ProviderError`` for a file where a directory must
     be made; ``OSError`` for the rest (the caller names the operation).
     """
+    if create:
+        target.absent_dirs.clear()  # what this walk (or the write after it) makes
     root_fd = os.open(target.root, DIR_FLAGS)
     if dirpath == "/":
         return root_fd
@@ -168,8 +172,11 @@ def cached_parent(target: FileTarget, path: str) -> int | None:
     fds = target.dir_fds
     fd = fds.get(parent)
     if fd is None:
+        if parent in target.absent_dirs:
+            return None
         fd = open_dir(target, parent, path)
         if fd is None:
+            target.absent_dirs.add(parent)
             return None
         if len(fds) >= CACHE_SIZE:
             os.close(fds.pop(next(iter(fds))))  # oldest first: passes go directory by directory
