@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -78,7 +77,7 @@ def fast(argv: list[str]) -> int | None:
     """Exit status of a command served here, or None for typer to run it."""
     if argv == ["--help"]:
         # Click wraps help text at min(terminal width, 80) - 2: identical from 80 columns.
-        if shutil.get_terminal_size().columns < 80:
+        if _columns() < 80:
             return None
         sys.stdout.write(HELP.replace("{prog}", program_name()))
         return 0
@@ -93,6 +92,21 @@ def fast(argv: list[str]) -> int | None:
             return None
         return one_shot(dry_run=argv[0] == "plan", **opts)
     return None
+
+
+def _columns() -> int:
+    """shutil.get_terminal_size().columns without importing shutil (and its compressors)."""
+    try:
+        env = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        env = 0
+    if env > 0:
+        return env
+    out = sys.__stdout__
+    try:
+        return (os.get_terminal_size(out.fileno()).columns or 80) if out is not None else 80
+    except (ValueError, OSError):
+        return 80
 
 
 def program_name() -> str:
