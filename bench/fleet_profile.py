@@ -99,8 +99,11 @@ def main() -> None:
     ap.add_argument("--agents", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--strace-one", action="store_true")
+    ap.add_argument("--keep", type=Path, help="run in this directory and keep it (logs)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="setpoint-prof-") as tmp, \
+    if args.keep:
+        args.keep.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="setpoint-prof-", dir=args.keep) as tmp, \
             FleetHarness(Path(tmp), args.agents, api=False) as h:
         h.start()
         h.wait_converged("v1\n", timeout=600)
@@ -124,8 +127,15 @@ def main() -> None:
             time.sleep(2.0)
             b1, m1, th1 = snapshot(h)
             wall2 = time.monotonic() - w0
-            print(f"round {r + 1}: max {max(lat.values()):.2f} s; sampled {wall2:.2f} s "
-                  f"(converged after {wall:.2f} s); load {os.getloadavg()[0]:.1f}")
+            slow = [(i, round(t, 2)) for i, t in sorted(lat.items(), key=lambda kv: -kv[1])[:3]]
+            for i, t in slow:
+                if t > 8:
+                    log_text = h.agents[i].log.read_text()
+                    print(f"--- agent {i} converged after {t:.1f} s; its log's tail:")
+                    print(log_text[-3000:])
+            print(f"round {r + 1}: slowest (agent, s) {slow}; max {max(lat.values()):.2f} s; "
+                  f"sampled {wall2:.2f} s (converged after {wall:.2f} s); "
+                  f"load {os.getloadavg()[0]:.1f}")
             keys = sorted(set(b0) | set(b1), key=lambda k: -(b1.get(k, 0) - b0.get(k, 0)))
             total = 0.0
             for k in keys:
