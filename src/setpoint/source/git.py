@@ -189,7 +189,8 @@ class GitSource:
             name = self._fetch_named(self._ref_name)
             local = _local_ref(name)
             self.local_ref = local
-            commit = self._read_commit(f"{local}^{{commit}}")
+            read = self._read_commit(f"{local}^{{commit}}")
+            commit = read[0] if read is not None else None
             if commit is None:
                 raise SourceError(
                     f"source {self.name}: {self.ref!r} in {self._url} does not point to a commit"
@@ -299,11 +300,14 @@ class GitSource:
     def commit_info(self, sha: str) -> dict[str, str]:
         """``sha``, ``author`` ("Name <email>"), ``date`` (ISO 8601) and ``subject`` of a commit."""
         self._check_sha(sha)
-        if sha not in self._commits:
+        fields = self._commits.get(sha)
+        if fields is None:
             self._ready()
-            if self._read_commit(sha, missing_ok=False) != sha:
+            read = self._read_commit(sha, missing_ok=False)
+            if read is None or read[0] != sha:
                 raise SourceError(f"source {self.name}: git show gave no commit {sha}")
-        _tree, _parents, author, date, subject = self._commits[sha]
+            fields = read[1]
+        _tree, _parents, author, date, subject = fields
         info = {"sha": sha, "author": author, "date": date, "subject": subject}
         tag = self.tag_of(sha)
         if tag:
@@ -315,8 +319,10 @@ class GitSource:
         known = self._commits.get(sha)
         return known[1].split() if known is not None else None
 
-    def _read_commit(self, spec: str, missing_ok: bool = True) -> str | None:
-        """The commit ``spec`` names, its fields kept for :meth:`commit_info` (one git).
+    def _read_commit(
+        self, spec: str, missing_ok: bool = True
+    ) -> tuple[str, tuple[str, ...]] | None:
+        """The commit ``spec`` names and its fields, kept for :meth:`commit_info` (one git).
 
         None when there is no such commit (``missing_ok``; else SourceError).
         """
@@ -332,10 +338,10 @@ class GitSource:
             return None
         if len(self._commits) > 64:
             self._commits.clear()  # a pass asks of a handful: a long-lived agent stays small
-        self._commits[sha] = tuple(fields)
+        self._commits[sha] = kept = tuple(fields)
         self._known[f"{sha}^{{commit}}"] = sha
         self._known[f"{sha}^{{tree}}"] = fields[0]
-        return sha
+        return sha, kept
 
     def _forget_known(self) -> None:
         self._known.clear()
@@ -457,9 +463,9 @@ class GitSource:
         # mirror needs a gc (one more process) runs at the first fetch of this process and
         # every 16th after: a fetch adds a few objects, gc --auto waits for thousands.
         self._fetches += 1
-        auto = "--auto-maintenance" if self._fetches % 16 == 1 else "--no-auto-maintenance"
-        args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules",
-                auto]
+        gc = "--auto-maintenance" if self._fetches % 16 == 1 else "--no-auto-maintenance"
+        args = ["fetch", "--quiet", "--no-tags", "--no-write-fetch-head", "--no-recurse-submodules"]
+        args.append(gc)
         self._git(
             [*args, self._git_url, *refspecs],
             what=f"cannot fetch {self.ref!r} from {self._url}",
