@@ -4,12 +4,15 @@ Used by ``bench/fleet.py`` (fan-out, idle cost, memory) and meant to be reused b
 fleet benchmarks (rollouts in waves): everything is a method of :class:`FleetHarness`.
 
 - NATS: Debian's ``nats-server`` on 127.0.0.1, JetStream in a temporary directory.
-- Git: one bare repository served over smart HTTP on 127.0.0.1 by ``git http-backend``
-  behind a small threaded Python server (:class:`GitServer`), which counts what it
-  serves: GETs of ``info/refs`` (one per ls-remote, and one at the start of every
-  fetch), ``ls-refs`` POSTs (protocol v2's second half of an ls-remote) and ``fetch``
-  POSTs (an actual download). Commits are pushed straight into the bare repository
-  (not over HTTP), so they never show in the counts.
+- Git: one bare repository served over smart HTTP on 127.0.0.1 by a small threaded
+  Python server (:class:`GitServer`) running ``git upload-pack --stateless-rpc`` for each
+  POST, as a forge does (protocol v2's ``info/refs`` advertisement, the same bytes every
+  time, is kept from ``git http-backend``'s first answer; anything else goes through
+  http-backend as a CGI). Its CPU (git processes and handler threads) is reported beside
+  the agents'. It counts what it serves: GETs of ``info/refs`` (one per ls-remote, and
+  one at the start of every fetch), ``ls-refs`` POSTs (protocol v2's second half of an
+  ls-remote) and ``fetch`` POSTs (an actual download). Commits are pushed straight into
+  the bare repository (not over HTTP), so they never show in the counts.
 - Agents: separate ``setpoint agent`` processes, each with its own root, state dir, host
   name (``agent-000`` ...), labels ``{role: web, wave: "1".."3"}`` (waves spread evenly
   by default; ``wave_of`` changes that) and API on a free loopback port, or
