@@ -52,7 +52,7 @@ def fan_out_round(h: FleetHarness, version: int, agents: list[Any]) -> dict[str,
     req0, kv0 = h.git.counts(), h.kv_writes()  # before cpu0: not the agents' CPU
     cpu0, m0 = h.cpu_seconds(agents), machine_cpu()
     t0, sha = h.commit_motd(text)
-    g0 = _children_cpu()  # the Git server's http-backend processes (after the push)
+    g0 = git_server_cpu(h)  # its git processes (after the push) and its handlers' Python
     h.webhook(sha)
     lat = list(h.wait_converged(text, timeout=120, since=t0, agents=agents).values())
     cpu, m1 = h.cpu_seconds(agents) - cpu0, machine_cpu()
@@ -63,10 +63,10 @@ def fan_out_round(h: FleetHarness, version: int, agents: list[Any]) -> dict[str,
     reqs = sum(req1.values()) - sum(req0.values())
     return {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "max": max(lat),
             "cpu": cpu, "floor": floor, "ratio": max(lat) / floor if floor else 0.0,
-            "git_cpu": _children_cpu() - g0, "requests": reqs / len(agents),
+            "git_cpu": git_server_cpu(h) - g0, "requests": reqs / len(agents),
             "fetches": (req1["fetch"] - req0["fetch"]) / len(agents),
             "kv": (kv1 - kv0) / len(agents), "busy": busy,
-            "ours": (cpu + _children_cpu() - g0) / max((m1[0] - m0[0]) / TICK, 1e-9)}
+            "ours": (cpu + git_server_cpu(h) - g0) / max((m1[0] - m0[0]) / TICK, 1e-9)}
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -76,9 +76,11 @@ def machine_cpu() -> tuple[float, float]:
     return float(sum(f) - idle), float(sum(f))
 
 
-def _children_cpu() -> float:
+def git_server_cpu(h: FleetHarness) -> float:
+    """The Git server's CPU so far: its git processes (this process's waited-for
+    children: nothing else runs here during a round) and its request handlers' Python."""
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
+    return r.ru_utime + r.ru_stime + h.git.cpu_seconds()
 
 
 def settle(h: FleetHarness, seconds: float = 3.0) -> None:

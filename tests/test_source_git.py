@@ -497,3 +497,62 @@ def test_a_slow_fetch_does_not_hold_up_reading_the_fetched_tree(
     finally:
         release.set()
         fetcher.join(30)
+
+
+def test_a_fetched_commit_costs_git_once_per_question(
+    tmp_path: Path, git_repo: GitRepo, bare: Path
+) -> None:
+    """What git said of a full sha is kept (objects never change) until the next fetch."""
+    first = git_repo.git("rev-parse", "HEAD")
+    src = source(tmp_path, bare)
+    assert src.fetch() == first
+    second = git_repo.commit({"hosts/web/motd.yaml": "kind: File\n# v2\n"}, message="second")
+    push(git_repo, bare)
+    ran: list[str] = []
+    real = src._run
+
+    def counted(args: list[str], **kw: object) -> tuple[int, bytes, bytes]:
+        ran.append(args[0])
+        return real(args, **kw)  # type: ignore[arg-type]
+
+    src._run = counted  # type: ignore[method-assign,assignment]
+    assert src.fetch() == second
+    assert ran == ["fetch", "show"]
+    tree_id = git_repo.git("rev-parse", f"{second}:hosts")
+    for _ in range(2):  # the questions a pass asks, twice: git answers each once
+        info = src.commit_info(second)
+        assert info["subject"] == "second" and info["sha"] == second
+        assert src.parents(second) == [first]
+        assert src.tree_id(second, "hosts") == tree_id
+        assert src.object_ids(second, ["hosts"]) == {"hosts": tree_id}
+        assert (src.tree(second) / "hosts/web/motd.yaml").read_text() == "kind: File\n# v2\n"
+    assert ran.count("show") == 1 and ran.count("rev-parse") == 1
+    assert ran.count("ls-tree") == 1 and ran.count("archive") == 1
+    # Never read in this process: asked of git, and an absent path is never kept.
+    assert src.parents(first) is None and src.commit_info(first)["subject"] == "first"
+    assert src.tree_id(second, "nope") is None and src.tree_id(second, "nope") is None
+    assert ran.count("rev-parse") == 3
+    # A fetch forgets what it knew (gc may have dropped objects meanwhile).
+    src.fetch()
+    src.commit_info(second)
+    assert ran.count("show") == 3
+
+
+def test_fetch_checks_for_gc_on_its_first_fetch_and_every_16th(
+    tmp_path: Path, git_repo: GitRepo, bare: Path
+) -> None:
+    src = source(tmp_path, bare)
+    fetches: list[list[str]] = []
+    real = src._run
+
+    def counted(args: list[str], **kw: object) -> tuple[int, bytes, bytes]:
+        if args[0] == "fetch":
+            fetches.append(list(args))
+        return real(args, **kw)  # type: ignore[arg-type]
+
+    src._run = counted  # type: ignore[method-assign,assignment]
+    for _ in range(17):
+        src.fetch()
+    auto = [i for i, a in enumerate(fetches) if "--auto-maintenance" in a]
+    assert auto == [0, 16]
+    assert all("--no-auto-maintenance" in a for i, a in enumerate(fetches) if i not in auto)
