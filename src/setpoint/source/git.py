@@ -33,8 +33,6 @@ import fcntl
 import logging
 import os
 import re
-import signal
-import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator, Sequence
@@ -53,6 +51,7 @@ from setpoint.source.gitcmd import (
     git_env,
     normalize_url,
     redact_url,
+    run_git,
 )
 from setpoint.source.trees import TMP_PREFIX as _TMP_PREFIX
 from setpoint.source.trees import TreeStore
@@ -587,35 +586,8 @@ class GitSource:
             cmd.append(f"--git-dir={self.repo_dir}")
         cmd += args
         limit = self.timeout if timeout is None else timeout
-        try:
-            # Own session: on timeout we kill git's whole group (ssh, remote helpers).
-            proc = subprocess.Popen(
-                cmd,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=self._env,
-                cwd=self.cache_dir,
-                start_new_session=True,
-            )
-        except FileNotFoundError:
-            raise SourceError(
-                f"source {self.name}: git is not installed (no git on PATH)"
-            ) from None
-        try:
-            out, err = proc.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise SourceError(
-                f"source {self.name}: {what}: git {args[0]} timed out after {limit:g}s"
-            ) from None
-        if proc.returncode < 0:
-            raise SourceError(
-                f"source {self.name}: {what}: git {args[0]} was killed by signal "
-                f"{-proc.returncode}"
-            )
-        return proc.returncode, out, err
+        return run_git(cmd, args[0], env=self._env, cwd=self.cache_dir, timeout=limit,
+                       what=f"source {self.name}: {what}")  # fmt: skip
 
     def _stderr_tail(self, err: bytes, lines: int = 8, chars: int = 2000) -> str:
         # git never gets the credentials now; masked anyway, should a URL hold them.

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from setpoint.model.errors import SourceError
 from setpoint.model.redact import redact_url as redact
@@ -123,3 +127,39 @@ def check_ref(ref: str) -> None:
     )
     if bad:
         raise SourceError(f"{ref!r} is not a valid branch, tag or commit name")
+
+
+def run_git(
+    cmd: Sequence[str], sub: str, *, env: Mapping[str, str], cwd: Path, timeout: float, what: str
+) -> tuple[int, bytes, bytes]:
+    """Run ``cmd`` (git, its options, subcommand ``sub``...); (exit status, stdout, stderr).
+
+    For :meth:`setpoint.source.git.GitSource._run`. SourceError (prefixed ``what``) when
+    git is missing, timed out (its whole process group is killed) or died of a signal.
+    """
+    try:
+        # Own session: on timeout we kill git's whole group (ssh, remote helpers).
+        proc = subprocess.Popen(
+            list(cmd),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            cwd=cwd,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        source = what.split(":", 1)[0]
+        raise SourceError(f"{source}: git is not installed (no git on PATH)") from None
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise SourceError(f"{what}: git {sub} timed out after {timeout:g}s") from None
+    if proc.returncode < 0:
+        raise SourceError(
+            f"{what}: git {sub} was killed by signal {-proc.returncode}"
+        )
+    return proc.returncode, out, err
+
