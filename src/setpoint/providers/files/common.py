@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from setpoint.model.errors import ProviderError
 from setpoint.model.resource import Resource
+from setpoint.providers.files.quick import IdLookup
 from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 
 # What lstat found at a path.
@@ -111,7 +112,7 @@ def os_error(verb: str, path: str, err: OSError) -> ProviderError:
     )
 
 
-class IdCache:
+class IdCache(IdLookup):
     """Memoised user/group lookups (pwd/grp), forgotten every ``ttl`` seconds.
 
     Names resolve in the host's user database, also when the target root is not ``/``.
@@ -120,10 +121,9 @@ class IdCache:
     """
 
     def __init__(self, ttl: float = 60.0) -> None:
+        super().__init__()
         self._ttl = ttl
         self._born = time.monotonic()
-        self._uids: dict[str, int | None] = {}
-        self._gids: dict[str, int | None] = {}
         self._user_names: dict[int, str] = {}
         self._group_names: dict[int, str] = {}
 
@@ -131,33 +131,19 @@ class IdCache:
         now = time.monotonic()
         if now - self._born > self._ttl:
             self._born = now
-            self._uids.clear()
-            self._gids.clear()
+            self.users.clear()
+            self.groups.clear()
             self._user_names.clear()
             self._group_names.clear()
 
     def uid(self, owner: str | int) -> int | None:
         """The numeric id of a declared owner; ``None`` for an unknown name."""
-        if isinstance(owner, int):
-            return owner
         self._check_age()
-        if owner not in self._uids:
-            try:
-                self._uids[owner] = pwd.getpwnam(owner).pw_uid
-            except KeyError:
-                self._uids[owner] = None
-        return self._uids[owner]
+        return super().uid(owner)
 
     def gid(self, group: str | int) -> int | None:
-        if isinstance(group, int):
-            return group
         self._check_age()
-        if group not in self._gids:
-            try:
-                self._gids[group] = grp.getgrnam(group).gr_gid
-            except KeyError:
-                self._gids[group] = None
-        return self._gids[group]
+        return super().gid(group)
 
     def user_name(self, uid: int) -> str:
         """A uid as a name when the host knows one, else as the number."""

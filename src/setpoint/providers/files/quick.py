@@ -36,8 +36,25 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 
 
-class _Ids:
-    """Owner and group names resolved once per run (None: the host has no such name)."""
+def user_id(name: str) -> int | None:
+    """The uid of user ``name`` in the host's user database; None if there is none."""
+    try:
+        return pwd.getpwnam(name).pw_uid
+    except KeyError:
+        return None
+
+
+def group_id(name: str) -> int | None:
+    """The gid of group ``name`` in the host's group database; None if there is none."""
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+class IdLookup:
+    """Owner and group names resolved once (None: the host has no such name); the
+    provider's :class:`~setpoint.providers.files.common.IdCache` adds an expiry."""
 
     def __init__(self) -> None:
         self.users: dict[Any, int | None] = {}
@@ -47,20 +64,14 @@ class _Ids:
         if isinstance(owner, int):
             return owner
         if owner not in self.users:
-            try:
-                self.users[owner] = pwd.getpwnam(owner).pw_uid
-            except KeyError:
-                self.users[owner] = None
+            self.users[owner] = user_id(owner)
         return self.users[owner]
 
     def gid(self, group: str | int) -> int | None:
         if isinstance(group, int):
             return group
         if group not in self.groups:
-            try:
-                self.groups[group] = grp.getgrnam(group).gr_gid
-            except KeyError:
-                self.groups[group] = None
+            self.groups[group] = group_id(group)
         return self.groups[group]
 
     def owned(self, st: os.stat_result, owner: Any, group: Any) -> bool:
@@ -76,7 +87,7 @@ def confirm(root: str, entries: list[Any]) -> bool:
     except OSError:
         return False
     dirs: dict[str, int] = {"": root_fd}
-    ids = _Ids()
+    ids = IdLookup()
     try:
         for entry in entries:
             parent, _, name = entry[1].rpartition("/")
@@ -120,7 +131,7 @@ def _open_dir(dirs: dict[str, int], path: str) -> int | None:
     return fd
 
 
-def _file(dir_fd: int, name: str, entry: list[Any], ids: _Ids) -> bool:
+def _file(dir_fd: int, name: str, entry: list[Any], ids: IdLookup) -> bool:
     _kind, _path, mode, owner, group, size, digest = entry
     try:
         fd = os.open(name, _READ, dir_fd=dir_fd)
@@ -148,7 +159,7 @@ def _file(dir_fd: int, name: str, entry: list[Any], ids: _Ids) -> bool:
         os.close(fd)
 
 
-def _directory(dir_fd: int, name: str, entry: list[Any], ids: _Ids) -> bool:
+def _directory(dir_fd: int, name: str, entry: list[Any], ids: IdLookup) -> bool:
     _kind, _path, mode, owner, group, allowed = entry
     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     if not stat.S_ISDIR(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
