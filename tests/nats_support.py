@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import stop_process
+
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
 
 
@@ -83,14 +85,8 @@ class NatsServer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop_process(proc, timeout=10)
 
     def restart(self) -> None:
         """Stop, then start on the same port and store (JetStream data survive)."""

@@ -9,7 +9,6 @@ test asserts about order and parallelism is what the agents themselves recorded.
 from __future__ import annotations
 
 import json
-import signal
 import sqlite3
 import subprocess
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from helpers import manifest, start_agent
+from helpers import manifest, start_agent, stop_process
 from setpoint.state.db import DB_NAME
 
 STACK = "app"
@@ -141,13 +140,8 @@ def start(h: Host) -> None:
 
 
 def stop(h: Host) -> None:
-    if h.proc is not None and h.proc.poll() is None:
-        h.proc.send_signal(signal.SIGTERM)
-        try:
-            h.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            h.proc.kill()
-            h.proc.wait()
+    if h.proc is not None:
+        stop_process(h.proc)
     h.proc = None
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import wait_for
+from helpers import stop_process, wait_for
 
 SSHD = "/usr/sbin/sshd"
 GIT_USER = "setpoint-git"
@@ -149,12 +149,7 @@ def start_sshd(tmp_path: Path) -> Iterator[Sshd]:
         wait_for(ready, timeout=20, interval=0.05, what="sshd to listen")
         yield Sshd(port, user, top, host_pub, deploy, known, log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=10)
         shutil.rmtree(top, ignore_errors=True)
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import GitRepo
-from helpers import TMP_RE, manifest, one_pass, one_stack, start_agent, wait_for
+from helpers import TMP_RE, manifest, one_pass, one_stack, start_agent, stop_process, wait_for
 from setpoint.config import AgentConfig
 from setpoint.state import StateDB
 
@@ -138,12 +137,7 @@ def test_agent_retries_an_unreachable_remote_and_recovers_by_itself(
         # Repeated identical failures are journaled once, not on every retry.
         assert events.count("source.failed") == 1, events
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, timeout=20)
 
 
 # -- wrong credentials (a real smart-HTTP server with basic auth) ------------------------

@@ -6,8 +6,6 @@ Real Git repositories, the real `setpoint` command in child processes and a real
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ import pytest
 import yaml
 
 from conftest import GitRepo
-from helpers import cli, docs, manifest, start_agent, wait_for
+from helpers import cli, docs, manifest, start_agent, stop_process, wait_for
 from setpoint.config import load_config
 from setpoint.engine.controller import Controller
 from setpoint.model.errors import SetpointError
@@ -77,16 +75,6 @@ def _ready(state: Path, stack: str) -> bool:
     return bool(ready and ready.status)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def test_renamed_stack_is_reported_then_handed_over_without_recreating(
     git_repo: GitRepo, root: Path, state_dir: Path, tmp_path: Path
 ) -> None:
@@ -128,7 +116,7 @@ def test_renamed_stack_is_reported_then_handed_over_without_recreating(
         )
         assert len(_read(state_dir, lambda db: db.inventory("old"))) == 3
     finally:
-        _stop(agent)
+        stop_process(agent)
 
     out = cli("forget", "old", "--to", "new", "--config", cfg, check=0)
     assert "stack old: 3 resource(s) handed to stack new" in out.stdout
@@ -150,7 +138,7 @@ def test_renamed_stack_is_reported_then_handed_over_without_recreating(
     try:
         wait_for(lambda: _ready(state_dir, "new"), what="the renamed stack to be Ready")
     finally:
-        _stop(agent)
+        stop_process(agent)
     since = _read(state_dir, lambda db: db.history(after_id=last_id, limit=1000))
     # Taken over as they are: nothing applied, deleted or re-created; no orphan left.
     assert not [e for e in since if e.event in ("apply", "prune", "revert", "orphaned")], since

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 import signal
 import stat
-import subprocess
 from pathlib import Path
 
-from helpers import cli, manifest, start_agent, wait_for
+from helpers import cli, manifest, start_agent, stop_process, wait_for
 from setpoint.state import StateDB
 
 
@@ -26,16 +25,6 @@ def _ready(state: Path) -> bool:
         return bool(ready and ready.status)
     finally:
         db.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_second_agent_refuses_and_a_stale_lock_does_not_block(git_repo, root, state_dir, tmp_path):
@@ -67,9 +56,9 @@ def test_second_agent_refuses_and_a_stale_lock_does_not_block(git_repo, root, st
             )
             assert f"pid {third.pid}" in (state_dir / "agent.lock").read_text()
         finally:
-            _stop(third)
+            stop_process(third)
     finally:
-        _stop(first)
+        stop_process(first)
 
 
 def test_the_agents_own_files_are_not_readable_by_others(git_repo, root, state_dir, tmp_path):

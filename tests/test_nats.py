@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import GitRepo
-from helpers import cli, manifest, wait_for
+from helpers import cli, manifest, stop_process, wait_for
 from nats_support import NatsServer, free_port, nats_server  # noqa: F401 (the fixture)
 from test_watch import FAST, RunningAgent, read
 from test_webhook import SECRET, post, sign
@@ -128,7 +128,7 @@ def test_a_notice_for_another_branch_or_a_commit_already_fetched_costs_nothing(f
         assert bus(a)["acted"] == 0
         assert a.status()["agent"]["sources"]["infra"]["checks"] == checks
     finally:
-        stop(relay)
+        stop_process(relay, timeout=10)
 
 
 def start_relay(tmp: Path, server: NatsServer) -> tuple[int, subprocess.Popen[bytes]]:
@@ -157,16 +157,6 @@ def start_relay(tmp: Path, server: NatsServer) -> tuple[int, subprocess.Popen[by
     return port, proc
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def test_the_relay_turns_a_forge_webhook_into_fan_out(fleet, tmp_path):
     port, relay = start_relay(tmp_path, fleet.server)
     try:
@@ -187,7 +177,7 @@ def test_the_relay_turns_a_forge_webhook_into_fan_out(fleet, tmp_path):
         for a in agents:
             wait_for(lambda a=a: applied(a, "v2\n"), timeout=FAST, what="commit fanned out")
     finally:
-        stop(relay)
+        stop_process(relay, timeout=10)
 
 
 def test_status_entries_appear_and_fleet_status_lists_them(fleet, tmp_path):
@@ -306,7 +296,7 @@ def test_agents_reconnect_after_nats_restarts_and_fan_out_resumes(fleet, tmp_pat
                         timeout=FAST, what="status written after the restart")
         assert rows[0]["host"] == "h1"
     finally:
-        stop(relay)
+        stop_process(relay, timeout=10)
 
 
 def test_fleet_watch_follows_changes_live(fleet, tmp_path):
@@ -348,16 +338,7 @@ def test_fleet_watch_follows_changes_live(fleet, tmp_path):
         wait_for(seen(lambda r: r["host"] == "h2" and r["revision"] == new and r["ready"]),
                  timeout=FAST, what="a new host's row")
     finally:
-        stop_popen(proc)
-
-
-def stop_popen(proc: subprocess.Popen[str]) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        stop_process(proc, signal.SIGINT, timeout=10)
 
 
 def test_the_relay_answers_503_while_nats_is_down_so_the_forge_retries(tmp_path, git_repo):
@@ -386,7 +367,7 @@ def test_the_relay_answers_503_while_nats_is_down_so_the_forge_retries(tmp_path,
         wait_for(lambda: "cannot connect" in log.read_text(), what="the relay says why")
         assert SECRET.decode() not in log.read_text()
     finally:
-        stop(proc)
+        stop_process(proc, timeout=10)
 
 
 def test_reading_the_status_bucket_sees_every_entry_while_hosts_keep_writing(nats_server):  # noqa: F811

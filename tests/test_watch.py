@@ -10,9 +10,7 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import stat
-import subprocess
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import pytest
 
 from conftest import GitRepo
-from helpers import docs, manifest, start_agent, wait_for
+from helpers import docs, manifest, start_agent, stop_process, wait_for
 from setpoint.state import StateDB
 
 FAST = 10.0  # seconds: far below the 300 s resync, far above a watch-driven restore
@@ -89,13 +87,7 @@ class RunningAgent:
         return [dataclasses.asdict(e) for e in entries]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=20)
 
 
 @pytest.fixture

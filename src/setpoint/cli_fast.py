@@ -240,8 +240,9 @@ def one_shot(
     from setpoint.engine import settled
     from setpoint.model.errors import SetpointError
 
-    opts = {"config": config, "repo": repo, "ref": ref, "path": path, "stack": stack,
-            "root": root, "state": state, "drift": drift, "prune": prune}  # fmt: skip
+    opts: dict[str, Any] = {"config": config, "repo": repo, "ref": ref, "path": path,
+                            "stack": stack, "root": root, "state": state, "drift": drift,
+                            "prune": prune}  # fmt: skip
     results, inv = None, None
     if config is None or repo is None:
         try:  # nothing to do, as a full pass would find (engine/settled.py)? Else run one.
@@ -253,8 +254,7 @@ def one_shot(
         from setpoint.engine.controller import Controller
 
         try:
-            cfg = build_config(config, repo, ref, path, stack, root, state, drift=drift,
-                               prune=prune)  # fmt: skip
+            cfg = build_config(**opts)
             ctl = Controller(cfg)
         except SetpointError as exc:
             print(f"error: {exc}", file=sys.stderr)

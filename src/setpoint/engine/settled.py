@@ -39,8 +39,10 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
 import socket
+import sqlite3
 import time
 from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
@@ -61,6 +63,7 @@ NAME = "settled"
 MAGIC = b"setpoint-settled"
 DEFAULT_STATE = "/var/lib/setpoint"  # config.DEFAULT_STATE (config imports pydantic)
 _FETCHED = "revision.fetched"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -291,22 +294,31 @@ def save(inv: Invocation, ctl: Controller, results: list[PassResult], since: int
     """Write the record after an apply, if every stack converged and may use it; whether it did.
 
     ``since`` is :func:`journal_mark` before the run. The caller holds the state dir.
+    Never raises for a record it cannot write: the apply it follows has succeeded.
     """
-    forget_settled(inv.state)
-    body = _body(inv, ctl, results, since)
-    if body is None:
-        return False
+    try:
+        forget_settled(inv.state)
+        body = _body(inv, ctl, results, since)
+        if body is not None:
+            _write(inv.state, body)
+            return True
+    except (OSError, ValueError, SetpointError, sqlite3.Error) as exc:
+        log.warning("the settled record was not written (the next run takes the full path): %s",
+                    exc)  # fmt: skip
+    return False
+
+
+def _write(state: Path, body: dict[str, Any]) -> None:
     rest = json.dumps(body, separators=(",", ":")).encode()
     data = MAGIC + b" " + hashlib.sha256(rest).hexdigest().encode() + b"\n" + rest
-    tmp = inv.state / f".{NAME}.{os.getpid()}.tmp"
+    tmp = state / f".{NAME}.{os.getpid()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     try:
         os.write(fd, data)
     finally:
         os.close(fd)
     # No fsync: a torn file fails its checksum; a lost one costs one full run.
-    os.replace(tmp, inv.state / NAME)
-    return True
+    os.replace(tmp, state / NAME)
 
 
 def _body(
