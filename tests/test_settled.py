@@ -312,3 +312,15 @@ def test_no_record_for_a_stack_rendered_from_secrets(git_repo: GitRepo, tmp_path
     assert second.engine and second.code == 0
     assert SECRET in (root / "etc/app/db.conf").read_text()
     assert not (state / "settled").exists()
+
+
+def test_a_record_that_cannot_be_written_does_not_fail_the_apply(
+    git_repo: GitRepo, root: Path, state_dir: Path
+) -> None:
+    git_repo.commit({"m/a.yaml": stack_docs()})
+    args = flags(git_repo, root, state_dir)
+    (state_dir / "settled").mkdir(parents=True)  # in the way of the record's file
+    run = sp("apply", *args)
+    assert run.engine and run.code == 0, run.err
+    assert (root / "srv/d/f1").read_text() == "one\n"
+    assert sp("apply", *args).engine  # no record: the full path again

@@ -44,7 +44,6 @@ import os
 import socket
 import sqlite3
 import time
-from contextlib import suppress
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -132,9 +131,17 @@ def _state_of(data: bytes, config: Path) -> Path | None:
 
 
 def forget_settled(state: Path) -> None:
-    """Drop the record: whatever comes next may change what it vouches for."""
-    with suppress(FileNotFoundError):
+    """Drop the record: whatever comes next may change what it vouches for.
+
+    Never raises: a record that stays (something else in its place, no permission) is
+    still checked in full before any use, so it can cost time, never a wrong answer.
+    """
+    try:
         os.unlink(state / NAME)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("cannot remove %s: %s", state / NAME, exc)
 
 
 # -- the fast side ------------------------------------------------------------------
