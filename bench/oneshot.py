@@ -24,6 +24,9 @@ Children run with compiled bytecode, as an installed package does (this script d
 PYTHONDONTWRITEBYTECODE for them; the warm-up runs write it).
 
 Floor and setpoint runs alternate, so the shared machine's noise hits both alike.
+Each first apply (floor or setpoint) starts on a settled disk: the previous run's
+tree is deleted, then ``sync`` waits for that deletion's writeback and discards, which
+the next run would otherwise pay for (whichever of the two it is).
 
 Usage: .venv/bin/python bench/oneshot.py [--n 5000,50000] [--repeat 7] [--quick]
 """
@@ -183,6 +186,7 @@ def bench_n(n: int, repeat: int, repeat_apply: int, first: bool) -> list[tuple[s
             def floor_apply(k: int) -> float:
                 root = work / f"floor{k}"
                 root.mkdir()
+                os.sync()  # settled: the last run's deletion is not this one's cost
                 t = run([PY, "-c", FLOOR_APPLY, str(root), str(contents)])
                 shutil.rmtree(root)
                 return t
@@ -190,6 +194,7 @@ def bench_n(n: int, repeat: int, repeat_apply: int, first: bool) -> list[tuple[s
             def first_apply(k: int) -> float:
                 root, state = work / f"root{k}", work / f"state{k}"
                 root.mkdir()
+                os.sync()
                 t = run(setpoint("apply", *stack_args(repo, root, state)))
                 shutil.rmtree(root)
                 shutil.rmtree(state)

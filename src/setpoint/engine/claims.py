@@ -22,16 +22,24 @@ end of the pass, or :meth:`PassClaims.flush`, which the step calls before any ot
 write) and go in its transaction. A crash loses at most those records, never a claim: every created
 file is still owned (digest ""), and the next pass finds it as declared, records it
 and journals its create then (:mod:`.step`, "recovered").
+
+A create whose provider pipelines it (:class:`~setpoint.providers.base.Pipelining`:
+the file provider's writer thread fsyncs while the pass goes on) is *in flight*
+until landed (:meth:`PassClaims.land`): its record waits like any batched create's,
+and every write of this class lands first, so no record is written for a create
+that has not happened. One that failed is withdrawn in that same transaction and
+left in :attr:`PassClaims.failed` for the reconciler to report. The reconciler
+lands before any step a write in flight could affect (:meth:`PassClaims.must_land`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from dataclasses import replace
 
 from setpoint.engine.inventory import InventoryView
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Provider
+from setpoint.providers.base import Landed, Provider
 from setpoint.state import InventoryRecord, JournalEntry
 
 BATCH = 1024  # claims per transaction at most (the resource that needs one, and what follows)
@@ -62,6 +70,12 @@ class PassClaims:
         self.pending: list[InventoryRecord] = []
         self.pending_entries: list[JournalEntry] = []
         self.transactions = 0  # for tests and benchmarks
+        # Creates in flight (Pipelining): their ids, and the land of their provider.
+        self.flying: set[str] = set()
+        self._lander: tuple[Provider, Callable[[], Landed]] | None = None
+        # Landed creates that failed, for the reconciler to report (then it clears it).
+        self.failed: dict[str, Exception] = {}
+        self._withdrawn: list[tuple[str, str]] = []  # their claims, for the next write
 
     def claim(self, pos: int, r: Resource) -> None:
         """Claim ``r`` (at ``pos`` in the order), with the creates that follow it."""
@@ -94,6 +108,53 @@ class PassClaims:
         """``rid``'s create is recorded: its claim is no longer this pass's to withdraw."""
         self.fresh.discard(rid)
 
+    def fly(self, rid: str, provider: Provider, land: Callable[[], Landed]) -> None:
+        """``rid``'s create was queued by ``provider`` (``apply_later``): in flight."""
+        if self._lander is not None and self._lander[0] is not provider:
+            self.land()  # one provider in flight at a time (must_land keeps it so)
+        self._lander = (provider, land)
+        self.flying.add(rid)
+
+    def must_land(self, r: Resource, deps: Set[str]) -> bool:
+        """Whether the creates in flight must land before the step of ``r``.
+
+        Only a create this pass claimed (its path absent, owned by none: nothing in
+        flight is there), of the same provider, and depending on none in flight may
+        overlap them; any other read or apply could meet a write half done.
+        """
+        if not self.flying:
+            return False
+        lander = self._lander
+        return (
+            r.id not in self.fresh
+            or lander is None
+            or self.provider_of(r) is not lander[0]
+            or not self.flying.isdisjoint(deps)
+        )
+
+    def land(self) -> None:
+        """Wait for the creates in flight: time their entries, set the failed ones aside.
+
+        A failed create's record and entries are dropped and its claim is withdrawn
+        with the next write (its path was left as it was: nothing to own).
+        """
+        if self._lander is None:
+            return
+        landed = self._lander[1]()
+        self._lander = None
+        self.flying.clear()
+        seconds = landed.seconds
+        for e in self.pending_entries:
+            took = seconds.get(e.resource or "")
+            if took is not None and e.event == "apply":
+                e.detail["ms"] = round(took * 1000, 3)
+        failed = landed.failed
+        if failed:
+            self.pending = [rec for rec in self.pending if rec.resource not in failed]
+            self.pending_entries = [e for e in self.pending_entries if e.resource not in failed]
+            self._withdrawn.extend((self.stack, rid) for rid in sorted(failed))
+            self.failed.update(failed)
+
     def done(self, record: InventoryRecord, entries: Sequence[JournalEntry]) -> None:
         """The create of a resource this pass claimed is confirmed: record it with the next
         write (the next batch's claims, normally; never more than ``batch`` records wait)."""
@@ -105,7 +166,7 @@ class PassClaims:
 
     def flush(self) -> None:
         """Write the records that wait (before any other bookkeeping of the pass)."""
-        if self.pending:
+        if self.pending or self.flying or self._withdrawn:
             self._write()
 
     def withdraw(self, rid: str) -> None:
@@ -117,16 +178,25 @@ class PassClaims:
             self.flush()  # the failure the caller journals next comes after them
 
     def close(self) -> None:
-        """Write what waits and withdraw the claims no create used, in one transaction."""
+        """Land, write what waits and withdraw the claims no create used, in one
+        transaction."""
+        self.land()
         removed = [(self.stack, rid) for rid in sorted(self.fresh)]
         self.fresh.clear()
-        if removed or self.pending:
+        if removed or self.pending or self._withdrawn:
             self._write(removed=removed)
 
     def _write(
         self, records: Sequence[InventoryRecord] = (), removed: Sequence[tuple[str, str]] = ()
     ) -> None:
-        """One transaction: the records that wait (and their journal entries) first."""
+        """One transaction: the records that wait (and their journal entries) first.
+
+        Creates in flight land before: only what happened is recorded.
+        """
+        self.land()
+        if self._withdrawn:
+            removed = [*self._withdrawn, *removed]
+            self._withdrawn = []
         if self.pending:
             records = [*self.pending, *records]
         entries = self.pending_entries

@@ -39,6 +39,7 @@ from setpoint.providers.base import (
     HealthReporting,
     PassAware,
     PassInfo,
+    Pipelining,
     ProviderContext,
     Registry,
 )
@@ -100,6 +101,10 @@ class Reconciler(ResourceStep):
         unique = list({id(p): p for p in self.providers.values()}.values())
         self._effective = {
             k: p.effective_digest if isinstance(p, DigestDeriving) else None
+            for k, p in self.providers.items()
+        }
+        self._later = {
+            k: (p.apply_later, p.land) if isinstance(p, Pipelining) else None
             for k, p in self.providers.items()
         }
         self._health_of = {
@@ -312,10 +317,15 @@ class Reconciler(ResourceStep):
                     stack, r, desired.revision, desired.ordered.deps[r.id], digest=""
                 ),
             )
+        blocked: set[str] = set()
         try:
-            blocked: set[str] = set()
             deps = desired.ordered.deps
             for pos, r in enumerate(order):
+                if claims is not None:
+                    if claims.must_land(r, deps[r.id]):
+                        claims.land()  # creates in flight first (claims.py)
+                    if claims.failed:
+                        self._landed_failures(stack, desired, claims, result, blocked)
                 if deps[r.id] & blocked:
                     waiting = sorted(deps[r.id] & blocked)
                     blocked.add(r.id)
@@ -335,12 +345,16 @@ class Reconciler(ResourceStep):
                     (claims, pos) if claims is not None else None,
                 )
                 result.outcomes.append(outcome)
+                if claims is not None and claims.flying and self._health_of[r.kind] is not None:
+                    claims.land()  # a health check reads what it created
                 self._health(r, result)
                 if outcome.state in ("failed", "pending", "drifted"):
                     blocked.add(r.id)
         finally:
             if claims is not None:
                 claims.close()  # claims no create used (a failed dependency, a look-ahead)
+        if claims is not None and claims.failed:
+            self._landed_failures(stack, desired, claims, result, blocked)
         if full:
             wanted = {r.id for r in desired.ordered.order}
             prune(

@@ -9,7 +9,9 @@ row (every claim, the provider's delete record, its dependencies), the journal
 entries of an apply, a revert, a drift, a handover or a failure, and the
 operator's message for a provider error. Bookkeeping follows confirmed outcomes
 only, one transaction per resource, except the creates the pass claimed in a batch,
-whose records go with the next batch (:meth:`~.claims.PassClaims.done`).
+whose records go with the next batch (:meth:`~.claims.PassClaims.done`), and the
+creates a provider carries out in the background (``Pipelining``), whose failures
+are reported when they land (:meth:`ResourceStep._landed_failures`).
 """
 
 from __future__ import annotations
@@ -21,14 +23,14 @@ from dataclasses import replace
 
 from setpoint.config import StackConfig
 from setpoint.engine.claims import PassClaims
-from setpoint.engine.desired import DesiredCache
+from setpoint.engine.desired import Desired, DesiredCache
 from setpoint.engine.inventory import InventoryView
-from setpoint.engine.outcome import ResourceOutcome
+from setpoint.engine.outcome import PassResult, ResourceOutcome
 from setpoint.engine.prune import os_message
 from setpoint.model.errors import SetpointError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Provider, StallError
+from setpoint.providers.base import Landed, Provider, StallError
 from setpoint.state import InventoryRecord, JournalEntry, StateDB
 
 log = logging.getLogger("setpoint.reconciler")
@@ -47,6 +49,8 @@ class ResourceStep:
     clock: Callable[[], float]
     # Per kind, the provider's effective_digest (DigestDeriving), or None.
     _effective: dict[str, Callable[[Resource], str] | None]
+    # Per kind, the provider's (apply_later, land) (Pipelining), or None.
+    _later: dict[str, tuple[Callable[[Resource, Change], bool], Callable[[], Landed]] | None]
     # Per stack, the resources its previous pass failed (see Reconciler.__init__).
     _failing: dict[str, frozenset[str]]
 
@@ -133,7 +137,19 @@ class ResourceStep:
                 self.inventory.record_outcome(records=[claim])
         t0 = time.monotonic()
         try:
-            provider.apply(r, change)
+            # A create this pass claimed (now, or with an earlier one's batch).
+            later = self._later[r.kind] if change.action is Action.CREATE else None
+            if (
+                later is not None
+                and claiming is not None
+                and r.id in claiming[0].fresh
+                and later[0](r, change)
+            ):
+                # Queued (Pipelining): recorded below like any batched create, written
+                # only once landed (claims.py); a failure then is reported by the pass.
+                claiming[0].fly(r.id, provider, later[1])
+            else:
+                provider.apply(r, change)
         except Exception as exc:
             if claiming is not None:  # the create failed (atomically): withdraw the claim
                 claiming[0].withdraw(r.id)
@@ -169,6 +185,34 @@ class ResourceStep:
             settle()
             self.inventory.record_outcome(records=[record], entries=entries)
         return ResourceOutcome(r.id, "reverted" if drift else "changed", change=change)
+
+    def _landed_failures(
+        self,
+        stack: StackConfig,
+        desired: Desired,
+        claims: PassClaims,
+        result: PassResult,
+        blocked: set[str],
+    ) -> None:
+        """Creates that failed after they were queued (Pipelining): failed outcomes.
+
+        Their claims are withdrawn and their records never written (claims.land); the
+        pass reports and journals them like a failed ``apply``, and no dependent runs:
+        each landed before any step that depends on it.
+        """
+        failed, claims.failed = claims.failed, {}
+        at = {o.resource: i for i, o in enumerate(result.outcomes) if o.resource in failed}
+        ordered = desired.ordered.order
+        for rid, exc in failed.items():
+            r = ordered[desired.index[rid]]
+            outcome = self._failed(
+                stack, r, desired.revision, f"cannot create: {_error_text(r, exc)}", False
+            )
+            if rid in at:
+                result.outcomes[at[rid]] = outcome
+            else:
+                result.outcomes.append(outcome)
+            blocked.add(rid)
 
     def _take_over(
         self,

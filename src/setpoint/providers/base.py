@@ -21,7 +21,8 @@ A factory receives a :class:`ProviderContext` (root, state dir, ``waiting``, the
 stacks' ``settings``); optional capabilities are the runtime-checkable protocols
 below (:class:`PassAware`, :class:`Watchable`, :class:`EventSource`,
 :class:`DesiredAware`, :class:`DigestDeriving`, :class:`HealthReporting`,
-:class:`StackChecker`), which the engine finds with ``isinstance`` once per provider.
+:class:`StackChecker`, :class:`QuickCheckable`, :class:`Pipelining`), which the engine
+finds with ``isinstance`` once per provider.
 """
 
 from __future__ import annotations
@@ -391,6 +392,44 @@ class QuickCheckable(Protocol):
     def quick_check(
         self, resources: Sequence[Resource], claimed: AbstractSet[str]
     ) -> QuickCheck | None: ...
+
+
+@dataclass
+class Landed:
+    """What :meth:`Pipelining.land` gives: the applies that failed, and each one's time.
+
+    ``failed`` maps resource ids to the error (a failed apply left nothing behind: the
+    path is as before); ``seconds`` maps the ids of every landed apply to how long the
+    apply itself took (journaled as its ``ms``).
+    """
+
+    failed: dict[str, Exception] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Pipelining(Protocol):
+    """Optional provider capability: a create carried out in the background, landed later.
+
+    A first apply is bound by the target's own latency (the file provider's fsync of
+    each file before its rename); with this, that wait overlaps the engine's work on
+    the next resources. The engine calls ``apply_later`` instead of ``apply`` only for
+    a create that its pass claimed write-ahead and whose record it batches
+    (engine/claims.py): True = queued, the provider now owes it; False = not one it
+    defers (the engine calls ``apply``). It raises as ``apply`` would for what it can
+    tell at once. ``land`` waits for every queued apply and says how each went; a
+    failed one must have changed nothing (it is atomic like ``apply``).
+
+    The engine lands before it records any queued create, before it reads or applies
+    a resource that is not such a create (or one of another provider, or a
+    dependent of one in flight), and before ``end_pass``: a queued apply never
+    overlaps a read it could change. The provider lands by itself in ``begin_pass``
+    and ``end_pass`` too, and keeps what that found for the engine's next ``land``.
+    """
+
+    def apply_later(self, resource: Resource, change: Change) -> bool: ...
+
+    def land(self) -> Landed: ...
 
 
 class RegistryError(SetpointError):

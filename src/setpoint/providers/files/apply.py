@@ -26,6 +26,7 @@ import errno
 import os
 import shutil
 import stat
+from dataclasses import dataclass
 
 from setpoint.model.errors import ProviderError
 from setpoint.model.plan import Action, Change
@@ -97,7 +98,7 @@ def apply_symlink(target: FileTarget, spec: SymlinkSpec, change: Change) -> None
             # atomic: the old link (or file) is replaced in one step
             os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         except BaseException:
-            _unlink_quiet(pfd, tmp)
+            unlink_quiet(pfd, tmp)
             raise
     target.touched_dirs.add(host_dir(target, parent_of(path)))
 
@@ -176,19 +177,10 @@ def _write_file(
     tmp = tmp_name(name, target.tmp_token)
     with _parent(target, path) as pfd:
         if uid == -1 or gid == -1:
-            # A rewrite must not hand an operator's file to root: keep the owner/group
-            # that the declaration leaves open from the file being replaced.
-            st = lstat_or_none(pfd, name, path)
-            if st is not None and stat.S_ISREG(st.st_mode):
-                uid = st.st_uid if uid == -1 else uid
-                gid = st.st_gid if gid == -1 else gid
-        fd = _open_temp(pfd, tmp, path)
+            uid, gid = _kept_ids(pfd, name, path, uid, gid)
+        fd = fill_temp(pfd, tmp, path, data, uid, gid, int(spec.mode, 8))
         try:
             try:
-                _write_all(fd, data)
-                if uid != -1 or gid != -1:
-                    os.fchown(fd, uid, gid)  # before fchmod: chown clears setuid/setgid bits
-                os.fchmod(fd, int(spec.mode, 8))  # exact mode, whatever the umask was
                 os.fsync(fd)  # the bytes must be durable before the rename publishes them
             finally:
                 os.close(fd)
@@ -196,9 +188,76 @@ def _write_file(
                 _clear_directory(target, pfd, name, path, spec.force, resource.id)
             os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
         except BaseException:
-            _unlink_quiet(pfd, tmp)  # never leave a partial managed file behind
+            unlink_quiet(pfd, tmp)  # never leave a partial managed file behind
             raise
     target.touched_dirs.add(host_dir(target, parent_of(path)))
+
+
+@dataclass(frozen=True)
+class NewFile:
+    """A new file's durable write, for :class:`~setpoint.providers.files.writer.Writer`:
+    the parent's descriptor ``pfd`` (the writer closes it), the names, what to write."""
+
+    rid: str
+    pfd: int
+    name: str
+    tmp: str
+    path: str
+    data: bytes
+    uid: int
+    gid: int
+    mode: int
+
+
+def new_file(target: FileTarget, ids: IdCache, resource: Resource, spec: FileSpec) -> NewFile:
+    """A new file's write for the background writer (files.writer), its parent made and
+    opened now: what can fail at once (an unknown owner, a parent that cannot be
+    made) fails here, before anything is queued. The writer owns the descriptor."""
+    path = spec.path
+    name = _name(path)
+    data = desired_bytes(resource, spec)
+    uid, gid = ids.resolve(spec, path)
+    pfd = _parent(target, path).__enter__()
+    try:
+        if uid == -1 or gid == -1:
+            uid, gid = _kept_ids(pfd, name, path, uid, gid)
+    except BaseException:
+        os.close(pfd)
+        raise
+    target.touched_dirs.add(host_dir(target, parent_of(path)))
+    return NewFile(
+        resource.id, pfd, name, tmp_name(name, target.tmp_token), path, data, uid, gid,
+        int(spec.mode, 8),
+    )
+
+
+def _kept_ids(pfd: int, name: str, path: str, uid: int, gid: int) -> tuple[int, int]:
+    """A rewrite must not hand an operator's file to root: keep the owner/group that
+    the declaration leaves open (-1) from the file being replaced."""
+    st = lstat_or_none(pfd, name, path)
+    if st is not None and stat.S_ISREG(st.st_mode):
+        uid = st.st_uid if uid == -1 else uid
+        gid = st.st_gid if gid == -1 else gid
+    return uid, gid
+
+
+def fill_temp(
+    pfd: int, tmp: str, path: str, data: bytes, uid: int, gid: int, mode: int
+) -> int:
+    """Create the temporary ``tmp`` in ``pfd`` with ``data``, owner and exact mode; its
+    descriptor, for the caller to fsync, close, then rename (``unlink_quiet`` on error).
+    """
+    fd = _open_temp(pfd, tmp, path)
+    try:
+        _write_all(fd, data)
+        if uid != -1 or gid != -1:
+            os.fchown(fd, uid, gid)  # before fchmod: chown clears setuid/setgid bits
+        os.fchmod(fd, mode)  # exact mode, whatever the umask was
+    except BaseException:
+        os.close(fd)
+        unlink_quiet(pfd, tmp)
+        raise
+    return fd
 
 
 def _set_attrs(
@@ -346,6 +405,6 @@ def _remove_entry(target: FileTarget, pfd: int, name: str, path: str) -> None:
         os.unlink(name, dir_fd=pfd)  # files, symlinks (not their targets), special files
 
 
-def _unlink_quiet(pfd: int, name: str) -> None:
+def unlink_quiet(pfd: int, name: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(name, dir_fd=pfd)

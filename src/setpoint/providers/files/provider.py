@@ -32,6 +32,7 @@ from setpoint.model.errors import ManifestError, ProviderError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
 from setpoint.providers.base import (
+    Landed,
     Observed,
     PassInfo,
     ProviderContext,
@@ -55,6 +56,7 @@ from setpoint.providers.files.read import declared_ancestors, lstat_or_none, obs
 from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.files.target import FileTarget
 from setpoint.providers.files.walk import cached_parent
+from setpoint.providers.files.writer import Writer
 
 if TYPE_CHECKING:  # inotify (asyncio) loads only when an agent watches: one-shot start-up
     from setpoint.providers.files.watch import FsWatch
@@ -82,6 +84,8 @@ class FilesystemProvider:
         self._sweep = False
         self._swept: set[str] = set()
         self._events: list[ProviderEvent] = []
+        # New files of a first apply are written in the background (Pipelining).
+        self._writer = Writer()
 
     def begin_pass(self, info: PassInfo) -> None:
         """PassAware: take the pass's claimed paths (what ``Directory.purge`` keeps).
@@ -89,6 +93,7 @@ class FilesystemProvider:
         Cached descriptors of another pass are closed (a fresh parent-chain check);
         full passes sweep the directories they visit for crash leftovers.
         """
+        self._writer.wait()  # the engine has landed them; never overlap another pass
         self.target.declared = info.claimed
         self.target.forget_parents()
         if not info.resumed:
@@ -97,7 +102,32 @@ class FilesystemProvider:
 
     def end_pass(self) -> None:
         """PassAware: one fsync per directory touched in the pass; descriptors closed."""
+        self._writer.wait()  # every rename before its directory's fsync
         self.target.fsync_touched()
+
+    def apply_later(self, resource: Resource, change: Change) -> bool:
+        """Pipelining: a new regular file is written by the background writer.
+
+        Only a create (the path is absent): its parent is made and opened now, so a
+        failure there is raised at once; the writer fills, fsyncs and renames.
+        The parent is marked swept: this pass must never take the temporary file in
+        flight for a crash's leftover (``_sweep_leftovers``), and a directory this
+        pass made or already swept holds none.
+        """
+        spec = resource.spec
+        if change.action is not Action.CREATE or not isinstance(spec, FileSpec):
+            return False
+        try:
+            new = fs_apply.new_file(self.target, self.ids, resource, spec)
+        except OSError as err:
+            raise os_error("create", spec.path, err) from err
+        self._writer.submit(new)
+        self._swept.add(spec.path.rpartition("/")[0] or "/")
+        return True
+
+    def land(self) -> Landed:
+        """Pipelining: wait for the queued writes; what failed, and each one's time."""
+        return self._writer.land()
 
     def check_declarations(self, resources: Sequence[Resource]) -> list[ManifestError]:
         """StackChecker: refuse a ``purge: true`` Directory holding the agent's state dir.
