@@ -323,7 +323,11 @@ def status_command(state: str | os.PathLike[str], as_json: bool) -> int:
                 file=sys.stderr,
             )
             return 1
-        stacks = read_statuses(state)
+        try:
+            stacks = read_statuses(state)
+        except _setpoint_error() as exc:  # a newer schema: what to do, not a traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if as_json:
         print(json.dumps([s.to_json() | {"waiting": waits.get(s.stack)} for s in stacks], indent=2))
     else:
@@ -331,6 +335,14 @@ def status_command(state: str | os.PathLike[str], as_json: bool) -> int:
         for name, what in sorted(waits.items()):
             print(f"stack {name}: {what}")
     return 0
+
+
+def _setpoint_error() -> type[Exception]:
+    """SetpointError, imported only when an ``except`` clause names it, that is when an
+    exception is on its way: model.errors loads dataclasses (~10 ms of ``status``)."""
+    from setpoint.model.errors import SetpointError
+
+    return SetpointError
 
 
 def _short(sha: str | None) -> str:
