@@ -6,30 +6,41 @@ run by it). An agent with ``listen: off`` writes ``"listen": null`` there: ``sta
 and ``history`` read the state dir, ``sync`` says the agent has no listener. The
 token is ``STATE/api-token`` (write scope, so reads work too when anonymous reads are
 off); with ``api.tls`` the agent's own certificate is trusted.
+
+``setpoint status`` loads this module on every run (must start in <= 80 ms): only
+``json`` and ``os`` at import; no dataclasses, typing or pathlib (state dirs are
+``str`` or ``Path``, joined with ``os.path``); the errors and HTTP modules load
+when an agent is asked.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # loaded when an agent is asked: `status` without one starts faster
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
+if TYPE_CHECKING:
     import ssl
+    from typing import Any
 
-from setpoint.model.errors import SetpointError
+    StateDir = str | os.PathLike[str]
 
 AGENT_FILE = "agent.json"
 TOKEN_FILE = "api-token"  # noqa: S105 (a file name)
 
 
-@dataclass(frozen=True)
 class AgentClient:
-    base: str
-    token: str | None
-    context: ssl.SSLContext | None
+    """How to call the agent's API: base URL, bearer token, TLS context (https)."""
+
+    __slots__ = ("base", "context", "token")
+
+    def __init__(self, base: str, token: str | None, context: ssl.SSLContext | None) -> None:
+        self.base = base
+        self.token = token
+        self.context = context
+
+    def __repr__(self) -> str:  # never the token
+        return f"AgentClient(base={self.base!r})"
 
     def call(
         self, method: str, path: str, body: Any = None, timeout: float = 30.0
@@ -37,6 +48,8 @@ class AgentClient:
         """JSON in, JSON out; SetpointError naming the status and the agent's answer."""
         import urllib.error
         import urllib.request
+
+        from setpoint.model.errors import SetpointError
 
         data = json.dumps(body).encode() if body is not None else None
         headers = {"Content-Type": "application/json"} if data is not None else {}
@@ -55,10 +68,11 @@ class AgentClient:
             raise SetpointError(f"cannot reach the agent at {self.base}: {exc}") from None
 
 
-def _live_agent(state: Path) -> dict[str, Any] | None:
+def _live_agent(state: StateDir) -> dict[str, Any] | None:
     """``STATE/agent.json`` if the agent it names is alive, else None."""
     try:
-        info = json.loads((state / AGENT_FILE).read_text())
+        with open(os.path.join(state, AGENT_FILE), encoding="utf-8") as fh:
+            info = json.load(fh)
         pid = int(info["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -71,13 +85,13 @@ def _live_agent(state: Path) -> dict[str, Any] | None:
     return info if isinstance(info, dict) else None
 
 
-def agent_without_api(state: Path) -> int | None:
+def agent_without_api(state: StateDir) -> int | None:
     """The pid of an agent running in ``state`` with ``listen: off``, else None."""
     info = _live_agent(state)
     return int(info["pid"]) if info is not None and info.get("listen") is None else None
 
 
-def running_agent(state: Path) -> AgentClient | None:
+def running_agent(state: StateDir) -> AgentClient | None:
     """A client for the agent that owns ``state``, or None when none runs there.
 
     None too for an agent with ``listen: off`` (``"listen": null`` in agent.json):
@@ -88,7 +102,8 @@ def running_agent(state: Path) -> AgentClient | None:
         return None
     listen = info["listen"]
     try:
-        token: str | None = (state / TOKEN_FILE).read_text().strip()
+        with open(os.path.join(state, TOKEN_FILE), encoding="utf-8") as fh:
+            token: str | None = fh.read().strip()
     except OSError:
         token = None
     context = None

@@ -11,6 +11,9 @@ an option) goes to :mod:`setpoint.cli` (typer), whose commands call the same
 :func:`status_command` and :func:`one_shot`, so the output is the same.
 :data:`HELP` is typer's own group help, checked by ``tests/test_cli.py`` against what
 typer prints (regenerate it from there when a command is added or renamed).
+This module imports only ``json``, ``os``, ``sys`` and ``time`` (no pathlib, no
+typing): ``status`` loads :mod:`setpoint.cli_api` and
+:mod:`setpoint.state.status_read` beside it, ``plan``/``apply`` what they need.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
     from setpoint.config import AgentConfig
     from setpoint.model.status import StackStatus
 
@@ -121,18 +126,18 @@ def program_name() -> str:
     return f"python -m {module.lstrip('.')}"
 
 
-def _status_args(args: list[str]) -> tuple[Path, bool] | None:
-    state, as_json = Path(DEFAULT_STATE), False
+def _status_args(args: list[str]) -> tuple[str, bool] | None:
+    state, as_json = DEFAULT_STATE, False
     i = 0
     while i < len(args):
         a = args[i]
         if a == "--json":
             as_json = True
         elif a == "--state" and i + 1 < len(args) and not args[i + 1].startswith("-"):
-            state = Path(args[i + 1])
+            state = args[i + 1]
             i += 1
         elif a.startswith("--state=") and len(a) > len("--state="):
-            state = Path(a[len("--state=") :])
+            state = a[len("--state=") :]
         else:
             return None  # typer parses (and explains) anything else
         i += 1
@@ -185,6 +190,8 @@ def pass_args(args: list[str]) -> dict[str, Any] | None:
         else:
             return None
         i += 1
+    from pathlib import Path
+
     for key in ("config", "root", "state"):
         if opts[key] is not None:
             opts[key] = Path(opts[key])
@@ -286,16 +293,17 @@ def one_shot(
     return 2 if any(r.changes for r in results) else 0
 
 
-def status_command(state: Path, as_json: bool) -> int:
+def status_command(state: str | os.PathLike[str], as_json: bool) -> int:
     """``setpoint status``: the running agent's view, else the state dir's; exit status."""
     from setpoint.cli_api import running_agent
-    from setpoint.model.errors import SetpointError
     from setpoint.model.status import StackStatus
 
     client = running_agent(state)
     stacks: list[StackStatus] | None = None
     waits: dict[str, str] = {}
     if client is not None:  # the running agent's view; the state dir if it cannot answer
+        from setpoint.model.errors import SetpointError
+
         try:
             doc = client.call("GET", "/status")
             stacks = [StackStatus.from_json(d) for d in doc["stacks"]]
@@ -304,19 +312,22 @@ def status_command(state: Path, as_json: bool) -> int:
         except (SetpointError, KeyError, TypeError, AttributeError) as exc:
             print(f"warning: {exc}; reading the state dir instead", file=sys.stderr)
     if stacks is None:
-        if not (state / "setpoint.db").exists():
+        from setpoint.state.status_read import DB_NAME, read_statuses
+
+        if not os.path.exists(os.path.join(state, DB_NAME)):
+            from pathlib import PurePath
+
+            where = PurePath(state)  # printed as a Path prints (typer passes one)
             print(
-                f"error: no setpoint state in {state} (has an agent run with --state {state}?)",
+                f"error: no setpoint state in {where} (has an agent run with --state {where}?)",
                 file=sys.stderr,
             )
             return 1
-        from setpoint.state import StateDB
-
-        db = StateDB(state)
         try:
-            stacks = db.all_status()
-        finally:
-            db.close()
+            stacks = read_statuses(state)
+        except _setpoint_error() as exc:  # a newer schema: what to do, not a traceback
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     if as_json:
         print(json.dumps([s.to_json() | {"waiting": waits.get(s.stack)} for s in stacks], indent=2))
     else:
@@ -324,6 +335,14 @@ def status_command(state: Path, as_json: bool) -> int:
         for name, what in sorted(waits.items()):
             print(f"stack {name}: {what}")
     return 0
+
+
+def _setpoint_error() -> type[Exception]:
+    """SetpointError, imported only when an ``except`` clause names it, that is when an
+    exception is on its way: model.errors loads dataclasses (~10 ms of ``status``)."""
+    from setpoint.model.errors import SetpointError
+
+    return SetpointError
 
 
 def _short(sha: str | None) -> str:

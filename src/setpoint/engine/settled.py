@@ -44,7 +44,7 @@ import os
 import socket
 import sqlite3
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -253,7 +253,7 @@ def _record_hit(
         if not dry_run:
             st = db.load_status(r.stack)
             if st is not None:
-                db.save_status(replace(st, last_pass=time.time()))
+                db.save_status(st.replace(last_pass=time.time()))
     if not dry_run:
         trim_if_due(db, Retention(*body["retention"]), max_batches=ONE_SHOT_TRIM_BATCHES)
     return results

@@ -1,34 +1,51 @@
 """Pure data types shared by every layer: ids, resources, plans, conditions, errors.
 
 Nothing in this package does I/O; every other package imports from here.
-:mod:`.resource` (pydantic) loads on first use of its names, so that the light
-modules (``model.errors``, ``model.plan``) keep the CLI's start-up fast.
+Its names load on first use (PEP 562), so that importing one light module
+(``setpoint.model.status`` for ``setpoint status``, ``model.errors``) loads only
+that module: :mod:`.resource` pulls pydantic, :mod:`.plan` and :mod:`.errors`
+dataclasses, and the CLI's fast paths must start in <= 80 ms.
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
-from setpoint.model.errors import (
-    ConfinementError,
-    ManifestError,
-    ManifestErrors,
-    ProviderError,
-    SetpointError,
-    SourceError,
-)
-from setpoint.model.plan import Action, Change, FieldChange
-
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up time)
 if TYPE_CHECKING:
+    from typing import Any
+
+    from setpoint.model.errors import (
+        ConfinementError,
+        ManifestError,
+        ManifestErrors,
+        ProviderError,
+        SetpointError,
+        SourceError,
+    )
+    from setpoint.model.plan import Action, Change, FieldChange
     from setpoint.model.resource import Location, Resource, parse_resource_id
 
-_LAZY = {"Location", "Resource", "parse_resource_id"}
+_LAZY = {
+    "ConfinementError": "errors",
+    "ManifestError": "errors",
+    "ManifestErrors": "errors",
+    "ProviderError": "errors",
+    "SetpointError": "errors",
+    "SourceError": "errors",
+    "Action": "plan",
+    "Change": "plan",
+    "FieldChange": "plan",
+    "Location": "resource",
+    "Resource": "resource",
+    "parse_resource_id": "resource",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from setpoint.model import resource
-
-        return getattr(resource, name)
+    module = _LAZY.get(name)
+    if module is not None:
+        return getattr(__import__(f"setpoint.model.{module}", fromlist=[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Action",

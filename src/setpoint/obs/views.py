@@ -18,14 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from setpoint.model.status import StackStatus
 from setpoint.state import JournalEntry
-from setpoint.state.db import (
-    _SELECT_RECORDS,
-    DB_NAME,
-    InventoryRecord,
-    _record,
-    _status_from_doc,
-)
+from setpoint.state.db import _SELECT_RECORDS, InventoryRecord, _record
 from setpoint.state.retention import Trimmed, last_trim
+from setpoint.state.status_read import DB_NAME, all_statuses
 
 if TYPE_CHECKING:
     from setpoint.engine.controller import Controller
@@ -49,8 +44,7 @@ class StateReader:
 
     def statuses(self) -> list[StackStatus]:
         with self._lock:
-            rows = self._conn.execute("SELECT doc FROM status ORDER BY stack").fetchall()
-        return [_status_from_doc(r[0]) for r in rows]
+            return all_statuses(self._conn)
 
     def trimmed(self) -> Trimmed | None:
         """What journal retention removed so far (state/retention.py)."""

@@ -32,9 +32,17 @@ from typing import Any, TypeVar
 from setpoint.model.errors import SetpointError
 from setpoint.model.status import StackStatus
 from setpoint.state.journal import REPEATABLE, JournalEntry, cap_text, encode_detail
+from setpoint.state.status_read import (
+    DB_NAME,
+    SCHEMA_VERSION,
+    SELECT_ONE,
+    all_statuses,
+    status_from_doc,
+    too_new,
+    user_version,
+)
 
-DB_NAME = "setpoint.db"
-SCHEMA_VERSION = 4
+__all__ = ["DB_NAME", "SCHEMA_VERSION", "InventoryRecord", "StateDB"]
 # How long a writer waits for another process's write lock before failing.
 BUSY_TIMEOUT_MS = 10_000
 # The WAL file is cut back to this size after a checkpoint (a big transaction grew it).
@@ -129,6 +137,8 @@ _GENERATION_SCHEMA: tuple[str, ...] = (
     "UPDATE generations SET value = value + 1 WHERE name = 'inventory'; END",
 )
 _MIGRATIONS[4] = _GENERATION_SCHEMA
+# SCHEMA_VERSION lives in status_read.py (which `setpoint status` loads alone): bump it there.
+assert max(_MIGRATIONS) == SCHEMA_VERSION, "status_read.SCHEMA_VERSION is not the last migration"
 
 # Whole statements spelled out (no formatting): every value is a bound parameter.
 _SELECT_RECORDS = (
@@ -154,7 +164,6 @@ _LAST_REPEATABLE = (
     "SELECT id, message, ts, count FROM journal WHERE " + _REPEAT_WHERE + " "  # noqa: S608
     "AND stack = ? AND event = ? AND resource IS ? ORDER BY id DESC LIMIT 1"
 )
-_STATUS_FIELDS = frozenset(f.name for f in dataclasses.fields(StackStatus))
 
 
 @dataclass(frozen=True)
@@ -277,25 +286,20 @@ class StateDB:
         self.close()
 
     def _migrate(self) -> None:
-        version = self._user_version()
-        if version > SCHEMA_VERSION:
-            raise SetpointError(
-                f"{self.path} has schema version {version}, newer than this setpoint "
-                f"understands ({SCHEMA_VERSION}); upgrade setpoint or use another state dir"
-            )
+        version = user_version(self._conn)
+        problem = too_new(self.path, version)
+        if problem is not None:
+            raise SetpointError(problem)
         if version == SCHEMA_VERSION:
             return
         with self._write():
             # Read again under the write lock: another process may have migrated meanwhile.
-            version = self._user_version()
+            version = user_version(self._conn)
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in _MIGRATIONS[target]:
                     self._conn.execute(statement)
             # PRAGMA takes no parameters; the value is our own integer constant.
             self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION:d}")
-
-    def _user_version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -525,14 +529,13 @@ class StateDB:
 
     def load_status(self, stack: str) -> StackStatus | None:
         with self._lock:
-            row = self._conn.execute("SELECT doc FROM status WHERE stack = ?", (stack,)).fetchone()
-        return None if row is None else _status_from_doc(row[0])
+            row = self._conn.execute(SELECT_ONE, (stack,)).fetchone()
+        return None if row is None else status_from_doc(row[0])
 
     def all_status(self) -> list[StackStatus]:
         """Every stored stack status, sorted by stack name."""
         with self._lock:
-            rows = self._conn.execute("SELECT doc FROM status ORDER BY stack").fetchall()
-        return [_status_from_doc(row[0]) for row in rows]
+            return all_statuses(self._conn)
 
     def delete_status(self, stack: str) -> None:
         """Forget a stack's status (the stack was removed from the configuration)."""
@@ -563,13 +566,6 @@ def _entry_row(entry: JournalEntry) -> tuple[Any, ...]:
         cap_text(entry.message),
         encode_detail(entry),
     )
-
-
-def _status_from_doc(doc: str) -> StackStatus:
-    data = json.loads(doc)
-    # Drop fields this version does not know (a document written by a newer
-    # setpoint) rather than failing to show any status at all.
-    return StackStatus.from_json({k: v for k, v in data.items() if k in _STATUS_FIELDS})
 
 
 @cache
