@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import test_watch
 from api_support import call
@@ -60,7 +61,10 @@ def test_text_log_is_key_value_and_debug_shows_the_diff(git_repo, root, tmp_path
     try:
         wait_for(lambda: "watching 1 resource" in agent.log.read_text(), timeout=FAST,
                  what="agent up")  # fmt: skip
-        (root / "etc/app.conf").write_text("b\n")
+        # In one step (a new file renamed over it): an in-place write truncates first,
+        # and the agent may see the empty file, whose diff has no "-b" line.
+        (root / "etc/.app.conf.new").write_text("b\n")
+        os.replace(root / "etc/.app.conf.new", root / "etc/app.conf")
         wait_for(lambda: "revert stack=web" in agent.log.read_text(), timeout=FAST,
                  what="revert logged")  # fmt: skip
         text = agent.log.read_text()
