@@ -31,7 +31,7 @@ from helpers import TMP_RE
 from setpoint.atomic import write_json_atomic
 from setpoint.model import Location, Resource
 from setpoint.model.plan import Action
-from setpoint.providers.base import PassAware, PassInfo, ProviderContext
+from setpoint.providers.base import PassAware, PassInfo, Pipelining, ProviderContext
 from setpoint.providers.files.provider import FilesystemProvider
 from setpoint.providers.files.spec import DirectorySpec, FileSpec, SymlinkSpec
 from setpoint.providers.registry import default_registry
@@ -206,6 +206,36 @@ def test_converges_and_is_idempotent(kind: str, spec_name: str, state: str, root
     assert again.is_noop, again.summary()
     assert snapshot(root) == before
     assert not [p for p in before if TMP_RE.search(p)]
+
+
+@pytest.mark.parametrize(("kind", "spec_name", "state"), CASES)
+def test_a_pipelined_apply_converges_like_apply(
+    kind: str, spec_name: str, state: str, root: Path
+) -> None:
+    """``Pipelining``: ``apply_later`` takes a create only; once landed it converged
+    exactly as ``apply`` would (the next plan is a NOOP, nothing temporary is left)."""
+    ctx = ProviderContext(root=root)
+    provider = default_registry().providers(ctx)[kind]
+    assert isinstance(provider, Pipelining) and isinstance(provider, PassAware)
+    res = SPECS[kind][spec_name]()
+    if state == "dir-with-entries" and kind != "Directory":
+        res = replace(res, spec=res.spec.model_copy(update={"force": True}))
+    declared_path = provider.claims(res)[0]
+    provider.begin_pass(PassInfo("s", True, 300.0, {declared_path}))
+    STATES[state](Path(ctx.host_path(declared_path)))
+
+    first = provider.plan(res, provider.read(res))
+    queued = provider.apply_later(res, first)
+    assert queued == (first.action is Action.CREATE and kind == "File"), first.summary()
+    if not queued:
+        provider.apply(res, first)
+    landed = provider.land()
+    assert not landed.failed, landed.failed
+    assert set(landed.seconds) == ({res.id} if queued else set())
+    provider.end_pass()
+    again = provider.plan(res, provider.read(res))
+    assert again.is_noop, f"not converged after {first.summary()}: {again.summary()}"
+    assert not [p for p in snapshot(root) if TMP_RE.search(p)]
 
 
 # -- Release ------------------------------------------------------------------------------
