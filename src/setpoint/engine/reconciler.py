@@ -321,7 +321,7 @@ class Reconciler(ResourceStep):
         try:
             deps = desired.ordered.deps
             for pos, r in enumerate(order):
-                if claims is not None:
+                if claims is not None and (claims.flying or claims.failed):
                     if claims.must_land(r, deps[r.id]):
                         claims.land()  # creates in flight first (claims.py)
                     if claims.failed:
