@@ -162,6 +162,8 @@ def _owner_fields(
     spec: FileSpec | DirectorySpec, obs: FsState | None, ids: IdCache
 ) -> list[FieldChange]:
     """Owner/group changes, only for declared ones; compared as ids, shown as names."""
+    if spec.owner is None and spec.group is None:
+        return []  # the common case, on every no-op pass's hot path
     fields = []
     for name, want, to_id, to_name, noun in (
         ("owner", spec.owner, ids.uid, ids.user_name, "user"),
