@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ import pytest
 from conftest import GitRepo
 from helpers import docs, manifest, one_pass, one_stack
 from setpoint.providers.base import Landed
+from setpoint.providers.files import writer
 from setpoint.providers.files.common import tmp_name
 from setpoint.providers.files.target import tmp_token
 from setpoint.providers.files.writer import Writer
@@ -116,3 +119,30 @@ def test_no_writer_thread_outlives_its_pass(
     left = [t.name for t in threading.enumerate() if t.ident not in before]
     assert not [n for n in left if n.startswith("setpoint-")], left
     assert len(os.listdir(root / "srv/d0")) == 100
+
+
+def test_a_batch_the_writer_cannot_carry_through_fails_its_creates_and_leaves_nothing(
+    git_repo: GitRepo, root: Path, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No thread to fsync with (a process limit): those creates fail, none is recorded,
+    no temporary is left, the pass ends (nothing waits on a writer that died), and the
+    next pass creates them."""
+    ids = stack_files(git_repo, 200)
+    cfg = one_stack(git_repo.url, root, state_dir)
+    class NoThreads(ThreadPoolExecutor):
+        def map(self, *_a: object, **_k: object) -> Iterator[object]:  # type: ignore[override]
+            raise RuntimeError("can't start new thread")
+
+    with monkeypatch.context() as m:
+        m.setattr(writer, "ThreadPoolExecutor", NoThreads)  # the writer's syncers only
+        result, _status, journal, inv = one_pass(cfg)
+    failed = [o for o in result.outcomes if o.state == "failed"]
+    assert failed and all("can't start new thread" in (o.error or "") for o in failed)
+    assert not {o.resource for o in failed} & set(inv)
+    assert all(rec.digest for rec in inv.values())
+    assert all((root / f"srv/d{int(i[6:]) % 2}/{i[5:]}.txt").is_file() for i in inv)
+    assert not list((root / "srv").rglob("*.tmp"))
+    assert {e.resource for e in journal if e.event == "failure"} == {o.resource for o in failed}
+    result, _status, _journal, inv = one_pass(cfg)
+    assert result.converged, result
+    assert set(inv) == set(ids)

@@ -20,6 +20,7 @@ never runs far ahead of its disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import threading
@@ -48,8 +49,9 @@ class Writer:
     def submit(self, new: NewFile) -> None:
         """Queue ``new`` (the writer owns its ``pfd``); blocks while the queue is full."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name="setpoint-writer", daemon=True)
-            self._thread.start()
+            thread = threading.Thread(target=self._work, name="setpoint-writer", daemon=True)
+            thread.start()  # may raise (no thread to be had): the create fails, nothing queued
+            self._thread = thread
         self._queue.put(new)
 
     def wait(self) -> None:
@@ -82,7 +84,10 @@ class Writer:
                 last = batch[-1]
                 files = [new for new in batch if new is not None]
                 if files:
-                    self._write(files, pool)
+                    try:
+                        self._write(files, pool)
+                    except BaseException as exc:  # e.g. no fsync thread to be had
+                        self._abandon(files, exc)  # never die with files queued behind
                 if last is None:
                     return
 
@@ -105,6 +110,20 @@ class Writer:
                 if fd != -1:
                     os.close(fd)
                 os.close(new.pfd)
+
+    def _abandon(self, batch: list[NewFile], exc: BaseException) -> None:
+        """A batch the writer could not carry through: what it did not report failed,
+        its temporaries removed (nothing partial left) and its descriptors closed."""
+        with self._lock:
+            reported = set(self._landed.seconds)
+        for new in batch:
+            if new.rid in reported:
+                continue
+            unlink_quiet(new.pfd, new.tmp)
+            with contextlib.suppress(OSError):
+                os.close(new.pfd)
+            why = exc if isinstance(exc, Exception) else RuntimeError(repr(exc))
+            self._done(new, time.monotonic(), why)
 
     def _done(self, new: NewFile, t0: float, exc: Exception | None) -> None:
         took = time.monotonic() - t0
