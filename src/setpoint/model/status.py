@@ -45,7 +45,23 @@ class Health(enum.StrEnum):
     UNKNOWN = "Unknown"
 
 
-class Condition:
+class _Fields:
+    """What the dataclasses these were gave: ``==`` and ``repr`` over ``FIELDS``."""
+
+    FIELDS: tuple[str, ...] = ()
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return _values(self, self.FIELDS) == _values(other, self.FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
+
+    def __repr__(self) -> str:
+        return _repr(self, self.FIELDS)
+
+
+class Condition(_Fields):
     """One condition of a stack (``Ready``, ``Reconciling``, ``Stalled``), since when it holds."""
 
     FIELDS = ("type", "status", "reason", "message", "since")
@@ -66,18 +82,8 @@ class Condition:
     def to_json(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in self.FIELDS}
 
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return _values(self, self.FIELDS) == _values(other, self.FIELDS)
 
-    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
-
-    def __repr__(self) -> str:
-        return _repr(self, self.FIELDS)
-
-
-class StackStatus:
+class StackStatus(_Fields):
     """What ``setpoint status`` shows for one stack; stored as JSON in the state DB."""
 
     # The stored document's keys, in order (to_json); __init__ takes them in this order too.
@@ -165,16 +171,6 @@ class StackStatus:
     def from_json(cls, data: dict[str, Any]) -> StackStatus:
         conds = [Condition(**c) for c in data.pop("conditions", [])]
         return cls(conditions=conds, **data)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return _values(self, self.FIELDS) == _values(other, self.FIELDS)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it was
-
-    def __repr__(self) -> str:
-        return _repr(self, self.FIELDS)
 
 
 def _values(obj: object, fields: tuple[str, ...]) -> list[Any]:
