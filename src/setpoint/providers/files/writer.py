@@ -13,7 +13,9 @@ on the next resources. A temporary file left by a crash is swept by the next ful
 pass, as before.
 
 ``land`` waits until every queued file is done and returns what failed and how long
-each took; the threads then stop (an idle agent holds none). The queue is bounded
+each took; the threads then stop (an idle agent holds none). A batch the writer
+cannot carry through fails as a whole (``_abandon``): it never dies with files
+queued behind it. The queue is bounded
 (``DEPTH``): each queued file holds its parent directory's descriptor, and a pass
 never runs far ahead of its disk.
 """
