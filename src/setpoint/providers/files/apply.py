@@ -217,7 +217,7 @@ def new_file(target: FileTarget, ids: IdCache, resource: Resource, spec: FileSpe
     name = _name(path)
     data = desired_bytes(resource, spec)
     uid, gid = ids.resolve(spec, path)
-    pfd = _parent(target, path).__enter__()
+    pfd = _open_parent(target, path)
     try:
         if uid == -1 or gid == -1:
             uid, gid = _kept_ids(pfd, name, path, uid, gid)
@@ -323,14 +323,19 @@ class _parent:  # lower case: used like the context-manager functions it replace
         self.target, self.path = target, path
 
     def __enter__(self) -> int:
-        fd = open_dir(self.target, parent_of(self.path), self.path, create=True)
-        if fd is None:  # create=True never gives None; kept for the type checker
-            raise ProviderError(f"cannot create {self.path}: its parent directory is missing")
-        self.fd = fd
-        return fd
+        self.fd = _open_parent(self.target, self.path)
+        return self.fd
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
+
+
+def _open_parent(target: FileTarget, path: str) -> int:
+    """A fresh descriptor of ``path``'s parent, missing parents made (the caller closes it)."""
+    fd = open_dir(target, parent_of(path), path, create=True)
+    if fd is None:  # create=True never gives None; kept for the type checker
+        raise ProviderError(f"cannot create {path}: its parent directory is missing")
+    return fd
 
 
 def _name(path: str) -> str:
