@@ -6,18 +6,17 @@ each file: its fsync before the rename, one journal commit each when files are
 written one after the other. The writer thread takes the queued new files
 (:class:`~setpoint.providers.files.apply.NewFile`) in batches of what is queued, up
 to ``BATCH``: a few threads fill and fsync their temporary files at once (the file
-system commits them together), then the writer renames each over its name, in order. Every file is
-still durable before its rename, and directories are still fsynced once per pass
-(``end_pass``); only the waits overlap, with each other and with the engine's work
-on the next resources. A temporary file left by a crash is swept by the next full
-pass, as before.
+system commits them together), then the writer renames each over its name, in
+order. Every file is still durable before its rename, and directories are still
+fsynced once per pass (``end_pass``); only the waits overlap, with each other and
+with the engine's work on the next resources. A temporary file left by a crash is
+swept by the next full pass, as before.
 
 ``land`` waits until every queued file is done and returns what failed and how long
 each took; the threads then stop (an idle agent holds none). A batch the writer
 cannot carry through fails as a whole (``_abandon``): it never dies with files
-queued behind it. The queue is bounded
-(``DEPTH``): each queued file holds its parent directory's descriptor, and a pass
-never runs far ahead of its disk.
+queued behind it. The queue is bounded (``DEPTH``): each queued file holds its
+parent directory's descriptor, and a pass never runs far ahead of its disk.
 """
 
 from __future__ import annotations
