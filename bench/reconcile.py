@@ -6,7 +6,8 @@ directories) it measures, in a fresh child process per N:
   (a) first apply onto an empty root (fetch + render + create everything),
   (b) a no-op pass with everything in sync (the steady-state drift check),
   (c) a pass that repairs 1% modified and 1% deleted files,
-  and the child's max RSS;
+  and the child's max RSS, and how many full garbage collections fell into the
+  timed no-op passes (each walks the whole heap);
 
 and in the same run a baseline: a plain Python loop that stats, reads and
 SHA-256-hashes the same N files. Every figure is printed with its ratio to
@@ -19,6 +20,7 @@ Usage: .venv/bin/python bench/reconcile.py [--sizes 1000,10000] [--repeat 7]
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -105,11 +107,20 @@ def child(n: int, repeat: int, repeat_apply: int, work: Path) -> dict[str, objec
     files = sorted(str(p) for p in (root / "data").rglob("*.txt"))
     rnd = random.Random(7)
     noop, repair, base = [], [], []
+    full_gcs = [0, 0]  # [in a no-op pass now?, full collections during no-op passes]
+
+    def count_full(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info["generation"] == 2 and full_gcs[0]:
+            full_gcs[1] += 1
+
+    gc.callbacks.append(count_full)
     for _ in range(repeat):
         base.append(baseline(root))
+        full_gcs[0] = 1
         t0 = time.perf_counter()
         res = ctl.reconcile("bench")
         noop.append(time.perf_counter() - t0)
+        full_gcs[0] = 0
         assert res.converged and not res.changes
         k = max(n // 100, 1)
         picked = rnd.sample(files, 2 * k)
@@ -130,6 +141,7 @@ def child(n: int, repeat: int, repeat_apply: int, work: Path) -> dict[str, objec
         "noop": statistics.median(noop),
         "repair": statistics.median(repair),
         "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "noop_full_gcs": full_gcs[1],
     }
 
 
@@ -160,6 +172,9 @@ def main() -> None:
         print(f"{r['n']:>7} {b:>11.3f} {r['first_apply']:>14.3f} {r['first_apply'] / b:>6.1f}x "
               f"{r['noop']:>9.3f} {r['noop'] / b:>5.2f}x {r['repair']:>12.3f} "
               f"{r['repair'] / b:>5.2f}x {r['maxrss_mb']:>11.1f}")
+    for r in rows:
+        print(f"N={r['n']}: {r['noop_full_gcs']} full garbage collection(s) during the "
+              "timed no-op passes")
     print("targets: no-op at N=10,000 within 3x baseline; max RSS under 200 MB at N=10,000")
 
 

@@ -119,6 +119,7 @@ class Reconciler(ResourceStep):
         # Per stack, the resources its previous pass failed: a failure repeated by this
         # pass is counted on its journal entry rather than journaled again.
         self._failing: dict[str, frozenset[str]] = {}
+        self._in_sync: dict[str, tuple[Desired, dict[str, ResourceOutcome]]] = {}
 
     @property
     def renders(self) -> int:
@@ -299,6 +300,8 @@ class Reconciler(ResourceStep):
             d = self._declared = (desired, self.inventory.version, set(desired.paths) | set(owners))
         info = PassInfo(stack.name, full, stack.resync, d[2])
         self._context[stack.name] = (desired, info)
+        if (kept := self._in_sync.get(stack.name)) is None or kept[0] is not desired:
+            self._in_sync[stack.name] = (desired, {})  # a new render: ids may have gone
         self._bind_desired(desired)
         for p in self._pass_aware:
             p.begin_pass(info)

@@ -53,6 +53,8 @@ class ResourceStep:
     _later: dict[str, tuple[Callable[[Resource, Change], bool], Callable[[], Landed]] | None]
     # Per stack, the resources its previous pass failed (see Reconciler.__init__).
     _failing: dict[str, frozenset[str]]
+    # Per stack, its in-sync outcomes by id, for the desired state they came from.
+    _in_sync: dict[str, tuple[Desired, dict[str, ResourceOutcome]]]
 
     def _provider(self, r: Resource) -> Provider:
         return self.providers[r.kind]
@@ -107,7 +109,14 @@ class ResourceStep:
                     records=[self._record(stack, r, sha, deps, owned=owned, keep=False)],
                     entries=entries,
                 )
-            return ResourceOutcome(r.id, "in_sync")
+            # The same object every pass (outcomes are never changed in place): a no-op
+            # pass then leaves no new long-lived objects, which made the garbage
+            # collector walk the whole heap every few passes.
+            same = self._in_sync[stack.name][1]
+            out = same.get(r.id)
+            if out is None:
+                out = same[r.id] = ResourceOutcome(r.id, "in_sync")
+            return out
         if dry_run:
             return ResourceOutcome(r.id, "drifted" if drift else "pending", change=change)
         now = self.clock()
