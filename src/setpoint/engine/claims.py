@@ -39,7 +39,7 @@ from dataclasses import replace
 
 from setpoint.engine.inventory import InventoryView
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Landed, Provider
+from setpoint.providers.base import Pipelining, Provider
 from setpoint.state import InventoryRecord, JournalEntry
 
 BATCH = 1024  # claims per transaction at most (the resource that needs one, and what follows)
@@ -70,9 +70,9 @@ class PassClaims:
         self.pending: list[InventoryRecord] = []
         self.pending_entries: list[JournalEntry] = []
         self.transactions = 0  # for tests and benchmarks
-        # Creates in flight (Pipelining): their ids, and the land of their provider.
+        # Creates in flight: their ids, and the provider that carries them out.
         self.flying: set[str] = set()
-        self._lander: tuple[Provider, Callable[[], Landed]] | None = None
+        self._lander: Pipelining | None = None
         # Landed creates that failed, for the reconciler to report (then it clears it).
         self.failed: dict[str, Exception] = {}
         self._withdrawn: list[tuple[str, str]] = []  # their claims, for the next write
@@ -108,11 +108,11 @@ class PassClaims:
         """``rid``'s create is recorded: its claim is no longer this pass's to withdraw."""
         self.fresh.discard(rid)
 
-    def fly(self, rid: str, provider: Provider, land: Callable[[], Landed]) -> None:
+    def fly(self, rid: str, provider: Pipelining) -> None:
         """``rid``'s create was queued by ``provider`` (``apply_later``): in flight."""
-        if self._lander is not None and self._lander[0] is not provider:
+        if self._lander is not None and self._lander is not provider:
             self.land()  # one provider in flight at a time (must_land keeps it so)
-        self._lander = (provider, land)
+        self._lander = provider
         self.flying.add(rid)
 
     def must_land(self, r: Resource, deps: Set[str]) -> bool:
@@ -124,11 +124,10 @@ class PassClaims:
         """
         if not self.flying:
             return False
-        lander = self._lander
+        provider: object = self.provider_of(r)  # the same object, seen as a Pipelining one
         return (
             r.id not in self.fresh
-            or lander is None
-            or self.provider_of(r) is not lander[0]
+            or provider is not self._lander
             or not self.flying.isdisjoint(deps)
         )
 
@@ -140,7 +139,7 @@ class PassClaims:
         """
         if self._lander is None:
             return
-        landed = self._lander[1]()
+        landed = self._lander.land()
         self._lander = None
         self.flying.clear()
         seconds = landed.seconds

@@ -104,7 +104,7 @@ class Reconciler(ResourceStep):
             for k, p in self.providers.items()
         }
         self._later = {
-            k: (p.apply_later, p.land) if isinstance(p, Pipelining) else None
+            k: p if isinstance(p, Pipelining) else None
             for k, p in self.providers.items()
         }
         self._health_of = {

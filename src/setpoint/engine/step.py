@@ -30,7 +30,7 @@ from setpoint.engine.prune import os_message
 from setpoint.model.errors import SetpointError
 from setpoint.model.plan import Action, Change
 from setpoint.model.resource import Resource
-from setpoint.providers.base import Landed, Provider, StallError
+from setpoint.providers.base import Pipelining, Provider, StallError
 from setpoint.state import InventoryRecord, JournalEntry, StateDB
 
 log = logging.getLogger("setpoint.reconciler")
@@ -49,8 +49,8 @@ class ResourceStep:
     clock: Callable[[], float]
     # Per kind, the provider's effective_digest (DigestDeriving), or None.
     _effective: dict[str, Callable[[Resource], str] | None]
-    # Per kind, the provider's (apply_later, land) (Pipelining), or None.
-    _later: dict[str, tuple[Callable[[Resource, Change], bool], Callable[[], Landed]] | None]
+    # Per kind, its provider if it pipelines creates (Pipelining), else None.
+    _later: dict[str, Pipelining | None]
     # Per stack, the resources its previous pass failed (see Reconciler.__init__).
     _failing: dict[str, frozenset[str]]
     # Per stack, its in-sync outcomes by id, for the desired state they came from.
@@ -152,11 +152,11 @@ class ResourceStep:
                 later is not None
                 and claiming is not None
                 and r.id in claiming[0].fresh
-                and later[0](r, change)
+                and later.apply_later(r, change)
             ):
                 # Queued (Pipelining): recorded below like any batched create, written
                 # only once landed (claims.py); a failure then is reported by the pass.
-                claiming[0].fly(r.id, provider, later[1])
+                claiming[0].fly(r.id, later)
             else:
                 provider.apply(r, change)
         except Exception as exc:
